@@ -1,0 +1,25 @@
+//! Named crash points for crash-safety testing: when the environment variable
+//! `COMPACTOR_CRASH_AT` names a point, the process aborts there (no unwinding, no cleanup), the
+//! way a killed Lambda or a `kill -9` would stop it. Unset, each point is one cached comparison.
+
+use std::sync::OnceLock;
+
+pub const ENV: &str = "COMPACTOR_CRASH_AT";
+
+/// Every crash point, in protocol order.
+pub const POINTS: &[&str] = &[
+    "after-merge",
+    "after-decision",
+    "after-copy",
+    "after-manifest",
+    "after-delete",
+];
+
+pub fn crash_point(name: &str) {
+    static TARGET: OnceLock<Option<String>> = OnceLock::new();
+    let target = TARGET.get_or_init(|| std::env::var(ENV).ok().filter(|v| !v.is_empty()));
+    if target.as_deref() == Some(name) {
+        eprintln!("{ENV}={name}: aborting the process here");
+        std::process::abort();
+    }
+}

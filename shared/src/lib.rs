@@ -1,0 +1,19 @@
+//! Parquet compaction: a planner, a merger and a committer over small ports (object store,
+//! partition state, dispatch), with embedded local adapters. See DESIGN.md for the contract.
+
+pub mod config;
+pub mod error;
+pub mod manifest;
+pub mod parquet_io;
+pub mod partition;
+pub mod plan;
+pub mod state;
+pub mod store;
+pub mod task;
+pub mod units;
+
+pub use error::{Error, Result};
+pub mod faults;
+pub mod merge;
+pub mod progress;
+pub mod schema;

@@ -1,0 +1,168 @@
+//! Writes merged batches into staged output files of about the target size, each streamed to the
+//! store as it is encoded (only the row group being built is held in memory).
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use parquet::arrow::AsyncArrowWriter;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::metadata::SortingColumn;
+
+use crate::config::DatasetConfig;
+use crate::error::{Error, Result};
+use crate::manifest::OutputFile;
+use crate::parquet_io::SinkWriter;
+use crate::store::{DeleteRequest, ObjectStore};
+use crate::task::MergeTask;
+
+/// Writer settings for outputs: large row groups, the configured codec, page-level statistics
+/// (which also writes the column and offset indexes), and the sort order when there is one.
+pub fn writer_properties(
+    dataset: &DatasetConfig,
+    sorting: Option<Vec<SortingColumn>>,
+) -> Result<WriterProperties> {
+    Ok(WriterProperties::builder()
+        .set_compression(dataset.parquet_compression()?)
+        .set_max_row_group_row_count(Some(dataset.row_group_rows))
+        .set_max_row_group_bytes(Some(dataset.row_group_size.bytes() as usize))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_sorting_columns(sorting)
+        .set_created_by(format!(
+            "parquet-compactor {} (parquet-rs)",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .build())
+}
+
+struct OpenFile {
+    writer: AsyncArrowWriter<SinkWriter>,
+    staging_key: String,
+    index: usize,
+    rows: u64,
+}
+
+pub struct RollingWriter {
+    store: Arc<dyn ObjectStore>,
+    task: Arc<MergeTask>,
+    attempt: u32,
+    schema: SchemaRef,
+    props: WriterProperties,
+    target_size: u64,
+    current: Option<OpenFile>,
+    done: Vec<OutputFile>,
+}
+
+impl RollingWriter {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        task: Arc<MergeTask>,
+        attempt: u32,
+        schema: SchemaRef,
+        props: WriterProperties,
+    ) -> Self {
+        let target_size = task.dataset.target_file_size.bytes();
+        Self {
+            store,
+            task,
+            attempt,
+            schema,
+            props,
+            target_size,
+            current: None,
+            done: Vec::new(),
+        }
+    }
+
+    async fn open(&mut self) -> Result<&mut OpenFile> {
+        if self.current.is_none() {
+            let index = self.done.len();
+            let key = self.task.staging_output_key(self.attempt, index);
+            let sink = self.store.put_stream(&key).await?;
+            let writer = AsyncArrowWriter::try_new(
+                SinkWriter::new(key.clone(), sink),
+                Arc::clone(&self.schema),
+                Some(self.props.clone()),
+            )
+            .map_err(|e| Error::parquet(&key, e))?;
+            self.current = Some(OpenFile {
+                writer,
+                staging_key: key,
+                index,
+                rows: 0,
+            });
+        }
+        self.current
+            .as_mut()
+            .ok_or_else(|| Error::Other("output writer vanished".into()))
+    }
+
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let target = self.target_size;
+        let file = self.open().await?;
+        file.writer
+            .write(batch)
+            .await
+            .map_err(|e| Error::parquet(&file.staging_key, e))?;
+        file.rows += batch.num_rows() as u64;
+        let size = file.writer.bytes_written() + file.writer.in_progress_size();
+        if size as u64 >= target {
+            self.close_current().await?;
+        }
+        Ok(())
+    }
+
+    async fn close_current(&mut self) -> Result<()> {
+        let Some(mut file) = self.current.take() else {
+            return Ok(());
+        };
+        let metadata = file
+            .writer
+            .finish()
+            .await
+            .map_err(|e| Error::parquet(&file.staging_key, e))?;
+        let sink = file.writer.into_inner();
+        let stored = sink.finished().ok_or_else(|| Error::Store {
+            operation: "upload",
+            key: file.staging_key.clone(),
+            message: "upload did not complete".into(),
+        })?;
+        self.done.push(OutputFile {
+            staging_key: file.staging_key.clone(),
+            final_key: self.task.final_output_key(file.index),
+            size: stored.size,
+            rows: file.rows,
+            row_groups: metadata.num_row_groups(),
+            crc32c: sink.crc32c_hex(),
+        });
+        Ok(())
+    }
+
+    /// Closes the last file and returns every output written.
+    pub async fn finish(mut self) -> Result<Vec<OutputFile>> {
+        self.close_current().await?;
+        Ok(self.done)
+    }
+
+    /// Discards everything this writer produced.
+    pub async fn abort(mut self) {
+        if let Some(file) = self.current.take() {
+            let mut sink = file.writer.into_inner();
+            sink.abort().await;
+        }
+        let requests: Vec<DeleteRequest> = self
+            .done
+            .iter()
+            .map(|o| DeleteRequest {
+                key: o.staging_key.clone(),
+                version: None,
+            })
+            .collect();
+        if let Err(e) = self.store.delete_many(&requests).await {
+            tracing::warn!(error = %e, "could not remove outputs of an aborted attempt; the committer removes staging later");
+        }
+    }
+}

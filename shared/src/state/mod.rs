@@ -1,0 +1,392 @@
+//! The partition-state port: status, counters and leases per partition.
+//!
+//! Every mutating operation is a single conditional, atomic update, so the DynamoDB adapter can
+//! implement each one as one `UpdateItem` with a condition expression.
+
+#[cfg(any(test, feature = "contract-tests"))]
+pub mod contract;
+mod embedded;
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+pub use embedded::EmbeddedState;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PartitionId {
+    pub dataset: String,
+    /// The partition's path relative to the dataset's source prefix, e.g. `dt=2024-01-01/hour=03`.
+    pub partition: String,
+}
+
+impl PartitionId {
+    pub fn new(dataset: impl Into<String>, partition: impl Into<String>) -> Self {
+        Self {
+            dataset: dataset.into(),
+            partition: partition.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for PartitionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.dataset, self.partition)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionStatus {
+    /// Known (files seen) but not being compacted.
+    Active,
+    /// A lease is held and a compaction round is planned or running.
+    Compacting,
+    /// The last round committed.
+    Compacted,
+    /// The last round failed; `last_error` says why. The next sweep retries.
+    Failed,
+}
+
+impl PartitionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartitionStatus::Active => "active",
+            PartitionStatus::Compacting => "compacting",
+            PartitionStatus::Compacted => "compacted",
+            PartitionStatus::Failed => "failed",
+        }
+    }
+}
+
+/// Monotonic counters; every field is added atomically.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub files_seen: u64,
+    pub bytes_seen: u64,
+    pub late_files: u64,
+    pub compactions: u64,
+    pub files_compacted: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub rows_out: u64,
+    pub corrupt_skipped: u64,
+}
+
+impl Counters {
+    pub fn add(&mut self, other: &Counters) {
+        self.files_seen += other.files_seen;
+        self.bytes_seen += other.bytes_seen;
+        self.late_files += other.late_files;
+        self.compactions += other.compactions;
+        self.files_compacted += other.files_compacted;
+        self.bytes_in += other.bytes_in;
+        self.bytes_out += other.bytes_out;
+        self.rows_out += other.rows_out;
+        self.corrupt_skipped += other.corrupt_skipped;
+    }
+}
+
+/// The right to compact one partition until `expires_at_ms`. `generation` increases with every
+/// grant, so a holder whose lease was taken over is fenced off by comparing generations.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub owner: String,
+    pub generation: u64,
+    pub expires_at_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRecord {
+    pub id: PartitionId,
+    pub status: PartitionStatus,
+    pub counters: Counters,
+    pub lease: Option<Lease>,
+    /// The generation of the latest lease ever granted (0 = never leased).
+    pub generation: u64,
+    /// Task ids of the round planned under `generation`.
+    pub round_tasks: Vec<String>,
+    /// Task ids of that round already committed.
+    pub committed_tasks: Vec<String>,
+    pub last_error: Option<String>,
+    pub last_compacted_ms: Option<i64>,
+    pub updated_at_ms: i64,
+}
+
+impl PartitionRecord {
+    pub fn new(id: PartitionId, now_ms: i64) -> Self {
+        Self {
+            id,
+            status: PartitionStatus::Active,
+            counters: Counters::default(),
+            lease: None,
+            generation: 0,
+            round_tasks: Vec::new(),
+            committed_tasks: Vec::new(),
+            last_error: None,
+            last_compacted_ms: None,
+            updated_at_ms: now_ms,
+        }
+    }
+
+    /// A lease that has not expired at `now_ms`.
+    pub fn live_lease(&self, now_ms: i64) -> Option<&Lease> {
+        self.lease.as_ref().filter(|l| l.expires_at_ms > now_ms)
+    }
+
+    pub fn round_complete(&self) -> bool {
+        self.round_tasks
+            .iter()
+            .all(|t| self.committed_tasks.contains(t))
+    }
+}
+
+/// What a commit did to the partition's round.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitProgress {
+    /// False when this task had been recorded before (a replay); counters were not added again.
+    pub newly_recorded: bool,
+    /// True when every task of the round under the task's generation is now committed.
+    pub round_complete: bool,
+}
+
+#[async_trait]
+pub trait StateStore: Send + Sync + Debug {
+    fn describe(&self) -> String;
+
+    async fn get(&self, id: &PartitionId) -> Result<Option<PartitionRecord>>;
+
+    /// Adds `delta` to the counters, creating the record if needed.
+    async fn add_counters(&self, id: &PartitionId, delta: &Counters, now_ms: i64) -> Result<()>;
+
+    /// Grants a lease to `owner` if none is held or the held one has expired. Returns `None`
+    /// when another live lease holds the partition. Starts a new, empty round.
+    async fn acquire_lease(
+        &self,
+        id: &PartitionId,
+        owner: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<Lease>>;
+
+    /// Extends a lease; fails with [`crate::Error::LeaseLost`] if its generation is no longer
+    /// current or it already expired.
+    async fn renew_lease(
+        &self,
+        id: &PartitionId,
+        lease: &Lease,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Lease>;
+
+    /// Records the task ids of the round planned under `lease` (fenced by generation).
+    async fn set_round(&self, id: &PartitionId, lease: &Lease, task_ids: &[String]) -> Result<()>;
+
+    /// Records that `task_id` (planned under `generation`) committed, adding `delta` only the
+    /// first time. Not fenced: a commit that already happened must be counted even if a newer
+    /// round started since.
+    async fn record_commit(
+        &self,
+        id: &PartitionId,
+        generation: u64,
+        task_id: &str,
+        delta: &Counters,
+        now_ms: i64,
+    ) -> Result<CommitProgress>;
+
+    /// Ends the round of `generation`: removes the lease and sets the final status. Returns false
+    /// (and changes nothing) when a newer generation holds the partition.
+    async fn finish_round(
+        &self,
+        id: &PartitionId,
+        generation: u64,
+        status: PartitionStatus,
+        error: Option<String>,
+        now_ms: i64,
+    ) -> Result<bool>;
+
+    /// Records of one dataset with the given status.
+    async fn list_by_status(
+        &self,
+        dataset: &str,
+        status: PartitionStatus,
+    ) -> Result<Vec<PartitionRecord>>;
+}
+
+/// Milliseconds since the Unix epoch, the time unit of the state port.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// The state transitions as pure functions on a record. The embedded adapter applies them inside
+/// one transaction; the DynamoDB adapter expresses the same rules as condition expressions.
+impl PartitionRecord {
+    pub fn try_acquire(&mut self, owner: &str, now_ms: i64, ttl_ms: i64) -> Option<Lease> {
+        if self.live_lease(now_ms).is_some() {
+            return None;
+        }
+        self.generation += 1;
+        let lease = Lease {
+            owner: owner.to_string(),
+            generation: self.generation,
+            expires_at_ms: now_ms + ttl_ms,
+        };
+        self.lease = Some(lease.clone());
+        self.status = PartitionStatus::Compacting;
+        self.round_tasks.clear();
+        self.committed_tasks.clear();
+        self.last_error = None;
+        self.updated_at_ms = now_ms;
+        Some(lease)
+    }
+
+    fn check_holder(&self, lease: &Lease, now_ms: i64) -> Result<()> {
+        let lost = |reason: String| {
+            Err(crate::Error::LeaseLost {
+                partition: self.id.to_string(),
+                reason,
+            })
+        };
+        match &self.lease {
+            Some(current) if current.generation == lease.generation && current.owner == lease.owner => {
+                if current.expires_at_ms <= now_ms {
+                    lost(format!("lease generation {} expired", lease.generation))
+                } else {
+                    Ok(())
+                }
+            }
+            Some(current) => lost(format!(
+                "generation {} held by {:?} replaced generation {} of {:?}",
+                current.generation, current.owner, lease.generation, lease.owner
+            )),
+            None => lost(format!("lease generation {} was released", lease.generation)),
+        }
+    }
+
+    pub fn try_renew(&mut self, lease: &Lease, now_ms: i64, ttl_ms: i64) -> Result<Lease> {
+        self.check_holder(lease, now_ms)?;
+        let renewed = Lease {
+            expires_at_ms: now_ms + ttl_ms,
+            ..lease.clone()
+        };
+        self.lease = Some(renewed.clone());
+        self.updated_at_ms = now_ms;
+        Ok(renewed)
+    }
+
+    pub fn try_set_round(&mut self, lease: &Lease, task_ids: &[String], now_ms: i64) -> Result<()> {
+        self.check_holder(lease, now_ms)?;
+        self.round_tasks = task_ids.to_vec();
+        self.committed_tasks.retain(|t| task_ids.contains(t));
+        self.updated_at_ms = now_ms;
+        Ok(())
+    }
+
+    pub fn apply_commit(
+        &mut self,
+        generation: u64,
+        task_id: &str,
+        delta: &Counters,
+        now_ms: i64,
+    ) -> CommitProgress {
+        let current_round = generation == self.generation;
+        let already = current_round && self.committed_tasks.iter().any(|t| t == task_id);
+        if !already {
+            self.counters.add(delta);
+            if current_round {
+                self.committed_tasks.push(task_id.to_string());
+            }
+            self.last_compacted_ms = Some(now_ms);
+            self.updated_at_ms = now_ms;
+        }
+        CommitProgress {
+            newly_recorded: !already,
+            round_complete: current_round && self.round_complete(),
+        }
+    }
+
+    pub fn apply_finish_round(
+        &mut self,
+        generation: u64,
+        status: PartitionStatus,
+        error: Option<String>,
+        now_ms: i64,
+    ) -> bool {
+        if generation != self.generation {
+            return false;
+        }
+        self.lease = None;
+        self.status = status;
+        self.last_error = error;
+        self.updated_at_ms = now_ms;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> PartitionRecord {
+        PartitionRecord::new(PartitionId::new("ds", "dt=2024-01-01"), 0)
+    }
+
+    #[test]
+    fn lease_is_exclusive_until_it_expires() {
+        let mut r = record();
+        let first = r.try_acquire("a", 1_000, 500).unwrap();
+        assert_eq!(first.generation, 1);
+        assert_eq!(r.status, PartitionStatus::Compacting);
+        assert!(r.try_acquire("b", 1_499, 500).is_none());
+        let second = r.try_acquire("b", 1_500, 500).unwrap();
+        assert_eq!(second.generation, 2);
+        // The first holder is fenced off by generation.
+        assert!(r.try_renew(&first, 1_600, 500).is_err());
+        assert!(r.try_set_round(&first, &["t".into()], 1_600).is_err());
+        let renewed = r.try_renew(&second, 1_600, 500).unwrap();
+        assert_eq!(renewed.expires_at_ms, 2_100);
+    }
+
+    #[test]
+    fn expired_lease_cannot_be_renewed() {
+        let mut r = record();
+        let lease = r.try_acquire("a", 0, 10).unwrap();
+        assert!(r.try_renew(&lease, 10, 10).is_err());
+    }
+
+    #[test]
+    fn commits_are_counted_once_and_complete_the_round() {
+        let mut r = record();
+        let lease = r.try_acquire("a", 0, 1_000).unwrap();
+        r.try_set_round(&lease, &["t1".into(), "t2".into()], 1).unwrap();
+        let delta = Counters {
+            files_compacted: 3,
+            ..Counters::default()
+        };
+        let p = r.apply_commit(lease.generation, "t1", &delta, 2);
+        assert!(p.newly_recorded && !p.round_complete);
+        let replay = r.apply_commit(lease.generation, "t1", &delta, 3);
+        assert!(!replay.newly_recorded);
+        assert_eq!(r.counters.files_compacted, 3);
+        let p = r.apply_commit(lease.generation, "t2", &delta, 4);
+        assert!(p.round_complete);
+        assert!(r.apply_finish_round(lease.generation, PartitionStatus::Compacted, None, 5));
+        assert!(r.lease.is_none());
+        assert_eq!(r.status, PartitionStatus::Compacted);
+    }
+
+    #[test]
+    fn stale_round_cannot_finish_a_newer_one() {
+        let mut r = record();
+        let old = r.try_acquire("a", 0, 10).unwrap();
+        let new = r.try_acquire("b", 20, 10).unwrap();
+        // A late commit of the old round is still counted, but does not complete the new round.
+        let p = r.apply_commit(old.generation, "old-task", &Counters::default(), 21);
+        assert!(p.newly_recorded && !p.round_complete);
+        assert!(!r.apply_finish_round(old.generation, PartitionStatus::Compacted, None, 22));
+        assert_eq!(r.lease.as_ref().unwrap().generation, new.generation);
+    }
+}

@@ -1,0 +1,170 @@
+//! Merge tasks and the staging layout they live in:
+//!
+//! ```text
+//! <staging>/<dataset>/<partition>/<task_id>/_task.json        the task spec (planner)
+//! <staging>/<dataset>/<partition>/<task_id>/a<N>-<i>.parquet  outputs of attempt N (merger)
+//! <staging>/<dataset>/<partition>/<task_id>/_manifest.json    what the outputs hold (merger)
+//! <staging>/<dataset>/<partition>/<task_id>/_SUCCESS          merge finished (merger)
+//! <staging>/<dataset>/<partition>/<task_id>/_DECISION         commit or abandon (committer/planner)
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::DatasetConfig;
+use crate::error::{Error, Result};
+use crate::state::PartitionId;
+use crate::store::{dir_prefix, join_key, ObjectMeta};
+
+pub const TASK_SPEC: &str = "_task.json";
+pub const MANIFEST: &str = "_manifest.json";
+pub const SUCCESS: &str = "_SUCCESS";
+pub const DECISION: &str = "_DECISION";
+/// The partition-level manifest of live files, next to the outputs.
+pub const PARTITION_MANIFEST: &str = "_compactor_manifest.json";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MergeTask {
+    pub task_id: String,
+    pub partition: PartitionId,
+    /// Generation of the lease the task was planned under; the committer fences on it.
+    pub generation: u64,
+    pub dataset: DatasetConfig,
+    pub staging_prefix: String,
+    pub memory_budget: u64,
+    pub inputs: Vec<ObjectMeta>,
+    pub created_at_ms: i64,
+}
+
+pub fn task_id(generation: u64, index: usize) -> String {
+    format!("g{generation:06}-t{index:04}")
+}
+
+/// `<staging>/<dataset>/<partition>/`
+pub fn partition_staging_dir(staging_prefix: &str, partition: &PartitionId) -> String {
+    dir_prefix(&join_key(&[
+        staging_prefix,
+        &partition.dataset,
+        &partition.partition,
+    ]))
+}
+
+/// `<staging>/<dataset>/` — what a recovery sweep lists.
+pub fn dataset_staging_dir(staging_prefix: &str, dataset: &str) -> String {
+    dir_prefix(&join_key(&[staging_prefix, dataset]))
+}
+
+impl MergeTask {
+    pub fn input_bytes(&self) -> u64 {
+        self.inputs.iter().map(|i| i.size).sum()
+    }
+
+    /// `<staging>/<dataset>/<partition>/<task_id>/`
+    pub fn task_dir(&self) -> String {
+        format!(
+            "{}{}/",
+            partition_staging_dir(&self.staging_prefix, &self.partition),
+            self.task_id
+        )
+    }
+
+    pub fn staging_key(&self, name: &str) -> String {
+        format!("{}{name}", self.task_dir())
+    }
+
+    pub fn staging_output_key(&self, attempt: u32, index: usize) -> String {
+        self.staging_key(&format!("a{attempt}-{index:05}.parquet"))
+    }
+
+    /// Final location of output `index`: deterministic, so a replayed commit finds it.
+    pub fn final_output_key(&self, index: usize) -> String {
+        format!(
+            "{}compacted-{}-{index:05}.parquet",
+            partition_output_dir(&self.dataset, &self.partition.partition),
+            self.task_id
+        )
+    }
+}
+
+/// `<output prefix>/<partition>/`
+pub fn partition_output_dir(dataset: &DatasetConfig, partition: &str) -> String {
+    dir_prefix(&join_key(&[&dataset.output_dir(), partition]))
+}
+
+/// `<source prefix>/<partition>/`
+pub fn partition_source_dir(dataset: &DatasetConfig, partition: &str) -> String {
+    dir_prefix(&join_key(&[&dataset.source_dir(), partition]))
+}
+
+/// Splits the key of a staged marker (e.g. a `_SUCCESS` from an S3 event) into the task
+/// directory it belongs to, refusing keys outside the staging prefix.
+pub fn task_dir_of_marker(staging_prefix: &str, key: &str) -> Result<String> {
+    let staging = dir_prefix(staging_prefix);
+    let rest = key.strip_prefix(&staging).ok_or_else(|| {
+        Error::BadEvent(format!(
+            "key {key:?} is outside the staging prefix {staging:?}"
+        ))
+    })?;
+    let (dir, _marker) = rest.rsplit_once('/').ok_or_else(|| {
+        Error::BadEvent(format!("key {key:?} is not inside a task directory"))
+    })?;
+    // dataset / partition (at least one level) / task id
+    if dir.split('/').count() < 3 {
+        return Err(Error::BadEvent(format!(
+            "key {key:?} is not <staging>/<dataset>/<partition>/<task>/<marker>"
+        )));
+    }
+    Ok(format!("{staging}{dir}/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task() -> MergeTask {
+        MergeTask {
+            task_id: task_id(3, 1),
+            partition: PartitionId::new("events", "dt=2024-01-01/hour=05"),
+            generation: 3,
+            dataset: DatasetConfig::new("events", "raw/events", "dt={date}/hour={hour}"),
+            staging_prefix: "_compactor/staging".into(),
+            memory_budget: 1 << 30,
+            inputs: vec![],
+            created_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn layout_is_deterministic() {
+        let t = task();
+        assert_eq!(t.task_id, "g000003-t0001");
+        assert_eq!(
+            t.task_dir(),
+            "_compactor/staging/events/dt=2024-01-01/hour=05/g000003-t0001/"
+        );
+        assert_eq!(
+            t.staging_output_key(2, 7),
+            "_compactor/staging/events/dt=2024-01-01/hour=05/g000003-t0001/a2-00007.parquet"
+        );
+        assert_eq!(
+            t.final_output_key(0),
+            "raw/events/dt=2024-01-01/hour=05/compacted-g000003-t0001-00000.parquet"
+        );
+        let with_output = MergeTask {
+            dataset: DatasetConfig {
+                output_prefix: Some("cold/events/".into()),
+                ..t.dataset.clone()
+            },
+            ..t
+        };
+        assert!(with_output.final_output_key(0).starts_with("cold/events/dt=2024-01-01/hour=05/"));
+    }
+
+    #[test]
+    fn marker_keys_map_back_to_their_task_dir() {
+        let t = task();
+        let key = t.staging_key(SUCCESS);
+        assert_eq!(task_dir_of_marker(&t.staging_prefix, &key).unwrap(), t.task_dir());
+        assert!(task_dir_of_marker("_compactor/staging", "events/dt=1/_SUCCESS").is_err());
+        assert!(task_dir_of_marker("_compactor/staging", "_compactor/staging/_SUCCESS").is_err());
+    }
+}
