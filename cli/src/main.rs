@@ -1,1 +1,235 @@
-fn main(){}
+//! `compactor`: runs the planner -> merger -> committer pipeline on a local directory with an
+//! embedded state store. Everything it does is in the `compaction` library; this file only parses
+//! arguments, builds the adapters and prints.
+
+mod args;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use compaction::config::Config;
+use compaction::pipeline::{run_local, RunOptions, RunSummary};
+use compaction::planner::local_owner_id;
+use compaction::sample::{generate, SampleSpec};
+use compaction::state::{EmbeddedState, PartitionStatus, StateStore};
+use compaction::store::{LocalStore, ObjectStore};
+
+use args::{Cli, Command, CompactArgs, DemoArgs, GenerateArgs, StatusArgs};
+
+/// Exit codes, documented in `--help` and the README.
+const EXIT_PARTIAL: u8 = 3;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8, json: bool) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,compaction=info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Compact(args) => compact(args, false).await,
+        Command::Plan(args) => compact(args, true).await,
+        Command::Generate(args) => generate_cmd(args).await,
+        Command::Demo(args) => demo(args).await,
+        Command::Status(args) => status(args).await,
+    }
+}
+
+fn open_store(dir: &Path) -> Result<Arc<dyn ObjectStore>> {
+    if dir.to_string_lossy().starts_with("s3://") {
+        bail!("{}: S3 locations need the AWS adapters, which arrive with the Lambda functions; use a local directory for now", dir.display());
+    }
+    if !dir.is_dir() {
+        bail!("{} is not a directory; point compactor at the directory holding your dataset (or run `compactor demo`)", dir.display());
+    }
+    Ok(Arc::new(
+        LocalStore::open(dir).with_context(|| format!("opening {}", dir.display()))?,
+    ))
+}
+
+fn state_path(dir: &Path, explicit: &Option<PathBuf>) -> PathBuf {
+    explicit
+        .clone()
+        .unwrap_or_else(|| dir.join("_compactor").join("state.redb"))
+}
+
+async fn compact(args: CompactArgs, dry_run: bool) -> Result<ExitCode> {
+    let dry_run = dry_run || args.dry_run;
+    let config = args.config()?;
+    let store = open_store(&args.dir)?;
+    let state: Arc<dyn StateStore> = Arc::new(
+        EmbeddedState::open(state_path(&args.dir, &args.state))
+            .context("opening the state store")?,
+    );
+    let summary = execute(&config, store, state, &args, dry_run).await?;
+    let exit = exit_code(&summary);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report::json(&summary, &config))?
+        );
+    } else {
+        report::print(&summary, &config, dry_run);
+    }
+    Ok(exit)
+}
+
+async fn execute(
+    config: &Config,
+    store: Arc<dyn ObjectStore>,
+    state: Arc<dyn StateStore>,
+    args: &CompactArgs,
+    dry_run: bool,
+) -> Result<RunSummary> {
+    let progress = Arc::new(report::Bar::new(args.quiet || args.json || dry_run));
+    let options = RunOptions {
+        dry_run,
+        now: chrono::Utc::now(),
+        datasets: (!args.dataset.is_empty()).then(|| args.dataset.clone()),
+        partitions: (!args.partition.is_empty()).then(|| args.partition.clone()),
+        workers: args.workers.unwrap_or_else(default_workers),
+        scratch: std::env::temp_dir(),
+        owner: local_owner_id(),
+    };
+    let summary = run_local(config, store, state, progress.clone(), &options).await?;
+    progress.finish();
+    Ok(summary)
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(4)
+}
+
+fn exit_code(summary: &RunSummary) -> ExitCode {
+    if !summary.failures.is_empty() && summary.commits.is_empty() {
+        ExitCode::FAILURE
+    } else if summary.is_partial() {
+        ExitCode::from(EXIT_PARTIAL)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+async fn generate_cmd(args: GenerateArgs) -> Result<ExitCode> {
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let store = open_store(&args.dir)?;
+    let spec = args.spec();
+    let summary = generate(store, &spec).await?;
+    println!(
+        "wrote {} files ({}, {} rows) in {} partitions under {}",
+        summary.files,
+        compaction::units::human_bytes(summary.bytes),
+        summary.rows,
+        summary.partitions.len(),
+        args.dir.join(&spec.prefix).display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Marks a directory as made by `demo`, so a second run may safely wipe it.
+const DEMO_MARKER: &str = "_compactor_demo";
+
+async fn demo(args: DemoArgs) -> Result<ExitCode> {
+    let dir = &args.dir;
+    if dir.exists() {
+        if !dir.join(DEMO_MARKER).exists() {
+            bail!(
+                "{} exists and was not created by `compactor demo`; pick another --dir",
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join(DEMO_MARKER),
+        "created by `compactor demo`; safe to delete\n",
+    )?;
+    let store = open_store(dir)?;
+    let spec = SampleSpec {
+        prefix: "events/".into(),
+        partitions: args.partitions,
+        files_per_partition: args.files_per_partition,
+        rows_per_file: args.rows_per_file,
+        include_hot_partition: true,
+        now: chrono::Utc::now(),
+        seed: 42,
+    };
+    println!("1/2 generating a sample dataset in {} ...", dir.display());
+    let generated = generate(Arc::clone(&store), &spec).await?;
+    println!(
+        "    {} small files, {}, {} rows, {} hourly partitions (the newest is the current hour, which stays hot)",
+        generated.files,
+        compaction::units::human_bytes(generated.bytes),
+        generated.rows,
+        generated.partitions.len()
+    );
+    let compact_args = args.compact_args();
+    let config = compact_args.config()?;
+    println!("2/2 compacting (mode {:?}) ...", config.datasets[0].mode);
+    let state: Arc<dyn StateStore> = Arc::new(EmbeddedState::open(state_path(dir, &None))?);
+    let summary = execute(&config, store, state, &compact_args, false).await?;
+    report::print(&summary, &config, false);
+    println!(
+        "\nTry it again: `compactor compact {dir} --prefix events/` changes nothing the second time.\nRead it: duckdb -c \"SELECT count(*) FROM read_parquet('{dir}/events/*/*/*.parquet')\"",
+        dir = dir.display()
+    );
+    Ok(exit_code(&summary))
+}
+
+async fn status(args: StatusArgs) -> Result<ExitCode> {
+    let state = EmbeddedState::open(state_path(&args.dir, &args.state))?;
+    let statuses = [
+        PartitionStatus::Compacting,
+        PartitionStatus::Failed,
+        PartitionStatus::Compacted,
+        PartitionStatus::Active,
+    ];
+    let mut records = Vec::new();
+    for status in statuses {
+        records.extend(state.list_by_status(&args.dataset, status).await?);
+    }
+    report::print_status(&records);
+    Ok(ExitCode::SUCCESS)
+}

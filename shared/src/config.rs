@@ -159,7 +159,10 @@ impl DatasetConfig {
 
     pub fn template(&self) -> Result<PartitionTemplate> {
         PartitionTemplate::parse(&self.partition_template).map_err(|e| {
-            self.field_error("partition_template", format!("{e}; e.g. \"dt={{date}}/hour={{hour}}\""))
+            self.field_error(
+                "partition_template",
+                format!("{e}; e.g. \"dt={{date}}/hour={{hour}}\""),
+            )
         })
     }
 
@@ -180,8 +183,7 @@ impl DatasetConfig {
     }
 
     pub fn parquet_compression(&self) -> Result<Compression> {
-        parse_compression(&self.compression)
-            .map_err(|m| self.field_error("compression", m))
+        parse_compression(&self.compression).map_err(|m| self.field_error("compression", m))
     }
 
     fn field_error(&self, field: &str, message: impl Into<String>) -> Error {
@@ -201,8 +203,12 @@ impl DatasetConfig {
                 "must be non-empty and use only letters, digits, '-', '_' and '.'".into(),
             );
         }
-        validate_prefix(&self.source_prefix)
-            .or_else(|e| fail("source_prefix", format!("{e}; use a relative prefix such as \"events/\"")))?;
+        validate_prefix(&self.source_prefix).or_else(|e| {
+            fail(
+                "source_prefix",
+                format!("{e}; use a relative prefix such as \"events/\""),
+            )
+        })?;
         if let Some(out) = &self.output_prefix {
             validate_prefix(out)
                 .or_else(|e| fail("output_prefix", format!("{e}; use a relative prefix")))?;
@@ -220,7 +226,10 @@ impl DatasetConfig {
             }
         }
         if self.target_file_size.bytes() < 1 << 20 {
-            return fail("target_file_size", "must be at least 1MiB (128MiB to 256MiB is typical)".into());
+            return fail(
+                "target_file_size",
+                "must be at least 1MiB (128MiB to 256MiB is typical)".into(),
+            );
         }
         if self.row_group_size.bytes() < 1 << 20 || self.row_group_size > self.target_file_size {
             return fail(
@@ -254,7 +263,10 @@ impl DatasetConfig {
         }
         if let Some(seq) = &self.seq_column {
             if seq.is_empty() || self.sort_key.contains(seq) {
-                return fail("seq_column", "must be a non-empty name that is not a sort key column".into());
+                return fail(
+                    "seq_column",
+                    "must be a non-empty name that is not a sort key column".into(),
+                );
             }
         }
         self.parquet_compression()?;
@@ -308,8 +320,12 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
-        validate_prefix(&self.staging_prefix)
-            .map_err(|e| Error::config("staging_prefix", format!("{e}; use a relative prefix such as \"_compactor/staging\"")))?;
+        validate_prefix(&self.staging_prefix).map_err(|e| {
+            Error::config(
+                "staging_prefix",
+                format!("{e}; use a relative prefix such as \"_compactor/staging\""),
+            )
+        })?;
         if self.memory_budget.bytes() < 64 << 20 {
             return Err(Error::config("memory_budget", "must be at least 64MiB"));
         }
@@ -323,17 +339,26 @@ impl Config {
         for ds in &self.datasets {
             ds.validate()?;
             if !names.insert(ds.name.as_str()) {
-                return Err(Error::config(format!("dataset {:?}: name", ds.name), "is used twice; dataset names must be unique"));
+                return Err(Error::config(
+                    format!("dataset {:?}: name", ds.name),
+                    "is used twice; dataset names must be unique",
+                ));
             }
         }
         Ok(())
     }
 
     pub fn dataset(&self, name: &str) -> Result<&DatasetConfig> {
-        self.datasets.iter().find(|d| d.name == name).ok_or_else(|| {
-            let known: Vec<&str> = self.datasets.iter().map(|d| d.name.as_str()).collect();
-            Error::config("dataset", format!("no dataset named {name:?}; configured: {known:?}"))
-        })
+        self.datasets
+            .iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.datasets.iter().map(|d| d.name.as_str()).collect();
+                Error::config(
+                    "dataset",
+                    format!("no dataset named {name:?}; configured: {known:?}"),
+                )
+            })
     }
 
     pub fn to_toml(&self) -> String {
@@ -363,7 +388,10 @@ mod tests {
         assert_eq!(d.target_file_size, ByteSize::mib(128));
         assert_eq!(d.mode, Mode::Concat);
         assert_eq!(d.min_file_count, 2);
-        assert!(matches!(d.parquet_compression().unwrap(), Compression::ZSTD(_)));
+        assert!(matches!(
+            d.parquet_compression().unwrap(),
+            Compression::ZSTD(_)
+        ));
         assert_eq!(c.staging_prefix, DEFAULT_STAGING_PREFIX);
         assert_eq!(d.effective_granularity().unwrap(), Granularity::Hour);
         assert_eq!(d.output_dir(), "events/");
@@ -413,7 +441,10 @@ mod tests {
         let e = error_of("compression = \"brotli\"\n");
         assert!(e.contains("compression") && e.contains("zstd"), "{e}");
         let e = error_of("target_file_size = \"12 parsecs\"\n");
-        assert!(e.contains("target_file_size") || e.contains("parsecs"), "{e}");
+        assert!(
+            e.contains("target_file_size") || e.contains("parsecs"),
+            "{e}"
+        );
         let e = error_of("small_file_threshold = \"1GiB\"\n");
         assert!(e.contains("small_file_threshold"), "{e}");
         let e = error_of("colour = \"blue\"\n");
@@ -422,12 +453,17 @@ mod tests {
         assert!(e.contains("granularity"), "{e}");
         let e = error_of("seq_column = \"seq\"\n");
         assert!(e.contains("mode"), "{e}");
-        let e = parse(&MINIMAL.replace("events/", "../etc")).unwrap_err().to_string();
+        let e = parse(&MINIMAL.replace("events/", "../etc"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("source_prefix"), "{e}");
         let e = parse(&MINIMAL.replace("dt={date}/hour={hour}", "region={region}"))
             .unwrap_err()
             .to_string();
-        assert!(e.contains("partition_template") && e.contains("time field"), "{e}");
+        assert!(
+            e.contains("partition_template") && e.contains("time field"),
+            "{e}"
+        );
         let e = parse("").unwrap_err().to_string();
         assert!(e.contains("[[dataset]]"), "{e}");
     }

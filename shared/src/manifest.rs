@@ -120,17 +120,15 @@ impl PartitionManifest {
     }
 
     pub fn compacted_keys(&self) -> impl Iterator<Item = &str> {
-        self.files.iter().filter(|f| f.compacted).map(|f| f.key.as_str())
+        self.files
+            .iter()
+            .filter(|f| f.compacted)
+            .map(|f| f.key.as_str())
     }
 
     /// Applies a commit: `listing` is what the partition holds now (outputs already moved in);
     /// removed inputs are dropped, outputs marked as compacted.
-    pub fn apply_commit(
-        &mut self,
-        task: &TaskManifest,
-        listing: &[ObjectMeta],
-        now_ms: i64,
-    ) {
+    pub fn apply_commit(&mut self, task: &TaskManifest, listing: &[ObjectMeta], now_ms: i64) {
         let removed: std::collections::HashSet<&str> =
             task.inputs.iter().map(|i| i.key.as_str()).collect();
         let added: std::collections::HashSet<&str> =
@@ -244,7 +242,11 @@ mod tests {
         ];
         let mut pm = PartitionManifest::default();
         pm.apply_commit(&task, &listing, 9);
-        let keys: Vec<(&str, bool)> = pm.files.iter().map(|f| (f.key.as_str(), f.compacted)).collect();
+        let keys: Vec<(&str, bool)> = pm
+            .files
+            .iter()
+            .map(|f| (f.key.as_str(), f.compacted))
+            .collect();
         assert_eq!(
             keys,
             vec![

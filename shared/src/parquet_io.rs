@@ -35,14 +35,19 @@ fn corrupt(key: &str, reason: impl Into<String>) -> Error {
 pub async fn read_footer(store: &dyn ObjectStore, key: &str) -> Result<Arc<ParquetMetaData>> {
     let (tail, size) = store.get_suffix(key, FOOTER_TAIL).await?;
     if size < FOOTER_TAIL + MAGIC_LEN {
-        return Err(corrupt(key, format!("only {size} bytes, too small to be Parquet")));
+        return Err(corrupt(
+            key,
+            format!("only {size} bytes, too small to be Parquet"),
+        ));
     }
     let footer = parse_tail(key, &tail)?;
     let len = footer.metadata_length() as u64;
     if len + FOOTER_TAIL + MAGIC_LEN > size {
         return Err(corrupt(
             key,
-            format!("footer claims {len} bytes of metadata but the file has {size} bytes (truncated?)"),
+            format!(
+                "footer claims {len} bytes of metadata but the file has {size} bytes (truncated?)"
+            ),
         ));
     }
     let start = size - FOOTER_TAIL - len;
@@ -54,7 +59,10 @@ pub async fn read_footer(store: &dyn ObjectStore, key: &str) -> Result<Arc<Parqu
 pub fn footer_from_bytes(key: &str, data: &Bytes) -> Result<Arc<ParquetMetaData>> {
     let size = data.len() as u64;
     if size < FOOTER_TAIL + MAGIC_LEN {
-        return Err(corrupt(key, format!("only {size} bytes, too small to be Parquet")));
+        return Err(corrupt(
+            key,
+            format!("only {size} bytes, too small to be Parquet"),
+        ));
     }
     let footer = parse_tail(key, &data[(size - FOOTER_TAIL) as usize..])?;
     let len = footer.metadata_length() as u64;
@@ -70,7 +78,10 @@ fn parse_tail(key: &str, tail: &[u8]) -> Result<FooterTail> {
         return Err(corrupt(key, "cannot read the 8-byte footer"));
     }
     let footer = FooterTail::try_from(tail).map_err(|_| {
-        corrupt(key, "bad magic: the file does not end with PAR1 (not Parquet, or truncated)")
+        corrupt(
+            key,
+            "bad magic: the file does not end with PAR1 (not Parquet, or truncated)",
+        )
     })?;
     if footer.is_encrypted_footer() {
         return Err(corrupt(key, "encrypted Parquet footers are not supported"));
@@ -173,13 +184,21 @@ impl AsyncFileReader for StoreReader {
             for &i in &order {
                 let r = &ranges[i];
                 match merged.last_mut() {
-                    Some(last) if r.start <= last.end + COALESCE_GAP => last.end = last.end.max(r.end),
+                    Some(last) if r.start <= last.end + COALESCE_GAP => {
+                        last.end = last.end.max(r.end)
+                    }
                     _ => merged.push(r.clone()),
                 }
             }
             let mut fetched = Vec::with_capacity(merged.len());
             for m in &merged {
-                fetched.push((m.clone(), self.store.get_range(&self.key, m.clone()).await.map_err(external)?));
+                fetched.push((
+                    m.clone(),
+                    self.store
+                        .get_range(&self.key, m.clone())
+                        .await
+                        .map_err(external)?,
+                ));
             }
             ranges
                 .iter()
@@ -260,7 +279,10 @@ impl AsyncFileWriter for SinkWriter {
             self.bytes += bs.len() as u64;
             match self.sink.as_mut() {
                 Some(sink) => sink.write(bs).await.map_err(external),
-                None => Err(ParquetError::General(format!("{} already completed", self.key))),
+                None => Err(ParquetError::General(format!(
+                    "{} already completed",
+                    self.key
+                ))),
             }
         }
         .boxed()

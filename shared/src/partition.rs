@@ -110,7 +110,9 @@ pub struct PartitionValues {
 pub enum Coldness {
     Cold,
     /// Still receiving data (or inside the grace period) until the given time.
-    Hot { until: DateTime<Utc> },
+    Hot {
+        until: DateTime<Utc>,
+    },
 }
 
 impl PartitionTemplate {
@@ -134,8 +136,12 @@ impl PartitionTemplate {
                         .find('}')
                         .ok_or_else(|| err(format!("unclosed '{{' in segment {segment:?}")))?;
                     let name = &open[..close];
-                    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                        return Err(err(format!("bad field name {name:?} in segment {segment:?}")));
+                    if name.is_empty()
+                        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    {
+                        return Err(err(format!(
+                            "bad field name {name:?} in segment {segment:?}"
+                        )));
                     }
                     let field = Field::parse(name);
                     if let (Some(Part::Field(prev)), None) = (parts.last(), field.width()) {
@@ -341,7 +347,9 @@ pub fn coldness(
 ) -> Coldness {
     let end = coarsen_end(values, granularity);
     let grace = Duration::from_std(grace).unwrap_or(Duration::MAX);
-    let until = end.checked_add_signed(grace).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let until = end
+        .checked_add_signed(grace)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
     if now >= until {
         Coldness::Cold
     } else {
@@ -420,7 +428,10 @@ mod tests {
             "h={hour}/{year}",
             "{date}/{date}",
         ] {
-            assert!(PartitionTemplate::parse(bad).is_err(), "{bad:?} should fail");
+            assert!(
+                PartitionTemplate::parse(bad).is_err(),
+                "{bad:?} should fail"
+            );
         }
     }
 

@@ -12,7 +12,10 @@ pub fn is_data_file(key: &str, suffix: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('_')
         && !name.starts_with('.')
-        && (suffix.is_empty() || name.to_ascii_lowercase().ends_with(&suffix.to_ascii_lowercase()))
+        && (suffix.is_empty()
+            || name
+                .to_ascii_lowercase()
+                .ends_with(&suffix.to_ascii_lowercase()))
 }
 
 /// What the planner decided for one partition.
@@ -155,7 +158,10 @@ mod tests {
     fn bin_pack_respects_target_and_order() {
         let sizes = vec![40, 40, 40, 10, 90, 200, 5, 5];
         let groups = bin_pack(sizes, 100, |s| *s);
-        assert_eq!(groups, vec![vec![40, 40], vec![40, 10], vec![90], vec![200], vec![5, 5]]);
+        assert_eq!(
+            groups,
+            vec![vec![40, 40], vec![40, 10], vec![90], vec![200], vec![5, 5]]
+        );
         for g in &groups {
             assert!(g.iter().sum::<u64>() <= 100 || g.len() == 1);
         }
@@ -163,7 +169,10 @@ mod tests {
 
     #[test]
     fn bin_pack_folds_a_trailing_single_into_the_previous_group() {
-        assert_eq!(bin_pack(vec![60, 30, 20], 100, |s| *s), vec![vec![60, 30, 20]]);
+        assert_eq!(
+            bin_pack(vec![60, 30, 20], 100, |s| *s),
+            vec![vec![60, 30, 20]]
+        );
         assert_eq!(bin_pack(vec![7], 100, |s| *s), vec![vec![7]]);
         assert!(bin_pack(Vec::<u64>::new(), 100, |s| *s).is_empty());
     }
@@ -178,7 +187,12 @@ mod tests {
 
     #[test]
     fn concat_selects_small_new_files_and_packs_them() {
-        let files = vec![file("p/a", 30), file("p/b", 30), file("p/c", 30), file("p/big", 80)];
+        let files = vec![
+            file("p/a", 30),
+            file("p/b", 30),
+            file("p/c", 30),
+            file("p/big", 80),
+        ];
         match decide(&files, &HashSet::new(), &dataset(Mode::Concat)) {
             PartitionDecision::Compact(groups) => {
                 let keys: Vec<Vec<&str>> = groups
@@ -206,7 +220,10 @@ mod tests {
     #[test]
     fn late_file_merges_with_small_leftover_in_concat_mode() {
         let files = vec![file("p/out-0", 90), file("p/out-1", 20), file("p/late", 10)];
-        let own: HashSet<String> = ["p/out-0", "p/out-1"].iter().map(|s| s.to_string()).collect();
+        let own: HashSet<String> = ["p/out-0", "p/out-1"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         match decide(&files, &own, &dataset(Mode::Concat)) {
             PartitionDecision::Compact(groups) => {
                 assert_eq!(groups.len(), 1);
@@ -235,7 +252,10 @@ mod tests {
         let files = vec![file("p/a", 10)];
         assert_eq!(
             decide(&files, &HashSet::new(), &dataset(Mode::Concat)),
-            PartitionDecision::Skip(SkipReason::TooFewFiles { candidates: 1, min: 2 })
+            PartitionDecision::Skip(SkipReason::TooFewFiles {
+                candidates: 1,
+                min: 2
+            })
         );
     }
 }

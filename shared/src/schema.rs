@@ -37,7 +37,11 @@ pub fn unify(partition: &str, inputs: &[(String, SchemaRef)], drop: &[&str]) -> 
                     match widen(column.field.data_type(), field.data_type()) {
                         Some(t) => {
                             let nullable = column.field.is_nullable() || field.is_nullable();
-                            column.field = column.field.clone().with_data_type(t).with_nullable(nullable);
+                            column.field = column
+                                .field
+                                .clone()
+                                .with_data_type(t)
+                                .with_nullable(nullable);
                             column.seen_in += 1;
                         }
                         None => conflicts.push(format!(
@@ -94,7 +98,11 @@ fn widen(a: &DataType, b: &DataType) -> Option<DataType> {
         (Utf8 | LargeUtf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View) => Some(LargeUtf8),
         (Binary | LargeBinary | BinaryView, Binary | LargeBinary | BinaryView) => Some(LargeBinary),
         (Float16 | Float32 | Float64, Float16 | Float32 | Float64) => {
-            Some(if a == &Float64 || b == &Float64 { Float64 } else { Float32 })
+            Some(if a == &Float64 || b == &Float64 {
+                Float64
+            } else {
+                Float32
+            })
         }
         (Decimal128(p1, s1), Decimal128(p2, s2)) => {
             let scale = (*s1).max(*s2);
@@ -164,7 +172,10 @@ fn widen_integer(a: &DataType, b: &DataType) -> Option<DataType> {
 }
 
 /// Reshapes a batch to the unified schema: columns by name, missing ones as nulls, types cast.
-pub fn conform(batch: &RecordBatch, target: &SchemaRef) -> std::result::Result<RecordBatch, String> {
+pub fn conform(
+    batch: &RecordBatch,
+    target: &SchemaRef,
+) -> std::result::Result<RecordBatch, String> {
     let rows = batch.num_rows();
     let columns: Vec<ArrayRef> = target
         .fields()
@@ -172,7 +183,11 @@ pub fn conform(batch: &RecordBatch, target: &SchemaRef) -> std::result::Result<R
         .map(|field| match batch.column_by_name(field.name()) {
             Some(col) if col.data_type() == field.data_type() => Ok(Arc::clone(col)),
             Some(col) => arrow::compute::cast(col, field.data_type()).map_err(|e| {
-                format!("cannot convert column {:?} to {}: {e}", field.name(), field.data_type())
+                format!(
+                    "cannot convert column {:?} to {}: {e}",
+                    field.name(),
+                    field.data_type()
+                )
             }),
             None => Ok(new_null_array(field.data_type(), rows)),
         })
@@ -215,7 +230,14 @@ mod tests {
         .unwrap();
         let c = conform(&batch, &u).unwrap();
         assert_eq!(c.schema(), u);
-        assert_eq!(c.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values(), &[1, 2]);
+        assert_eq!(
+            c.column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .values(),
+            &[1, 2]
+        );
         assert_eq!(c.column(2).null_count(), 2);
     }
 
@@ -235,10 +257,17 @@ mod tests {
     fn incompatible_types_are_named_with_their_files() {
         let a = schema(vec![Field::new("id", DataType::Int64, false)]);
         let b = schema(vec![Field::new("id", DataType::Utf8, false)]);
-        let e = unify("dt=1", &[("p/a.parquet".into(), a), ("p/b.parquet".into(), b)], &[])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("\"id\"") && e.contains("p/a.parquet") && e.contains("p/b.parquet"), "{e}");
+        let e = unify(
+            "dt=1",
+            &[("p/a.parquet".into(), a), ("p/b.parquet".into(), b)],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("\"id\"") && e.contains("p/a.parquet") && e.contains("p/b.parquet"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -250,7 +279,10 @@ mod tests {
         assert_eq!(widen(&UInt64, &Int64), None);
         assert_eq!(widen(&Int64, &Float64), None);
         assert_eq!(widen(&Float32, &Float64), Some(Float64));
-        assert_eq!(widen(&Decimal128(10, 2), &Decimal128(12, 4)), Some(Decimal128(12, 4)));
+        assert_eq!(
+            widen(&Decimal128(10, 2), &Decimal128(12, 4)),
+            Some(Decimal128(12, 4))
+        );
         assert_eq!(
             widen(&Dictionary(Box::new(Int32), Box::new(Utf8)), &Utf8),
             Some(Utf8)

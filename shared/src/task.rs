@@ -104,9 +104,9 @@ pub fn task_dir_of_marker(staging_prefix: &str, key: &str) -> Result<String> {
             "key {key:?} is outside the staging prefix {staging:?}"
         ))
     })?;
-    let (dir, _marker) = rest.rsplit_once('/').ok_or_else(|| {
-        Error::BadEvent(format!("key {key:?} is not inside a task directory"))
-    })?;
+    let (dir, _marker) = rest
+        .rsplit_once('/')
+        .ok_or_else(|| Error::BadEvent(format!("key {key:?} is not inside a task directory")))?;
     // dataset / partition (at least one level) / task id
     if dir.split('/').count() < 3 {
         return Err(Error::BadEvent(format!(
@@ -156,14 +156,19 @@ mod tests {
             },
             ..t
         };
-        assert!(with_output.final_output_key(0).starts_with("cold/events/dt=2024-01-01/hour=05/"));
+        assert!(with_output
+            .final_output_key(0)
+            .starts_with("cold/events/dt=2024-01-01/hour=05/"));
     }
 
     #[test]
     fn marker_keys_map_back_to_their_task_dir() {
         let t = task();
         let key = t.staging_key(SUCCESS);
-        assert_eq!(task_dir_of_marker(&t.staging_prefix, &key).unwrap(), t.task_dir());
+        assert_eq!(
+            task_dir_of_marker(&t.staging_prefix, &key).unwrap(),
+            t.task_dir()
+        );
         assert!(task_dir_of_marker("_compactor/staging", "events/dt=1/_SUCCESS").is_err());
         assert!(task_dir_of_marker("_compactor/staging", "_compactor/staging/_SUCCESS").is_err());
     }

@@ -77,7 +77,10 @@ pub fn check_versions(
     for input in inputs {
         match current.get(&input.key) {
             Some(now) if now.version == input.version => keep.push(input.clone()),
-            Some(_) => skip.push(skipped(input, "changed since planning; left for the next round")),
+            Some(_) => skip.push(skipped(
+                input,
+                "changed since planning; left for the next round",
+            )),
             None => skip.push(skipped(input, "no longer exists")),
         }
     }
@@ -94,24 +97,26 @@ pub async fn scan_footers(
         .map(|meta| {
             let store = Arc::clone(&store);
             async move {
-                let result = read_footer(store.as_ref(), &meta.key).await.and_then(|footer| {
-                    let arrow = ArrowReaderMetadata::try_new(footer, Default::default())
-                        .map_err(|e| Error::CorruptInput {
-                            key: meta.key.clone(),
-                            reason: format!("schema cannot be read as Arrow: {e}"),
-                        })?;
-                    let md = arrow.metadata();
-                    Ok(InputInfo {
-                        meta: meta.clone(),
-                        rows: md.file_metadata().num_rows().max(0) as u64,
-                        uncompressed: md
-                            .row_groups()
-                            .iter()
-                            .map(|rg| rg.total_byte_size().max(0) as u64)
-                            .sum(),
-                        schema: Arc::clone(arrow.schema()),
-                    })
-                });
+                let result = read_footer(store.as_ref(), &meta.key)
+                    .await
+                    .and_then(|footer| {
+                        let arrow = ArrowReaderMetadata::try_new(footer, Default::default())
+                            .map_err(|e| Error::CorruptInput {
+                                key: meta.key.clone(),
+                                reason: format!("schema cannot be read as Arrow: {e}"),
+                            })?;
+                        let md = arrow.metadata();
+                        Ok(InputInfo {
+                            meta: meta.clone(),
+                            rows: md.file_metadata().num_rows().max(0) as u64,
+                            uncompressed: md
+                                .row_groups()
+                                .iter()
+                                .map(|rg| rg.total_byte_size().max(0) as u64)
+                                .sum(),
+                            schema: Arc::clone(arrow.schema()),
+                        })
+                    });
                 (meta, result)
             }
         })
@@ -135,7 +140,9 @@ pub async fn scan_footers(
 pub enum InputEvent {
     Batch(RecordBatch),
     /// Input number `index` has been read completely.
-    Done { index: usize },
+    Done {
+        index: usize,
+    },
 }
 
 /// A failure while reading inputs, with the input it concerns when it is the input's fault.
@@ -207,40 +214,49 @@ pub fn input_stream(
             async move {
                 let whole = info.meta.size <= budget.whole_file_limit
                     && info.uncompressed <= budget.read_ahead_bytes;
-                let batches: BoxStream<'static, std::result::Result<RecordBatch, ReadFailure>> = if whole {
-                    let cost = ((info.uncompressed + info.meta.size) / 1024).clamp(1, total_permits as u64) as u32;
-                    let permit = semaphore
-                        .acquire_many_owned(cost)
-                        .await
-                        .map_err(|e| ReadFailure::Other(Error::Other(e.to_string())))?;
-                    let decoded = tokio::spawn(decode_whole(store, info.meta.clone(), index))
-                        .await
-                        .map_err(|e| ReadFailure::Other(Error::Other(format!("decoder panicked: {e}"))))??;
-                    // The permit lives as long as the decoded batches are queued.
-                    stream::iter(decoded.into_iter().map(move |b| {
-                        let _hold = &permit;
-                        Ok(b)
-                    }))
-                    .boxed()
-                } else {
-                    let reader = StoreReader::ranged(Arc::clone(&store), &info.meta);
-                    let builder = ParquetRecordBatchStreamBuilder::new(reader)
-                        .await
-                        .map_err(|e| classify(index, e))?;
-                    builder
-                        .with_batch_size(BATCH_ROWS)
-                        .build()
-                        .map_err(|e| classify(index, e))?
-                        .map_err(move |e| classify(index, e))
+                let batches: BoxStream<'static, std::result::Result<RecordBatch, ReadFailure>> =
+                    if whole {
+                        let cost = ((info.uncompressed + info.meta.size) / 1024)
+                            .clamp(1, total_permits as u64)
+                            as u32;
+                        let permit = semaphore
+                            .acquire_many_owned(cost)
+                            .await
+                            .map_err(|e| ReadFailure::Other(Error::Other(e.to_string())))?;
+                        let decoded = tokio::spawn(decode_whole(store, info.meta.clone(), index))
+                            .await
+                            .map_err(|e| {
+                                ReadFailure::Other(Error::Other(format!("decoder panicked: {e}")))
+                            })??;
+                        // The permit lives as long as the decoded batches are queued.
+                        stream::iter(decoded.into_iter().map(move |b| {
+                            let _hold = &permit;
+                            Ok(b)
+                        }))
                         .boxed()
-                };
+                    } else {
+                        let reader = StoreReader::ranged(Arc::clone(&store), &info.meta);
+                        let builder = ParquetRecordBatchStreamBuilder::new(reader)
+                            .await
+                            .map_err(|e| classify(index, e))?;
+                        builder
+                            .with_batch_size(BATCH_ROWS)
+                            .build()
+                            .map_err(|e| classify(index, e))?
+                            .map_err(move |e| classify(index, e))
+                            .boxed()
+                    };
                 let conformed = batches.and_then(move |b| {
                     let target = Arc::clone(&target);
                     async move {
-                        conform(&b, &target).map(InputEvent::Batch).map_err(|reason| ReadFailure::Corrupt { index, reason })
+                        conform(&b, &target)
+                            .map(InputEvent::Batch)
+                            .map_err(|reason| ReadFailure::Corrupt { index, reason })
                     }
                 });
-                Ok::<_, ReadFailure>(conformed.chain(stream::once(async move { Ok(InputEvent::Done { index }) })))
+                Ok::<_, ReadFailure>(
+                    conformed.chain(stream::once(async move { Ok(InputEvent::Done { index }) })),
+                )
             }
         })
         .buffered(READ_AHEAD_FILES)
@@ -270,8 +286,8 @@ async fn decode_whole(
         other => ReadFailure::Other(other),
     })?;
     let reader = StoreReader::in_memory(store, &meta, data);
-    let arrow_meta = ArrowReaderMetadata::try_new(footer, Default::default())
-        .map_err(|e| classify(index, e))?;
+    let arrow_meta =
+        ArrowReaderMetadata::try_new(footer, Default::default()).map_err(|e| classify(index, e))?;
     let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, arrow_meta)
         .with_batch_size(BATCH_ROWS)
         .build()

@@ -97,7 +97,9 @@ impl Merger {
         if let Some(decision) = read_json::<Decision>(store, &task.staging_key(DECISION)).await? {
             return Ok(MergeOutcome::Decided(decision.verdict));
         }
-        if let Some(manifest) = read_json::<TaskManifest>(store, &task.staging_key(MANIFEST)).await? {
+        if let Some(manifest) =
+            read_json::<TaskManifest>(store, &task.staging_key(MANIFEST)).await?
+        {
             // A previous run got as far as the manifest; finish its work.
             self.verify_staged(&manifest).await?;
             self.mark_success(&task).await?;
@@ -163,7 +165,11 @@ impl Merger {
         };
         match self
             .store
-            .put(&task.staging_key(MANIFEST), to_json(&manifest), PutMode::IfAbsent)
+            .put(
+                &task.staging_key(MANIFEST),
+                to_json(&manifest),
+                PutMode::IfAbsent,
+            )
             .await
         {
             Ok(_) => {}
@@ -202,7 +208,11 @@ impl Merger {
             .iter()
             .filter_map(|o| {
                 let name = file_name(&o.key);
-                name.strip_prefix('a')?.split('-').next()?.parse::<u32>().ok()
+                name.strip_prefix('a')?
+                    .split('-')
+                    .next()?
+                    .parse::<u32>()
+                    .ok()
             })
             .max()
             .unwrap_or(0);
@@ -325,7 +335,11 @@ impl Merger {
     async fn mark_success(&self, task: &MergeTask) -> Result<()> {
         match self
             .store
-            .put(&task.staging_key(SUCCESS), bytes::Bytes::new(), PutMode::IfAbsent)
+            .put(
+                &task.staging_key(SUCCESS),
+                bytes::Bytes::new(),
+                PutMode::IfAbsent,
+            )
             .await
         {
             Ok(_) => Ok(()),
@@ -366,7 +380,10 @@ fn sorting_columns(task: &MergeTask, schema: &SchemaRef) -> Option<Vec<SortingCo
         .sort_key
         .iter()
         .map(|name| {
-            let idx = descr.columns().iter().position(|c| c.path().string() == *name)?;
+            let idx = descr
+                .columns()
+                .iter()
+                .position(|c| c.path().string() == *name)?;
             Some(SortingColumn {
                 column_idx: idx as i32,
                 descending: false,

@@ -4,8 +4,8 @@
 //! allows to open at once). An input that is already sorted costs one comparison per row in its
 //! run. Ties keep input order, so the result is deterministic.
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
@@ -72,7 +72,10 @@ impl ExternalSorter {
             let idx = schema.index_of(name).map_err(|_| {
                 Error::config(
                     "sort_key",
-                    format!("column {name:?} is not in the inputs' schema (columns: {:?})", schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>()),
+                    format!(
+                        "column {name:?} is not in the inputs' schema (columns: {:?})",
+                        schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+                    ),
                 )
             })?;
             key_columns.push(idx);
@@ -257,7 +260,11 @@ struct RunMerger<'a> {
 }
 
 impl<'a> RunMerger<'a> {
-    fn open(paths: &[PathBuf], converter: &'a RowConverter, key_columns: &'a [usize]) -> Result<Self> {
+    fn open(
+        paths: &[PathBuf],
+        converter: &'a RowConverter,
+        key_columns: &'a [usize],
+    ) -> Result<Self> {
         let mut merger = Self {
             cursors: Vec::new(),
             heap: BinaryHeap::new(),
@@ -278,7 +285,10 @@ impl<'a> RunMerger<'a> {
         Ok(merger)
     }
 
-    fn advance_reader(&self, mut reader: StreamReader<BufReader<File>>) -> Result<Option<RunCursor>> {
+    fn advance_reader(
+        &self,
+        mut reader: StreamReader<BufReader<File>>,
+    ) -> Result<Option<RunCursor>> {
         for batch in reader.by_ref() {
             let batch = batch.map_err(sort_err)?;
             if batch.num_rows() == 0 {
@@ -315,7 +325,10 @@ impl<'a> RunMerger<'a> {
         let batches: Vec<RecordBatch> = self
             .cursors
             .iter()
-            .map(|c| c.as_ref().map_or_else(|| placeholder.clone(), |c| c.batch.clone()))
+            .map(|c| {
+                c.as_ref()
+                    .map_or_else(|| placeholder.clone(), |c| c.batch.clone())
+            })
             .collect();
         let refs: Vec<&RecordBatch> = batches.iter().collect();
         let out = interleave_record_batch(&refs, &self.pending).map_err(sort_err)?;
@@ -331,7 +344,8 @@ impl<'a> RunMerger<'a> {
             self.pending.push((run, cursor.pos));
             cursor.pos += 1;
             if cursor.pos < cursor.batch.num_rows() {
-                self.heap.push(Reverse((cursor.rows.row(cursor.pos).owned(), run)));
+                self.heap
+                    .push(Reverse((cursor.rows.row(cursor.pos).owned(), run)));
                 if self.pending.len() >= OUT_ROWS {
                     return self.flush();
                 }
@@ -364,7 +378,10 @@ pub fn with_seq_column(schema: &SchemaRef, sort_key: &[String], seq: &str) -> (S
         .map_or(0, |i| i + 1);
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.insert(after, Field::new(seq, DataType::Int64, false));
-    (Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())), after)
+    (
+        Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
+        after,
+    )
 }
 
 /// Adds `seq` = 0..N-1 over the batches passing through.
@@ -433,7 +450,9 @@ mod tests {
             .iter()
             .flat_map(|b| {
                 let a = b.column(0).as_any().downcast_ref::<I64>().unwrap();
-                (0..a.len()).map(|i| if a.is_null(i) { None } else { Some(a.value(i)) }).collect::<Vec<_>>()
+                (0..a.len())
+                    .map(|i| if a.is_null(i) { None } else { Some(a.value(i)) })
+                    .collect::<Vec<_>>()
             })
             .collect();
         (keys, runs)
@@ -451,7 +470,17 @@ mod tests {
         assert_eq!(runs, 4, "each batch became its own run");
         assert_eq!(
             keys,
-            vec![Some(0), Some(1), Some(2), Some(3), Some(3), Some(4), Some(5), Some(9), None]
+            vec![
+                Some(0),
+                Some(1),
+                Some(2),
+                Some(3),
+                Some(3),
+                Some(4),
+                Some(5),
+                Some(9),
+                None
+            ]
         );
     }
 
@@ -459,11 +488,17 @@ mod tests {
     async fn in_memory_sort_is_stable() {
         let dir = tempfile::tempdir().unwrap();
         let mut sorter = ExternalSorter::new(schema(), &["k".into()], 1 << 30, dir.path()).unwrap();
-        sorter.push(batch(vec![Some(2), Some(1), Some(2)], "x")).unwrap();
+        sorter
+            .push(batch(vec![Some(2), Some(1), Some(2)], "x"))
+            .unwrap();
         sorter.push(batch(vec![Some(1)], "y")).unwrap();
         let mut out = Collect(Vec::new());
         sorter.finish(&mut out).await.unwrap();
-        let v = out.0[0].column(1).as_any().downcast_ref::<StringArray>().unwrap();
+        let v = out.0[0]
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
         let tags: Vec<&str> = (0..v.len()).map(|i| v.value(i)).collect();
         assert_eq!(tags, vec!["x1", "y0", "x0", "x2"]);
     }
@@ -483,8 +518,14 @@ mod tests {
         let (s, pos) = with_seq_column(&schema(), &["k".into()], "seq");
         assert_eq!(pos, 1);
         assert_eq!(s.field(1).name(), "seq");
-        let mut numbering = SeqNumbering { schema: s, position: pos, next: 10 };
-        let b = numbering.number(batch(vec![Some(1), Some(2)], "a")).unwrap();
+        let mut numbering = SeqNumbering {
+            schema: s,
+            position: pos,
+            next: 10,
+        };
+        let b = numbering
+            .number(batch(vec![Some(1), Some(2)], "a"))
+            .unwrap();
         let seq = b.column(1).as_any().downcast_ref::<I64>().unwrap();
         assert_eq!(seq.values(), &[10, 11]);
         assert_eq!(numbering.next, 12);

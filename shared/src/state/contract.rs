@@ -94,11 +94,20 @@ pub async fn expired_lease_is_taken_over_and_stale_holder_fenced(
         .is_err());
     // The stale holder cannot end the new round either.
     assert!(!store
-        .finish_round(&pid, first.generation, PartitionStatus::Compacted, None, 1_220)
+        .finish_round(
+            &pid,
+            first.generation,
+            PartitionStatus::Compacted,
+            None,
+            1_220
+        )
         .await
         .unwrap());
     let record = store.get(&pid).await.unwrap().unwrap();
-    assert_eq!(record.lease.as_ref().map(|l| l.generation), Some(second.generation));
+    assert_eq!(
+        record.lease.as_ref().map(|l| l.generation),
+        Some(second.generation)
+    );
 }
 
 pub async fn commits_count_once_and_finish_the_round(store: Arc<dyn StateStore>, ds: &str) {
@@ -135,7 +144,13 @@ pub async fn commits_count_once_and_finish_the_round(store: Arc<dyn StateStore>,
         .unwrap();
     assert!(p2.round_complete);
     assert!(store
-        .finish_round(&pid, lease.generation, PartitionStatus::Compacted, None, now + 4)
+        .finish_round(
+            &pid,
+            lease.generation,
+            PartitionStatus::Compacted,
+            None,
+            now + 4
+        )
         .await
         .unwrap());
     let record = store.get(&pid).await.unwrap().unwrap();

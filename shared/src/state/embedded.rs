@@ -99,7 +99,9 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<PartitionRecord> {
     serde_json::from_slice(bytes).map_err(|e| {
         Error::state(
             path.display().to_string(),
-            format!("record is unreadable ({e}); delete the state file to rebuild it from the store"),
+            format!(
+                "record is unreadable ({e}); delete the state file to rebuild it from the store"
+            ),
         )
     })
 }
@@ -113,9 +115,7 @@ impl StateStore for EmbeddedState {
     async fn get(&self, id: &PartitionId) -> Result<Option<PartitionRecord>> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let table = txn.open_table(PARTITIONS).map_err(|e| self.err(e))?;
-        let value = table
-            .get(table_key(id).as_str())
-            .map_err(|e| self.err(e))?;
+        let value = table.get(table_key(id).as_str()).map_err(|e| self.err(e))?;
         value.map(|v| decode(&self.path, v.value())).transpose()
     }
 
@@ -186,7 +186,10 @@ impl StateStore for EmbeddedState {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         let table = txn.open_table(PARTITIONS).map_err(|e| self.err(e))?;
         let start = format!("{dataset}{KEY_SEPARATOR}");
-        let end = format!("{dataset}{}", char::from_u32(KEY_SEPARATOR as u32 + 1).unwrap_or('\u{20}'));
+        let end = format!(
+            "{dataset}{}",
+            char::from_u32(KEY_SEPARATOR as u32 + 1).unwrap_or('\u{20}')
+        );
         let mut out = Vec::new();
         for entry in table
             .range(start.as_str()..end.as_str())

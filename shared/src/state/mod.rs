@@ -251,7 +251,9 @@ impl PartitionRecord {
             })
         };
         match &self.lease {
-            Some(current) if current.generation == lease.generation && current.owner == lease.owner => {
+            Some(current)
+                if current.generation == lease.generation && current.owner == lease.owner =>
+            {
                 if current.expires_at_ms <= now_ms {
                     lost(format!("lease generation {} expired", lease.generation))
                 } else {
@@ -262,7 +264,10 @@ impl PartitionRecord {
                 "generation {} held by {:?} replaced generation {} of {:?}",
                 current.generation, current.owner, lease.generation, lease.owner
             )),
-            None => lost(format!("lease generation {} was released", lease.generation)),
+            None => lost(format!(
+                "lease generation {} was released",
+                lease.generation
+            )),
         }
     }
 
@@ -361,7 +366,8 @@ mod tests {
     fn commits_are_counted_once_and_complete_the_round() {
         let mut r = record();
         let lease = r.try_acquire("a", 0, 1_000).unwrap();
-        r.try_set_round(&lease, &["t1".into(), "t2".into()], 1).unwrap();
+        r.try_set_round(&lease, &["t1".into(), "t2".into()], 1)
+            .unwrap();
         let delta = Counters {
             files_compacted: 3,
             ..Counters::default()

@@ -197,10 +197,7 @@ pub fn dir_prefix(prefix: &str) -> String {
 
 /// The last segment of a key.
 pub fn file_name(key: &str) -> &str {
-    key.trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap_or(key)
+    key.trim_end_matches('/').rsplit('/').next().unwrap_or(key)
 }
 
 #[cfg(test)]

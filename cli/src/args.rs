@@ -1,0 +1,333 @@
+//! Command-line arguments. Every option is documented here; `--help` prints it.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use compaction::config::{Config, DatasetConfig, Mode};
+use compaction::partition::Granularity;
+use compaction::sample::SampleSpec;
+use compaction::units::{ByteSize, HumanDuration};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "compactor",
+    version,
+    about = "Compacts the many small Parquet files of cold partitions into few large ones, safely and in bounded memory.",
+    after_help = "Exit codes: 0 success; 1 error (nothing or not everything could be done); 2 usage error; \
+3 partial success (some inputs were skipped as unreadable, or some tasks failed or were refused while others committed)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More logging on stderr (-v info, -vv debug). RUST_LOG overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Log as JSON lines.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Plan, merge and commit every cold partition of the dataset(s) in DIR.
+    Compact(CompactArgs),
+    /// Show what `compact` would do, changing nothing (same as `compact --dry-run`).
+    Plan(CompactArgs),
+    /// Write a sample dataset of many small Parquet files into DIR.
+    Generate(GenerateArgs),
+    /// Generate a sample dataset and compact it: the one-command tour.
+    Demo(DemoArgs),
+    /// Show the partition records of the state store.
+    Status(StatusArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ModeArg {
+    Concat,
+    Sort,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum GranularityArg {
+    Minute,
+    Hour,
+    Day,
+    Month,
+    Year,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CompactArgs {
+    /// Directory holding the data (the object-store root).
+    pub dir: PathBuf,
+    /// Configuration file (TOML, see the README). Without it, one dataset is built from the flags.
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+    /// Change nothing; print the plan.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only this dataset (repeatable).
+    #[arg(long)]
+    pub dataset: Vec<String>,
+    /// Only this partition, e.g. dt=2024-01-01/hour=05 (repeatable).
+    #[arg(long)]
+    pub partition: Vec<String>,
+    /// Merges run at once; each may use the whole memory budget [default: cores, at most 4].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// State store file [default: DIR/_compactor/state.redb].
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Print the summary as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub dataset_flags: DatasetFlags,
+}
+
+/// Dataset settings; with --config they override the file's values for every dataset.
+#[derive(Args, Debug, Clone, Default)]
+pub struct DatasetFlags {
+    /// Dataset name (without --config) [default: events].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Prefix holding the partitions, relative to DIR [default: "" = DIR itself].
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Partition layout [default: dt={date}/hour={hour}]. Fields: {date} {year} {month} {day} {hour} {minute} or any {name}.
+    #[arg(long)]
+    pub template: Option<String>,
+    /// concat: merge files keeping each file's row order; sort: globally sort each partition [default: concat].
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Sort key columns, comma-separated (sort mode).
+    #[arg(long, value_delimiter = ',')]
+    pub sort_key: Option<Vec<String>>,
+    /// Add a column numbering rows 0..N-1 in sort order (sort mode), e.g. seq.
+    #[arg(long)]
+    pub seq_column: Option<String>,
+    /// Target output file size [default: 128MiB].
+    #[arg(long)]
+    pub target_file_size: Option<ByteSize>,
+    /// Target compressed row-group size [default: 64MiB].
+    #[arg(long)]
+    pub row_group_size: Option<ByteSize>,
+    /// Maximum rows per row group [default: 1048576].
+    #[arg(long)]
+    pub row_group_rows: Option<usize>,
+    /// Files smaller than this are compacted [default: 32MiB].
+    #[arg(long)]
+    pub small_file_threshold: Option<ByteSize>,
+    /// Minimum candidate files for a partition to be compacted [default: 2].
+    #[arg(long)]
+    pub min_files: Option<usize>,
+    /// zstd, zstd(LEVEL), snappy, lz4, gzip, gzip(LEVEL), none [default: zstd].
+    #[arg(long)]
+    pub compression: Option<String>,
+    /// Write outputs under this prefix instead of in place.
+    #[arg(long)]
+    pub output_prefix: Option<String>,
+    /// Wait after a partition's span ends before compacting it [default: 15m].
+    #[arg(long)]
+    pub grace: Option<HumanDuration>,
+    /// Span that must be over before compacting [default: the template's finest field].
+    #[arg(long, value_enum)]
+    pub granularity: Option<GranularityArg>,
+    /// Only keys with this suffix are data files; "" for all non-hidden files [default: .parquet].
+    #[arg(long)]
+    pub file_suffix: Option<String>,
+    /// Staging prefix for outputs before commit [default: _compactor/staging].
+    #[arg(long)]
+    pub staging_prefix: Option<String>,
+    /// Memory one merge may use [default: 1GiB].
+    #[arg(long)]
+    pub memory_budget: Option<ByteSize>,
+    /// Lease duration [default: 15m].
+    #[arg(long)]
+    pub lease_ttl: Option<HumanDuration>,
+}
+
+impl DatasetFlags {
+    fn apply(&self, ds: &mut DatasetConfig) {
+        let f = self.clone();
+        if let Some(v) = f.prefix {
+            ds.source_prefix = v;
+        }
+        if let Some(v) = f.template {
+            ds.partition_template = v;
+        }
+        if let Some(v) = f.mode {
+            ds.mode = match v {
+                ModeArg::Concat => Mode::Concat,
+                ModeArg::Sort => Mode::Sort,
+            };
+        }
+        if let Some(v) = f.sort_key {
+            ds.sort_key = v;
+        }
+        if let Some(v) = f.seq_column {
+            ds.seq_column = Some(v);
+        }
+        if let Some(v) = f.target_file_size {
+            ds.target_file_size = v;
+        }
+        if let Some(v) = f.row_group_size {
+            ds.row_group_size = v;
+        }
+        if let Some(v) = f.row_group_rows {
+            ds.row_group_rows = v;
+        }
+        if let Some(v) = f.small_file_threshold {
+            ds.small_file_threshold = v;
+        }
+        if let Some(v) = f.min_files {
+            ds.min_file_count = v;
+        }
+        if let Some(v) = f.compression {
+            ds.compression = v;
+        }
+        if let Some(v) = f.output_prefix {
+            ds.output_prefix = Some(v);
+        }
+        if let Some(v) = f.grace {
+            ds.grace = v;
+        }
+        if let Some(v) = f.granularity {
+            ds.granularity = Some(match v {
+                GranularityArg::Minute => Granularity::Minute,
+                GranularityArg::Hour => Granularity::Hour,
+                GranularityArg::Day => Granularity::Day,
+                GranularityArg::Month => Granularity::Month,
+                GranularityArg::Year => Granularity::Year,
+            });
+        }
+        if let Some(v) = f.file_suffix {
+            ds.file_suffix = v;
+        }
+    }
+}
+
+impl CompactArgs {
+    /// The configuration: the file (if any) with the flags applied on top, validated.
+    pub fn config(&self) -> Result<Config> {
+        let flags = &self.dataset_flags;
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => {
+                let mut config = Config::default();
+                config.datasets.push(DatasetConfig::new(
+                    flags.name.as_deref().unwrap_or("events"),
+                    "",
+                    "dt={date}/hour={hour}",
+                ));
+                config
+            }
+        };
+        for ds in &mut config.datasets {
+            flags.apply(ds);
+        }
+        if let Some(v) = &flags.staging_prefix {
+            config.staging_prefix = v.clone();
+        }
+        if let Some(v) = flags.memory_budget {
+            config.memory_budget = v;
+        }
+        if let Some(v) = flags.lease_ttl {
+            config.lease_ttl = v;
+        }
+        config.validate().context("invalid configuration")?;
+        Ok(config)
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Directory to write into (created if needed).
+    pub dir: PathBuf,
+    /// Dataset prefix inside DIR.
+    #[arg(long, default_value = "events/")]
+    pub prefix: String,
+    /// Cold hourly partitions (ending two hours ago).
+    #[arg(long, default_value_t = 6)]
+    pub partitions: usize,
+    #[arg(long, default_value_t = 200)]
+    pub files_per_partition: usize,
+    #[arg(long, default_value_t = 2_000)]
+    pub rows_per_file: usize,
+    /// Also write a few files into the current (hot) hour.
+    #[arg(long)]
+    pub hot: bool,
+    /// Seed of the pseudo-random data (same seed, same data).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+impl GenerateArgs {
+    pub fn spec(&self) -> SampleSpec {
+        SampleSpec {
+            prefix: self.prefix.clone(),
+            partitions: self.partitions,
+            files_per_partition: self.files_per_partition,
+            rows_per_file: self.rows_per_file,
+            include_hot_partition: self.hot,
+            now: chrono::Utc::now(),
+            seed: self.seed,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Where to create the demo dataset (wiped first if a previous demo made it).
+    #[arg(long, default_value = "compactor-demo")]
+    pub dir: PathBuf,
+    #[arg(long, default_value_t = 6)]
+    pub partitions: usize,
+    #[arg(long, default_value_t = 200)]
+    pub files_per_partition: usize,
+    #[arg(long, default_value_t = 2_000)]
+    pub rows_per_file: usize,
+    /// concat, or sort (by ts_event, with a seq column).
+    #[arg(long, value_enum, default_value = "concat")]
+    pub mode: ModeArg,
+}
+
+impl DemoArgs {
+    pub fn compact_args(&self) -> CompactArgs {
+        let sort = matches!(self.mode, ModeArg::Sort);
+        CompactArgs {
+            dir: self.dir.clone(),
+            config: None,
+            dry_run: false,
+            dataset: Vec::new(),
+            partition: Vec::new(),
+            workers: None,
+            state: None,
+            json: false,
+            quiet: false,
+            dataset_flags: DatasetFlags {
+                prefix: Some("events/".into()),
+                mode: Some(self.mode),
+                sort_key: sort.then(|| vec!["ts_event".to_string()]),
+                seq_column: sort.then(|| "seq".to_string()),
+                ..DatasetFlags::default()
+            },
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// Directory holding the data.
+    pub dir: PathBuf,
+    /// Dataset name.
+    #[arg(long, default_value = "events")]
+    pub dataset: String,
+    /// State store file [default: DIR/_compactor/state.redb].
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+}

@@ -1,0 +1,269 @@
+//! What the CLI prints: a progress bar while it works, then a summary table (or JSON).
+
+use std::collections::BTreeSet;
+
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
+use compaction::config::Config;
+use compaction::pipeline::RunSummary;
+use compaction::planner::PartitionOutcome;
+use compaction::progress::Progress;
+use compaction::state::PartitionRecord;
+use compaction::units::human_bytes;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+pub struct Bar {
+    bar: ProgressBar,
+}
+
+impl Bar {
+    pub fn new(hidden: bool) -> Self {
+        let bar = if hidden {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(0)
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, eta {eta}) {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Self { bar }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl Progress for Bar {
+    fn planned(&self, _tasks: usize, bytes: u64) {
+        self.bar.inc_length(bytes);
+    }
+    fn input_read(&self, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+    fn task_done(&self, message: &str) {
+        self.bar.set_message(message.to_string());
+    }
+}
+
+/// Counts derived from a run, shared by the table and the JSON.
+struct Totals {
+    seen: usize,
+    compacted: usize,
+    hot: usize,
+    skipped: usize,
+    lease_held: usize,
+    would_compact: usize,
+    files_before: usize,
+    files_after: usize,
+    bytes_before: u64,
+    bytes_after: u64,
+    rows: u64,
+    secs: f64,
+}
+
+fn totals(summary: &RunSummary) -> Totals {
+    let mut t = Totals {
+        seen: 0,
+        compacted: summary
+            .commits
+            .iter()
+            .map(|c| c.partition.to_string())
+            .collect::<BTreeSet<_>>()
+            .len(),
+        hot: 0,
+        skipped: 0,
+        lease_held: 0,
+        would_compact: 0,
+        files_before: summary.commits.iter().map(|c| c.inputs_deleted).sum(),
+        files_after: summary.commits.iter().map(|c| c.outputs).sum(),
+        bytes_before: summary.commits.iter().map(|c| c.input_bytes).sum(),
+        bytes_after: summary.commits.iter().map(|c| c.output_bytes).sum(),
+        rows: summary.commits.iter().map(|c| c.rows).sum(),
+        secs: summary.elapsed.as_secs_f64(),
+    };
+    for plan in &summary.plans {
+        for p in &plan.partitions {
+            t.seen += 1;
+            match &p.outcome {
+                PartitionOutcome::Hot { .. } => t.hot += 1,
+                PartitionOutcome::Skipped(_) => t.skipped += 1,
+                PartitionOutcome::LeaseHeld { .. } => t.lease_held += 1,
+                PartitionOutcome::Planned { .. } => t.would_compact += 1,
+            }
+        }
+    }
+    t
+}
+
+pub fn print(summary: &RunSummary, config: &Config, dry_run: bool) {
+    if dry_run {
+        print_plan(summary);
+        return;
+    }
+    let t = totals(summary);
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    let mb_s = if t.secs > 0.0 {
+        t.bytes_before as f64 / 1e6 / t.secs
+    } else {
+        0.0
+    };
+    let rows: Vec<(&str, String)> = vec![
+        (
+            "datasets",
+            config
+                .datasets
+                .iter()
+                .map(|d| d.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        ("partitions seen", t.seen.to_string()),
+        ("partitions compacted", t.compacted.to_string()),
+        (
+            "partitions skipped",
+            format!(
+                "{} ({} hot, {} nothing to do, {} leased elsewhere)",
+                t.hot + t.skipped + t.lease_held,
+                t.hot,
+                t.skipped,
+                t.lease_held
+            ),
+        ),
+        ("files", format!("{} -> {}", t.files_before, t.files_after)),
+        (
+            "bytes",
+            format!(
+                "{} -> {}",
+                human_bytes(t.bytes_before),
+                human_bytes(t.bytes_after)
+            ),
+        ),
+        ("rows", t.rows.to_string()),
+        (
+            "corrupt files skipped (kept)",
+            summary.corrupt_inputs().len().to_string(),
+        ),
+        ("failed tasks", summary.failures.len().to_string()),
+        ("time", format!("{:.2} s", t.secs)),
+        ("throughput", format!("{mb_s:.1} MB/s of input")),
+    ];
+    for (k, v) in rows {
+        table.add_row(vec![
+            Cell::new(k),
+            Cell::new(v).set_alignment(CellAlignment::Left),
+        ]);
+    }
+    println!("{table}");
+    for s in summary.corrupt_inputs() {
+        println!("skipped {}: {}", s.key, s.reason);
+    }
+    for f in &summary.failures {
+        println!("FAILED {} {}: {}", f.partition, f.task_id, f.error);
+    }
+    for (dir, reason) in &summary.refused {
+        println!("refused {dir}: {reason}");
+    }
+}
+
+fn print_plan(summary: &RunSummary) {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(vec!["dataset", "partition", "files", "bytes", "decision"]);
+    for plan in &summary.plans {
+        for (dir, action) in &plan.recovery.actions {
+            println!("recovery: {dir}: would {action}");
+        }
+        for p in &plan.partitions {
+            let decision = match &p.outcome {
+                PartitionOutcome::Hot { until } => {
+                    format!("hot until {}", until.format("%Y-%m-%d %H:%M UTC"))
+                }
+                PartitionOutcome::Skipped(reason) => format!("skip: {reason}"),
+                PartitionOutcome::LeaseHeld { owner, .. } => format!("skip: leased by {owner}"),
+                PartitionOutcome::Planned { tasks } => format!(
+                    "compact {} file(s), {} in {} task(s)",
+                    tasks.iter().map(|t| t.inputs).sum::<usize>(),
+                    human_bytes(tasks.iter().map(|t| t.input_bytes).sum()),
+                    tasks.len()
+                ),
+            };
+            table.add_row(vec![
+                plan.dataset.clone(),
+                p.partition.clone(),
+                p.data_files.to_string(),
+                human_bytes(p.data_bytes),
+                decision,
+            ]);
+        }
+    }
+    println!("{table}");
+    println!("dry run: nothing was changed");
+}
+
+pub fn json(summary: &RunSummary, config: &Config) -> serde_json::Value {
+    let t = totals(summary);
+    json!({
+        "datasets": config.datasets.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
+        "partitions_seen": t.seen,
+        "partitions_compacted": t.compacted,
+        "partitions_hot": t.hot,
+        "partitions_skipped": t.skipped,
+        "partitions_lease_held": t.lease_held,
+        "partitions_planned": t.would_compact,
+        "files_before": t.files_before,
+        "files_after": t.files_after,
+        "bytes_before": t.bytes_before,
+        "bytes_after": t.bytes_after,
+        "rows": t.rows,
+        "seconds": t.secs,
+        "corrupt_skipped": summary.corrupt_inputs().iter().map(|s| json!({"key": s.key, "reason": s.reason})).collect::<Vec<_>>(),
+        "failures": summary.failures.iter().map(|f| json!({"task": f.task_id, "partition": f.partition, "error": f.error})).collect::<Vec<_>>(),
+        "refused": summary.refused.iter().map(|(d, r)| json!({"task_dir": d, "reason": r})).collect::<Vec<_>>(),
+        "recovery": summary.plans.iter().flat_map(|p| p.recovery.actions.iter().map(|(d, a)| json!({"task_dir": d, "action": a}))).collect::<Vec<_>>(),
+        "plan": summary.plans.iter().flat_map(|p| p.partitions.iter().map(move |r| json!({
+            "dataset": p.dataset,
+            "partition": r.partition,
+            "files": r.data_files,
+            "bytes": r.data_bytes,
+            "outcome": format!("{:?}", r.outcome),
+        }))).collect::<Vec<_>>(),
+    })
+}
+
+pub fn print_status(records: &[PartitionRecord]) {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(vec![
+        "partition",
+        "status",
+        "compactions",
+        "files compacted",
+        "bytes in -> out",
+        "lease",
+        "last error",
+    ]);
+    for r in records {
+        table.add_row(vec![
+            r.id.partition.clone(),
+            r.status.as_str().to_string(),
+            r.counters.compactions.to_string(),
+            r.counters.files_compacted.to_string(),
+            format!(
+                "{} -> {}",
+                human_bytes(r.counters.bytes_in),
+                human_bytes(r.counters.bytes_out)
+            ),
+            r.lease.as_ref().map_or_else(
+                || "-".into(),
+                |l| format!("{} (gen {})", l.owner, l.generation),
+            ),
+            r.last_error.clone().unwrap_or_default(),
+        ]);
+    }
+    println!("{table}");
+}

@@ -1,0 +1,453 @@
+//! The committer service: verifies a staged task and swaps its outputs in.
+//!
+//! Order of a commit, each step safe to replay:
+//! 1. verify: every staged output exists with its size and footer row count; every input is
+//!    unchanged (same version); the task's lease generation is still the partition's current one;
+//! 2. write `_DECISION` = commit (create-if-absent: whoever decides first wins, and a decided
+//!    commit is rolled forward by anyone who finds it unfinished);
+//! 3. copy outputs to their final keys;
+//! 4. update the partition manifest of live files;
+//! 5. delete exactly the manifest's inputs, each only if its version still matches;
+//! 6. record the commit in the state store (counters once, round completion);
+//! 7. remove the staging directory.
+//!
+//! A task whose verification fails is abandoned: `_DECISION` = abandon, staging removed,
+//! inputs untouched.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::faults::crash_point;
+use crate::manifest::{to_json, Decision, PartitionManifest, SkippedInput, TaskManifest, Verdict};
+use crate::merge::{check_versions, current_versions, read_json};
+use crate::parquet_io::read_footer;
+use crate::plan::is_data_file;
+use crate::state::{now_ms, Counters, PartitionId, PartitionStatus, StateStore};
+use crate::store::{list_all, DeleteFailure, DeleteRequest, ObjectStore, PutMode};
+use crate::task::{DECISION, MANIFEST, PARTITION_MANIFEST, SUCCESS};
+
+/// S3's DeleteObjects limit.
+const DELETE_BATCH: usize = 1000;
+const MANIFEST_RETRIES: usize = 16;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitReport {
+    pub task_id: String,
+    pub partition: PartitionId,
+    pub inputs_deleted: usize,
+    pub input_bytes: u64,
+    pub outputs: usize,
+    pub output_bytes: u64,
+    pub rows: u64,
+    pub skipped: Vec<SkippedInput>,
+    /// Inputs that were not deleted because they changed after the merge (kept, never lost).
+    pub kept: Vec<DeleteFailure>,
+    pub round_complete: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Committed(CommitReport),
+    /// The task had been committed before; only leftovers were cleaned.
+    AlreadyCommitted {
+        task_dir: String,
+    },
+    /// `_SUCCESS` is not there yet: the merge has not finished.
+    NotReady {
+        task_dir: String,
+    },
+    Refused {
+        task_dir: String,
+        reason: String,
+    },
+}
+
+#[derive(Clone)]
+pub struct Committer {
+    store: Arc<dyn ObjectStore>,
+    state: Arc<dyn StateStore>,
+    /// The staging prefix of the task directories it accepts (foreign keys are refused).
+    staging_prefix: String,
+}
+
+impl Committer {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        state: Arc<dyn StateStore>,
+        staging_prefix: &str,
+    ) -> Self {
+        Self {
+            store,
+            state,
+            staging_prefix: crate::store::dir_prefix(staging_prefix),
+        }
+    }
+
+    /// Commits the task staged in `task_dir` (`<staging>/<dataset>/<partition>/<task>/`).
+    pub async fn commit(&self, task_dir: &str) -> Result<CommitOutcome> {
+        let task_dir = crate::store::dir_prefix(task_dir);
+        crate::store::validate_key(&task_dir)?;
+        if !task_dir.starts_with(&self.staging_prefix) {
+            return Err(Error::BadEvent(format!(
+                "{task_dir:?} is not under the staging prefix {:?}",
+                self.staging_prefix
+            )));
+        }
+        let store = self.store.as_ref();
+        let key = |name: &str| format!("{task_dir}{name}");
+        let decision = read_json::<Decision>(store, &key(DECISION)).await?;
+        let manifest = read_json::<TaskManifest>(store, &key(MANIFEST)).await?;
+        match (decision, manifest) {
+            (Some(d), _) if d.verdict == Verdict::Abandon => {
+                self.remove_staging(&task_dir).await?;
+                Ok(CommitOutcome::Refused {
+                    task_dir,
+                    reason: d.reason,
+                })
+            }
+            (Some(_), Some(manifest)) => self.roll_forward(&task_dir, manifest).await,
+            (Some(_), None) => {
+                // Committed earlier; a previous cleanup stopped half-way.
+                self.remove_staging(&task_dir).await?;
+                Ok(CommitOutcome::AlreadyCommitted { task_dir })
+            }
+            (None, manifest) => {
+                let success = store.head(&key(SUCCESS)).await?.is_some();
+                match manifest {
+                    Some(manifest) if success => self.verify_and_decide(&task_dir, manifest).await,
+                    Some(_) => Ok(CommitOutcome::NotReady { task_dir }),
+                    None if success => Err(Error::Manifest {
+                        key: key(MANIFEST),
+                        message: "_SUCCESS exists without a manifest; delete the task directory so the partition is planned again".into(),
+                    }),
+                    None => Ok(CommitOutcome::NotReady { task_dir }),
+                }
+            }
+        }
+    }
+
+    /// Abandons a staged task that will never be committed (stale generation, dead merge).
+    /// Returns the verdict that stands: `Commit` if someone decided to commit first, in which
+    /// case the commit is rolled forward instead.
+    pub async fn abandon(&self, task_dir: &str, reason: &str) -> Result<CommitOutcome> {
+        let task_dir = crate::store::dir_prefix(task_dir);
+        match self.decide(&task_dir, Verdict::Abandon, reason).await? {
+            Verdict::Abandon => {
+                self.remove_staging(&task_dir).await?;
+                Ok(CommitOutcome::Refused {
+                    task_dir,
+                    reason: reason.to_string(),
+                })
+            }
+            Verdict::Commit => {
+                match read_json::<TaskManifest>(
+                    self.store.as_ref(),
+                    &format!("{task_dir}{MANIFEST}"),
+                )
+                .await?
+                {
+                    Some(manifest) => self.roll_forward(&task_dir, manifest).await,
+                    None => {
+                        self.remove_staging(&task_dir).await?;
+                        Ok(CommitOutcome::AlreadyCommitted { task_dir })
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the decision unless one exists; returns the one that stands.
+    async fn decide(&self, task_dir: &str, verdict: Verdict, reason: &str) -> Result<Verdict> {
+        let key = format!("{task_dir}{DECISION}");
+        let decision = Decision {
+            verdict,
+            reason: reason.to_string(),
+            at_ms: now_ms(),
+        };
+        match self
+            .store
+            .put(&key, to_json(&decision), PutMode::IfAbsent)
+            .await
+        {
+            Ok(_) => Ok(verdict),
+            Err(e) if e.is_precondition_failed() => {
+                let existing = read_json::<Decision>(self.store.as_ref(), &key)
+                    .await?
+                    .ok_or_else(|| Error::Manifest {
+                        key: key.clone(),
+                        message: "vanished right after a concurrent write".into(),
+                    })?;
+                Ok(existing.verdict)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn verify_and_decide(
+        &self,
+        task_dir: &str,
+        manifest: TaskManifest,
+    ) -> Result<CommitOutcome> {
+        if let Some(reason) = self.verification_failure(&manifest).await? {
+            tracing::warn!(task = %manifest.task_id, %reason, "refusing to commit");
+            let outcome = self.abandon(task_dir, &reason).await?;
+            if matches!(outcome, CommitOutcome::Refused { .. }) {
+                let id = PartitionId::new(&manifest.dataset, &manifest.partition);
+                self.state
+                    .finish_round(
+                        &id,
+                        manifest.generation,
+                        PartitionStatus::Failed,
+                        Some(reason),
+                        now_ms(),
+                    )
+                    .await?;
+            }
+            return Ok(outcome);
+        }
+        match self.decide(task_dir, Verdict::Commit, "verified").await? {
+            Verdict::Commit => {
+                crash_point("after-decision");
+                self.roll_forward(task_dir, manifest).await
+            }
+            Verdict::Abandon => {
+                self.remove_staging(task_dir).await?;
+                Ok(CommitOutcome::Refused {
+                    task_dir: task_dir.to_string(),
+                    reason: "abandoned by another actor before this commit".into(),
+                })
+            }
+        }
+    }
+
+    /// Why the staged task must not be committed, if it must not.
+    async fn verification_failure(&self, manifest: &TaskManifest) -> Result<Option<String>> {
+        for output in &manifest.outputs {
+            let stored = self.store.head(&output.staging_key).await?;
+            match stored {
+                None => {
+                    return Ok(Some(format!(
+                        "staged output {} is missing",
+                        output.staging_key
+                    )))
+                }
+                Some(m) if m.size != output.size => {
+                    return Ok(Some(format!(
+                        "staged output {} has {} bytes, the manifest says {}",
+                        output.staging_key, m.size, output.size
+                    )))
+                }
+                Some(_) => {}
+            }
+            let footer = match read_footer(self.store.as_ref(), &output.staging_key).await {
+                Ok(f) => f,
+                Err(Error::CorruptInput { reason, .. }) => {
+                    return Ok(Some(format!(
+                        "staged output {} is unreadable: {reason}",
+                        output.staging_key
+                    )))
+                }
+                Err(e) => return Err(e),
+            };
+            let rows = footer.file_metadata().num_rows().max(0) as u64;
+            if rows != output.rows {
+                return Ok(Some(format!(
+                    "staged output {} holds {rows} rows, the manifest says {}",
+                    output.staging_key, output.rows
+                )));
+            }
+        }
+        let current = current_versions(self.store.as_ref(), &manifest.inputs).await?;
+        let (_, changed) = check_versions(&manifest.inputs, &current);
+        if let Some(c) = changed.first() {
+            return Ok(Some(format!(
+                "input {} {} after the merge ({} input(s) affected)",
+                c.key,
+                if c.reason.contains("exists") {
+                    "vanished"
+                } else {
+                    "changed"
+                },
+                changed.len()
+            )));
+        }
+        let id = PartitionId::new(&manifest.dataset, &manifest.partition);
+        let generation = self.state.get(&id).await?.map_or(0, |r| r.generation);
+        if generation != manifest.generation {
+            return Ok(Some(format!(
+                "stale task: planned under lease generation {}, the partition is now at {generation}",
+                manifest.generation
+            )));
+        }
+        Ok(None)
+    }
+
+    async fn roll_forward(&self, task_dir: &str, manifest: TaskManifest) -> Result<CommitOutcome> {
+        for output in &manifest.outputs {
+            let in_place = self.store.head(&output.final_key).await?;
+            if in_place.is_some_and(|m| m.size == output.size) {
+                continue;
+            }
+            match self.store.copy(&output.staging_key, &output.final_key).await {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {
+                    return Err(Error::Manifest {
+                        key: output.staging_key.clone(),
+                        message: format!(
+                            "committed output is neither staged nor at {}; the inputs are kept. Investigate before deleting {task_dir}",
+                            output.final_key
+                        ),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        crash_point("after-copy");
+
+        self.update_partition_manifest(&manifest).await?;
+        crash_point("after-manifest");
+
+        let requests: Vec<DeleteRequest> = manifest
+            .inputs
+            .iter()
+            .map(|i| DeleteRequest {
+                key: i.key.clone(),
+                version: Some(i.version.clone()),
+            })
+            .collect();
+        let mut kept = Vec::new();
+        for batch in requests.chunks(DELETE_BATCH) {
+            kept.extend(self.store.delete_many(batch).await?);
+        }
+        for k in &kept {
+            tracing::warn!(key = %k.key, reason = %k.reason, "input kept after commit");
+        }
+        crash_point("after-delete");
+
+        let id = PartitionId::new(&manifest.dataset, &manifest.partition);
+        let delta = Counters {
+            compactions: 1,
+            files_compacted: manifest.inputs.len() as u64,
+            bytes_in: manifest.input_bytes(),
+            bytes_out: manifest.output_bytes(),
+            rows_out: manifest.rows,
+            corrupt_skipped: manifest
+                .skipped
+                .iter()
+                .filter(|s| {
+                    !s.reason.contains("no longer exists") && !s.reason.contains("changed since")
+                })
+                .count() as u64,
+            ..Counters::default()
+        };
+        let progress = self
+            .state
+            .record_commit(
+                &id,
+                manifest.generation,
+                &manifest.task_id,
+                &delta,
+                now_ms(),
+            )
+            .await?;
+        if progress.round_complete {
+            self.state
+                .finish_round(
+                    &id,
+                    manifest.generation,
+                    PartitionStatus::Compacted,
+                    None,
+                    now_ms(),
+                )
+                .await?;
+        }
+        self.remove_staging(task_dir).await?;
+        Ok(CommitOutcome::Committed(CommitReport {
+            task_id: manifest.task_id.clone(),
+            partition: id,
+            inputs_deleted: manifest.inputs.len() - kept.len(),
+            input_bytes: manifest.input_bytes(),
+            outputs: manifest.outputs.len(),
+            output_bytes: manifest.output_bytes(),
+            rows: manifest.rows,
+            skipped: manifest.skipped,
+            kept,
+            round_complete: progress.round_complete,
+        }))
+    }
+
+    async fn update_partition_manifest(&self, manifest: &TaskManifest) -> Result<()> {
+        let Some(first) = manifest.outputs.first() else {
+            return Ok(()); // nothing was written, nothing changes for readers
+        };
+        let dir = first
+            .final_key
+            .rsplit_once('/')
+            .map_or(String::new(), |(d, _)| format!("{d}/"));
+        let key = format!("{dir}{PARTITION_MANIFEST}");
+        for _ in 0..MANIFEST_RETRIES {
+            let (mut current, mode) = match self.store.get(&key).await {
+                Ok((bytes, meta)) => (
+                    crate::manifest::from_json::<PartitionManifest>(&key, &bytes)?,
+                    PutMode::IfMatch(meta.version),
+                ),
+                Err(e) if e.is_not_found() => (PartitionManifest::default(), PutMode::IfAbsent),
+                Err(e) => return Err(e),
+            };
+            if current.has_commit(&manifest.task_id) {
+                return Ok(());
+            }
+            let listing: Vec<_> = list_all(self.store.as_ref(), &dir, Some('/'))
+                .await?
+                .objects
+                .into_iter()
+                .filter(|o| is_data_file(&o.key, ""))
+                .collect();
+            current.apply_commit(manifest, &listing, now_ms());
+            match self.store.put(&key, to_json(&current), mode).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_precondition_failed() => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Manifest {
+            key,
+            message: format!("kept changing under {MANIFEST_RETRIES} concurrent updates; the commit will be retried"),
+        })
+    }
+
+    async fn remove_staging(&self, task_dir: &str) -> Result<()> {
+        let listing = list_all(self.store.as_ref(), task_dir, None).await?;
+        let (decision, rest): (Vec<_>, Vec<_>) = listing
+            .objects
+            .into_iter()
+            .partition(|o| o.key.ends_with(DECISION));
+        // The decision goes last, so an interrupted cleanup is still recognised as decided.
+        for group in [rest, decision] {
+            let requests: Vec<DeleteRequest> = group
+                .into_iter()
+                .map(|o| DeleteRequest {
+                    key: o.key,
+                    version: None,
+                })
+                .collect();
+            for batch in requests.chunks(DELETE_BATCH) {
+                let failed = self.store.delete_many(batch).await?;
+                if let Some(f) = failed.first() {
+                    return Err(Error::Store {
+                        operation: "delete",
+                        key: f.key.clone(),
+                        message: f.reason.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Keys of files the product wrote, from a partition manifest.
+pub fn compacted_keys(manifest: &PartitionManifest) -> HashSet<String> {
+    manifest.compacted_keys().map(str::to_string).collect()
+}

@@ -1,0 +1,255 @@
+//! Runs the whole pipeline in one process: the planner dispatches into a pool of local workers,
+//! each worker merges a task and then commits it (the local stand-in for the `_SUCCESS` event).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, Mutex};
+
+use crate::committer::{CommitOutcome, CommitReport, Committer};
+use crate::config::Config;
+use crate::dispatch::{ChannelDispatcher, CollectingDispatcher, Dispatcher};
+use crate::error::Result;
+use crate::manifest::SkippedInput;
+use crate::merge::{MergeOutcome, Merger};
+use crate::planner::{DatasetPlan, PlanOptions, Planner, PlannerSettings};
+use crate::progress::Progress;
+use crate::state::{now_ms, PartitionStatus, StateStore};
+use crate::store::ObjectStore;
+use crate::task::MergeTask;
+
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub dry_run: bool,
+    pub now: DateTime<Utc>,
+    /// Only these datasets (all when `None`).
+    pub datasets: Option<Vec<String>>,
+    /// Only these partitions (all when `None`).
+    pub partitions: Option<Vec<String>>,
+    /// Merges running at once; each may use the whole `memory_budget`.
+    pub workers: usize,
+    /// Where sort mode spills runs.
+    pub scratch: PathBuf,
+    /// Lease owner name.
+    pub owner: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct TaskFailure {
+    pub task_id: String,
+    pub partition: String,
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RunSummary {
+    pub plans: Vec<DatasetPlan>,
+    pub commits: Vec<CommitReport>,
+    pub refused: Vec<(String, String)>,
+    pub failures: Vec<TaskFailure>,
+    pub elapsed: Duration,
+}
+
+impl RunSummary {
+    pub fn skipped_inputs(&self) -> impl Iterator<Item = &SkippedInput> {
+        self.commits.iter().flat_map(|c| c.skipped.iter())
+    }
+
+    /// Inputs that were skipped because they could not be read (not merely changed or gone).
+    pub fn corrupt_inputs(&self) -> Vec<&SkippedInput> {
+        self.skipped_inputs()
+            .filter(|s| {
+                !s.reason.contains("no longer exists") && !s.reason.contains("changed since")
+            })
+            .collect()
+    }
+
+    pub fn is_partial(&self) -> bool {
+        !self.failures.is_empty() || !self.refused.is_empty() || !self.corrupt_inputs().is_empty()
+    }
+
+    fn absorb(&mut self, outcome: CommitOutcome) {
+        match outcome {
+            CommitOutcome::Committed(report) => self.commits.push(report),
+            CommitOutcome::Refused { task_dir, reason } => self.refused.push((task_dir, reason)),
+            CommitOutcome::AlreadyCommitted { .. } | CommitOutcome::NotReady { .. } => {}
+        }
+    }
+}
+
+struct Services {
+    merger: Merger,
+    committer: Committer,
+    state: Arc<dyn StateStore>,
+    progress: Arc<dyn Progress>,
+}
+
+impl Services {
+    async fn run_task(&self, task: MergeTask) -> std::result::Result<CommitOutcome, TaskFailure> {
+        let task = Arc::new(task);
+        let failure = |e: crate::Error| TaskFailure {
+            task_id: task.task_id.clone(),
+            partition: task.partition.to_string(),
+            error: e.to_string(),
+        };
+        let merged = self.merger.run(Arc::clone(&task)).await;
+        let result = match merged {
+            Ok(
+                MergeOutcome::Staged(_) | MergeOutcome::AlreadyStaged(_) | MergeOutcome::Decided(_),
+            ) => self.committer.commit(&task.task_dir()).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(outcome) => {
+                let line = match &outcome {
+                    CommitOutcome::Committed(r) => format!(
+                        "{} {}: {} files -> {}",
+                        r.partition, r.task_id, r.inputs_deleted, r.outputs
+                    ),
+                    other => format!("{}: {other:?}", task.task_id),
+                };
+                self.progress.task_done(&line);
+                Ok(outcome)
+            }
+            Err(e) => {
+                tracing::error!(task = %task.task_id, partition = %task.partition, error = %e, "task failed");
+                if let Err(state_err) = self
+                    .state
+                    .finish_round(
+                        &task.partition,
+                        task.generation,
+                        PartitionStatus::Failed,
+                        Some(e.to_string()),
+                        now_ms(),
+                    )
+                    .await
+                {
+                    tracing::error!(error = %state_err, "could not record the failure in the state store");
+                }
+                self.progress
+                    .task_done(&format!("{} {}: FAILED", task.partition, task.task_id));
+                Err(failure(e))
+            }
+        }
+    }
+}
+
+/// Plans every configured dataset and runs the resulting tasks to completion.
+pub async fn run_local(
+    config: &Config,
+    store: Arc<dyn ObjectStore>,
+    state: Arc<dyn StateStore>,
+    progress: Arc<dyn Progress>,
+    options: &RunOptions,
+) -> Result<RunSummary> {
+    config.validate()?;
+    let started = Instant::now();
+    let services = Arc::new(Services {
+        merger: Merger::new(
+            Arc::clone(&store),
+            options.scratch.clone(),
+            Arc::clone(&progress),
+        ),
+        committer: Committer::new(
+            Arc::clone(&store),
+            Arc::clone(&state),
+            &config.staging_prefix,
+        ),
+        state: Arc::clone(&state),
+        progress: Arc::clone(&progress),
+    });
+    let summary = Arc::new(Mutex::new(RunSummary::default()));
+    let workers = options.workers.max(1);
+    let (tx, rx) = mpsc::channel::<MergeTask>(workers);
+    let rx = Arc::new(Mutex::new(rx));
+    let mut handles = Vec::new();
+    for _ in 0..workers {
+        let (rx, services, summary) =
+            (Arc::clone(&rx), Arc::clone(&services), Arc::clone(&summary));
+        handles.push(tokio::spawn(async move {
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some(task) = next else { break };
+                let result = services.run_task(task).await;
+                let mut summary = summary.lock().await;
+                match result {
+                    Ok(outcome) => summary.absorb(outcome),
+                    Err(failure) => summary.failures.push(failure),
+                }
+            }
+        }));
+    }
+    let dispatcher: Arc<dyn Dispatcher> = if options.dry_run {
+        drop(tx); // nothing runs in a dry run; let the workers stop
+        Arc::new(CollectingDispatcher::default())
+    } else {
+        Arc::new(ChannelDispatcher::new(tx))
+    };
+    let planner = Planner::new(
+        Arc::clone(&store),
+        Arc::clone(&state),
+        dispatcher,
+        PlannerSettings {
+            owner: options.owner.clone(),
+            lease_ttl_ms: config.lease_ttl.0.as_millis() as i64,
+            staging_prefix: config.staging_prefix.clone(),
+            memory_budget: config.memory_budget.bytes(),
+        },
+    );
+    let plan_options = PlanOptions {
+        dry_run: options.dry_run,
+        now: options.now,
+        only: options.partitions.clone(),
+    };
+    let mut planning_error = None;
+    for dataset in &config.datasets {
+        if options
+            .datasets
+            .as_ref()
+            .is_some_and(|only| !only.contains(&dataset.name))
+        {
+            continue;
+        }
+        match planner.plan_dataset(dataset, &plan_options).await {
+            Ok(mut plan) => {
+                let (tasks, bytes) = plan
+                    .partitions
+                    .iter()
+                    .filter_map(|p| match &p.outcome {
+                        crate::planner::PartitionOutcome::Planned { tasks } => Some(tasks),
+                        _ => None,
+                    })
+                    .flatten()
+                    .fold((0, 0), |(n, b), t| (n + 1, b + t.input_bytes));
+                progress.planned(tasks, bytes);
+                let recovered = std::mem::take(&mut plan.recovery.committed);
+                let mut summary = summary.lock().await;
+                for outcome in recovered {
+                    summary.absorb(outcome);
+                }
+                summary.plans.push(plan);
+            }
+            Err(e) => {
+                planning_error = Some(e);
+                break;
+            }
+        }
+    }
+    // Dropping the planner closes the queue; workers finish what is queued and stop.
+    drop(planner);
+    for handle in handles {
+        if let Err(e) = handle.await {
+            tracing::error!(error = %e, "a worker panicked");
+        }
+    }
+    if let Some(e) = planning_error {
+        return Err(e);
+    }
+    let mut summary = Arc::try_unwrap(summary)
+        .map(Mutex::into_inner)
+        .unwrap_or_default();
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}

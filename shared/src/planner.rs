@@ -1,0 +1,455 @@
+//! The planner service: finds cold partitions with a delimiter walk, decides what to compact
+//! (see [`crate::plan`]), takes the partition lease and dispatches merge tasks. Before planning
+//! it recovers interrupted work left in staging: finished merges are committed, decided commits
+//! rolled forward, merges of a dead run re-dispatched, stale ones abandoned.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::committer::{compacted_keys, CommitOutcome, Committer};
+use crate::config::{DatasetConfig, Mode};
+use crate::dispatch::Dispatcher;
+use crate::error::{Error, Result};
+use crate::manifest::{to_json, PartitionManifest};
+use crate::merge::read_json;
+use crate::partition::{coldness, Coldness, PartitionTemplate};
+use crate::plan::{decide, is_data_file, PartitionDecision, SkipReason};
+use crate::state::{PartitionId, PartitionStatus, StateStore};
+use crate::store::{dir_prefix, file_name, list_all, ObjectMeta, ObjectStore, PutMode};
+use crate::task::{
+    dataset_staging_dir, partition_output_dir, partition_source_dir, task_id, MergeTask, DECISION,
+    PARTITION_MANIFEST, SUCCESS, TASK_SPEC,
+};
+
+#[derive(Clone, Debug)]
+pub struct PlannerSettings {
+    /// Identifies this planner in leases (e.g. `local:host:pid` or a Lambda request id).
+    pub owner: String,
+    pub lease_ttl_ms: i64,
+    pub staging_prefix: String,
+    pub memory_budget: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct PlanOptions {
+    /// Decide and report, change nothing.
+    pub dry_run: bool,
+    pub now: DateTime<Utc>,
+    /// Only these partitions (paths relative to the dataset prefix); all when `None`.
+    pub only: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskSummary {
+    pub task_id: String,
+    pub inputs: usize,
+    pub input_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PartitionOutcome {
+    Hot {
+        until: DateTime<Utc>,
+    },
+    Skipped(SkipReason),
+    LeaseHeld {
+        owner: String,
+        expires_at_ms: i64,
+    },
+    /// Tasks dispatched (or, in a dry run, that would be).
+    Planned {
+        tasks: Vec<TaskSummary>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct PartitionReport {
+    pub partition: String,
+    pub data_files: usize,
+    pub data_bytes: u64,
+    pub outcome: PartitionOutcome,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RecoveryReport {
+    /// What happened to each interrupted task directory.
+    pub actions: Vec<(String, String)>,
+    pub committed: Vec<CommitOutcome>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DatasetPlan {
+    pub dataset: String,
+    pub dry_run: bool,
+    pub recovery: RecoveryReport,
+    pub partitions: Vec<PartitionReport>,
+}
+
+pub struct Planner {
+    store: Arc<dyn ObjectStore>,
+    state: Arc<dyn StateStore>,
+    committer: Committer,
+    dispatcher: Arc<dyn Dispatcher>,
+    settings: PlannerSettings,
+}
+
+impl Planner {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        state: Arc<dyn StateStore>,
+        dispatcher: Arc<dyn Dispatcher>,
+        settings: PlannerSettings,
+    ) -> Self {
+        let committer = Committer::new(
+            Arc::clone(&store),
+            Arc::clone(&state),
+            &settings.staging_prefix,
+        );
+        Self {
+            store,
+            state,
+            committer,
+            dispatcher,
+            settings,
+        }
+    }
+
+    /// Partition paths (relative to the source prefix) found by walking one directory level per
+    /// template segment; names that do not match the template, hidden and `_` names are skipped.
+    pub async fn discover(&self, dataset: &DatasetConfig) -> Result<Vec<String>> {
+        let template = dataset.template()?;
+        let root = dataset.source_dir();
+        let staging = dir_prefix(&self.settings.staging_prefix);
+        let mut frontier = vec![String::new()];
+        for level in 0..template.depth() {
+            let mut next = Vec::new();
+            for relative in frontier {
+                let listing =
+                    list_all(self.store.as_ref(), &format!("{root}{relative}"), Some('/')).await?;
+                for prefix in listing.common_prefixes {
+                    if !staging.is_empty() && prefix.starts_with(&staging) {
+                        continue;
+                    }
+                    let name = file_name(&prefix);
+                    if name.starts_with('_') || name.starts_with('.') {
+                        continue;
+                    }
+                    if template.match_segment(level, name).is_some() {
+                        next.push(format!("{relative}{name}/"));
+                    }
+                }
+            }
+            frontier = next;
+        }
+        Ok(frontier
+            .into_iter()
+            .map(|p| p.trim_end_matches('/').to_string())
+            .collect())
+    }
+
+    pub async fn plan_dataset(
+        &self,
+        dataset: &DatasetConfig,
+        options: &PlanOptions,
+    ) -> Result<DatasetPlan> {
+        dataset.validate()?;
+        let recovery = self.recover(dataset, options).await?;
+        let mut partitions = match &options.only {
+            Some(only) => only.clone(),
+            None => self.discover(dataset).await?,
+        };
+        partitions.sort();
+        let template = dataset.template()?;
+        let mut reports = Vec::with_capacity(partitions.len());
+        for partition in partitions {
+            reports.push(
+                self.plan_partition(dataset, &template, &partition, options)
+                    .await?,
+            );
+        }
+        Ok(DatasetPlan {
+            dataset: dataset.name.clone(),
+            dry_run: options.dry_run,
+            recovery,
+            partitions: reports,
+        })
+    }
+
+    async fn plan_partition(
+        &self,
+        dataset: &DatasetConfig,
+        template: &PartitionTemplate,
+        partition: &str,
+        options: &PlanOptions,
+    ) -> Result<PartitionReport> {
+        let values = template.parse_partition(partition)?;
+        let files = self.partition_files(dataset, partition).await?;
+        let report = |outcome| PartitionReport {
+            partition: partition.to_string(),
+            data_files: files.len(),
+            data_bytes: files.iter().map(|f| f.size).sum(),
+            outcome,
+        };
+        if let Coldness::Hot { until } = coldness(
+            &values,
+            dataset.effective_granularity()?,
+            dataset.grace.0,
+            options.now,
+        ) {
+            return Ok(report(PartitionOutcome::Hot { until }));
+        }
+        let own = self.own_outputs(dataset, partition).await?;
+        let groups = match decide(&files, &own, dataset) {
+            PartitionDecision::Skip(reason) => {
+                return Ok(report(PartitionOutcome::Skipped(reason)))
+            }
+            PartitionDecision::Compact(groups) => groups,
+        };
+        let summaries = |generation: u64| -> Vec<TaskSummary> {
+            groups
+                .iter()
+                .enumerate()
+                .map(|(i, g)| TaskSummary {
+                    task_id: task_id(generation, i),
+                    inputs: g.len(),
+                    input_bytes: g.iter().map(|f| f.size).sum(),
+                })
+                .collect()
+        };
+        let id = PartitionId::new(&dataset.name, partition);
+        if options.dry_run {
+            let next_generation = self.state.get(&id).await?.map_or(0, |r| r.generation) + 1;
+            return Ok(report(PartitionOutcome::Planned {
+                tasks: summaries(next_generation),
+            }));
+        }
+        let now_ms = options.now.timestamp_millis();
+        let Some(lease) = self
+            .state
+            .acquire_lease(
+                &id,
+                &self.settings.owner,
+                now_ms,
+                self.settings.lease_ttl_ms,
+            )
+            .await?
+        else {
+            let holder = self.state.get(&id).await?.and_then(|r| r.lease);
+            return Ok(report(PartitionOutcome::LeaseHeld {
+                owner: holder
+                    .as_ref()
+                    .map_or_else(String::new, |l| l.owner.clone()),
+                expires_at_ms: holder.map_or(0, |l| l.expires_at_ms),
+            }));
+        };
+        let tasks: Vec<MergeTask> = groups
+            .iter()
+            .enumerate()
+            .map(|(i, inputs)| MergeTask {
+                task_id: task_id(lease.generation, i),
+                partition: id.clone(),
+                generation: lease.generation,
+                dataset: dataset.clone(),
+                staging_prefix: self.settings.staging_prefix.clone(),
+                memory_budget: self.settings.memory_budget,
+                inputs: inputs.clone(),
+                created_at_ms: now_ms,
+            })
+            .collect();
+        let ids: Vec<String> = tasks.iter().map(|t| t.task_id.clone()).collect();
+        self.state.set_round(&id, &lease, &ids).await?;
+        for task in tasks {
+            // The spec in staging lets a recovery re-run the task, and is what an S3-passed
+            // reference points at.
+            self.store
+                .put(
+                    &task.staging_key(TASK_SPEC),
+                    to_json(&task),
+                    PutMode::Overwrite,
+                )
+                .await?;
+            if let Err(e) = self.dispatcher.dispatch(task).await {
+                self.state
+                    .finish_round(
+                        &id,
+                        lease.generation,
+                        PartitionStatus::Failed,
+                        Some(e.to_string()),
+                        now_ms,
+                    )
+                    .await?;
+                return Err(e);
+            }
+        }
+        Ok(report(PartitionOutcome::Planned {
+            tasks: summaries(lease.generation),
+        }))
+    }
+
+    /// Data files of a partition: those in the source directory, plus in sort mode the earlier
+    /// outputs when they live under another prefix (a global sort must see every row).
+    async fn partition_files(
+        &self,
+        dataset: &DatasetConfig,
+        partition: &str,
+    ) -> Result<Vec<ObjectMeta>> {
+        let source = partition_source_dir(dataset, partition);
+        let mut files: Vec<ObjectMeta> = list_all(self.store.as_ref(), &source, Some('/'))
+            .await?
+            .objects
+            .into_iter()
+            .filter(|o| is_data_file(&o.key, &dataset.file_suffix))
+            .collect();
+        let output = partition_output_dir(dataset, partition);
+        if output != source && dataset.mode == Mode::Sort {
+            let own = self.own_outputs(dataset, partition).await?;
+            files.extend(
+                list_all(self.store.as_ref(), &output, Some('/'))
+                    .await?
+                    .objects
+                    .into_iter()
+                    .filter(|o| own.contains(&o.key)),
+            );
+        }
+        Ok(files)
+    }
+
+    async fn own_outputs(
+        &self,
+        dataset: &DatasetConfig,
+        partition: &str,
+    ) -> Result<HashSet<String>> {
+        let key = format!(
+            "{}{PARTITION_MANIFEST}",
+            partition_output_dir(dataset, partition)
+        );
+        Ok(read_json::<PartitionManifest>(self.store.as_ref(), &key)
+            .await?
+            .map(|m| compacted_keys(&m))
+            .unwrap_or_default())
+    }
+
+    /// Deals with task directories left in the dataset's staging area by earlier runs.
+    pub async fn recover(
+        &self,
+        dataset: &DatasetConfig,
+        options: &PlanOptions,
+    ) -> Result<RecoveryReport> {
+        let root = dataset_staging_dir(&self.settings.staging_prefix, &dataset.name);
+        let listing = list_all(self.store.as_ref(), &root, None).await?;
+        let mut dirs: BTreeMap<String, HashSet<String>> = BTreeMap::new();
+        for object in listing.objects {
+            if let Some((dir, name)) = object.key.rsplit_once('/') {
+                dirs.entry(format!("{dir}/"))
+                    .or_default()
+                    .insert(name.to_string());
+            }
+        }
+        let mut report = RecoveryReport::default();
+        let now_ms = options.now.timestamp_millis();
+        for (dir, names) in dirs {
+            let Some((partition, task)) = dir
+                .strip_prefix(&root)
+                .and_then(|rest| rest.trim_end_matches('/').rsplit_once('/'))
+            else {
+                continue;
+            };
+            let generation = parse_generation(task);
+            let action = if names.contains(DECISION) || names.contains(SUCCESS) {
+                if !options.dry_run {
+                    report.committed.push(self.committer.commit(&dir).await?);
+                }
+                "commit the finished merge"
+            } else {
+                let id = PartitionId::new(&dataset.name, partition);
+                let record = self.state.get(&id).await?;
+                let current_generation = record.as_ref().map_or(0, |r| r.generation);
+                let live = record
+                    .as_ref()
+                    .and_then(|r| r.live_lease(now_ms))
+                    .filter(|l| {
+                        l.generation == generation.unwrap_or(0) && !is_dead_local_owner(&l.owner)
+                    });
+                if live.is_some() {
+                    "leave it: its merge is still running"
+                } else if generation == Some(current_generation) && names.contains(TASK_SPEC) {
+                    if !options.dry_run {
+                        let spec = read_json::<MergeTask>(
+                            self.store.as_ref(),
+                            &format!("{dir}{TASK_SPEC}"),
+                        )
+                        .await?
+                        .ok_or_else(|| Error::Manifest {
+                            key: format!("{dir}{TASK_SPEC}"),
+                            message: "vanished during recovery".into(),
+                        })?;
+                        self.dispatcher.dispatch(spec).await?;
+                    }
+                    "re-run the interrupted merge"
+                } else {
+                    if !options.dry_run {
+                        self.committer
+                            .abandon(&dir, "stale task of an earlier lease generation")
+                            .await?;
+                    }
+                    "abandon the stale merge"
+                }
+            };
+            tracing::info!(task_dir = %dir, action, dry_run = options.dry_run, "recovering staged task");
+            report.actions.push((dir, action.to_string()));
+        }
+        Ok(report)
+    }
+}
+
+fn parse_generation(task_id: &str) -> Option<u64> {
+    task_id.strip_prefix('g')?.split('-').next()?.parse().ok()
+}
+
+/// The lease owner name of a local process: `local:<host>:<pid>`.
+pub fn local_owner_id() -> String {
+    format!("local:{}:{}", host_name(), std::process::id())
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// True only for a local owner on this host whose process no longer exists; a lease held by
+/// such an owner cannot be renewed by anyone, so its work may be resumed at once.
+fn is_dead_local_owner(owner: &str) -> bool {
+    let mut parts = owner.splitn(3, ':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("local"), Some(host), Some(pid)) => {
+            host == host_name()
+                && pid.parse::<u32>().is_ok_and(|pid| {
+                    pid != std::process::id()
+                        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                })
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_and_generations() {
+        assert_eq!(parse_generation("g000012-t0003"), Some(12));
+        assert_eq!(parse_generation("junk"), None);
+        assert!(
+            !is_dead_local_owner(&local_owner_id()),
+            "this process is alive"
+        );
+        assert!(!is_dead_local_owner("lambda:abc"));
+        let dead = format!("local:{}:{}", host_name(), u32::MAX - 1);
+        assert!(is_dead_local_owner(&dead));
+    }
+}
