@@ -119,6 +119,9 @@ pub struct DatasetFlags {
     /// Maximum rows per row group [default: 1048576].
     #[arg(long)]
     pub row_group_rows: Option<usize>,
+    /// Input bytes per merge task; only the last output of a task is under the target [default: 1GiB].
+    #[arg(long)]
+    pub max_task_bytes: Option<ByteSize>,
     /// Files smaller than this are compacted [default: 32MiB].
     #[arg(long)]
     pub small_file_threshold: Option<ByteSize>,
@@ -180,6 +183,9 @@ impl DatasetFlags {
         }
         if let Some(v) = f.row_group_rows {
             ds.row_group_rows = v;
+        }
+        if let Some(v) = f.max_task_bytes {
+            ds.max_task_bytes = v;
         }
         if let Some(v) = f.small_file_threshold {
             ds.small_file_threshold = v;

@@ -64,6 +64,11 @@ pub struct DatasetConfig {
     /// Upper bound on rows per row group.
     #[serde(default = "default_row_group_rows")]
     pub row_group_rows: usize,
+    /// Input bytes per merge task (concat mode). Outputs roll at `target_file_size` inside a
+    /// task, so only the last output of each task is smaller than the target; larger tasks mean
+    /// fewer such remainders, smaller ones more parallel mergers.
+    #[serde(default = "default_max_task_bytes")]
+    pub max_task_bytes: ByteSize,
     /// Files smaller than this are compaction candidates.
     #[serde(default = "default_small_file_threshold")]
     pub small_file_threshold: ByteSize,
@@ -110,6 +115,9 @@ fn default_row_group_size() -> ByteSize {
 fn default_row_group_rows() -> usize {
     1_048_576
 }
+fn default_max_task_bytes() -> ByteSize {
+    ByteSize::mib(1024)
+}
 fn default_small_file_threshold() -> ByteSize {
     ByteSize::mib(32)
 }
@@ -146,6 +154,7 @@ impl DatasetConfig {
             target_file_size: default_target_file_size(),
             row_group_size: default_row_group_size(),
             row_group_rows: default_row_group_rows(),
+            max_task_bytes: default_max_task_bytes(),
             small_file_threshold: default_small_file_threshold(),
             min_file_count: default_min_file_count(),
             mode: Mode::default(),
@@ -239,6 +248,12 @@ impl DatasetConfig {
         }
         if self.row_group_rows < 1024 {
             return fail("row_group_rows", "must be at least 1024".into());
+        }
+        if self.max_task_bytes < self.target_file_size {
+            return fail(
+                "max_task_bytes",
+                "must be at least target_file_size (1GiB is typical)".into(),
+            );
         }
         if self.small_file_threshold > self.target_file_size {
             return fail(
@@ -413,6 +428,7 @@ mod tests {
             row_group_size = "128MiB"
             row_group_rows = 500000
             small_file_threshold = "16MiB"
+            max_task_bytes = "2GiB"
             min_file_count = 5
             mode = "sort"
             sort_key = ["ts_event", "symbol"]

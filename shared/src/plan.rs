@@ -84,7 +84,7 @@ pub fn decide(
     let groups = match dataset.mode {
         // A global sort needs every row of the partition in one merge.
         Mode::Sort => vec![candidates],
-        Mode::Concat => bin_pack(candidates, dataset.target_file_size.bytes(), |f| f.size),
+        Mode::Concat => bin_pack(candidates, dataset.max_task_bytes.bytes(), |f| f.size),
     };
     PartitionDecision::Compact(groups)
 }
@@ -136,6 +136,7 @@ mod tests {
         let mut d = DatasetConfig::new("ds", "events/", "dt={date}");
         d.mode = mode;
         d.target_file_size = ByteSize(100);
+        d.max_task_bytes = ByteSize(100);
         d.small_file_threshold = ByteSize(50);
         if mode == Mode::Sort {
             d.sort_key = vec!["ts".into()];

@@ -1,1 +1,211 @@
+//! Helpers for the end-to-end tests: temporary datasets on a real directory with the embedded
+//! state store, Parquet writers for hand-made inputs, and a canonical row multiset to compare
+//! data before and after compaction.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::util::display::array_value_to_string;
+use compaction::config::{Config, DatasetConfig};
+use compaction::pipeline::{run_local, RunOptions, RunSummary};
+use compaction::planner::local_owner_id;
+use compaction::progress::NoProgress;
+use compaction::sample::{generate, SampleSpec, SampleSummary};
+use compaction::state::{EmbeddedState, StateStore};
+use compaction::store::{LocalStore, ObjectStore};
+use compaction::units::ByteSize;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ArrowWriter;
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub store: Arc<dyn ObjectStore>,
+    pub state: Arc<dyn StateStore>,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::open(dir.path()).expect("store"));
+        let state: Arc<dyn StateStore> =
+            Arc::new(EmbeddedState::open(dir.path().join("_compactor/state.redb")).expect("state"));
+        Self { dir, store, state }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn path(&self, key: &str) -> PathBuf {
+        self.dir.path().join(key)
+    }
+
+    pub async fn generate(&self, partitions: usize, files: usize, rows: usize) -> SampleSummary {
+        generate(
+            Arc::clone(&self.store),
+            &SampleSpec {
+                prefix: "events/".into(),
+                partitions,
+                files_per_partition: files,
+                rows_per_file: rows,
+                include_hot_partition: true,
+                now: chrono::Utc::now(),
+                seed: 7,
+            },
+        )
+        .await
+        .expect("generate sample data")
+    }
+
+    pub async fn run(&self, config: &Config) -> RunSummary {
+        self.try_run(config).await.expect("pipeline run")
+    }
+
+    pub async fn try_run(&self, config: &Config) -> compaction::Result<RunSummary> {
+        run_local(
+            config,
+            Arc::clone(&self.store),
+            Arc::clone(&self.state),
+            Arc::new(NoProgress),
+            &run_options(false),
+        )
+        .await
+    }
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn run_options(dry_run: bool) -> RunOptions {
+    RunOptions {
+        dry_run,
+        now: chrono::Utc::now(),
+        datasets: None,
+        partitions: None,
+        workers: 2,
+        scratch: std::env::temp_dir(),
+        owner: local_owner_id(),
+    }
+}
+
+/// The sample dataset's config with small sizes, so tests produce several outputs quickly.
+pub fn small_config() -> Config {
+    let mut ds = DatasetConfig::new("events", "events/", "dt={date}/hour={hour}");
+    ds.target_file_size = ByteSize::mib(1);
+    ds.row_group_size = ByteSize::mib(1);
+    ds.small_file_threshold = ByteSize(512 * 1024);
+    ds.max_task_bytes = ByteSize::mib(4);
+    Config {
+        memory_budget: ByteSize::mib(256),
+        datasets: vec![ds],
+        ..Config::default()
+    }
+}
+
+/// Writes `batch` as a Parquet file at `path` (parent directories created).
+pub fn write_parquet(path: &Path, batch: &RecordBatch) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    let file = std::fs::File::create(path).expect("create");
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
+    writer.write(batch).expect("write");
+    writer.close().expect("close");
+}
+
+/// Data files (non-hidden `.parquet`) under `dir`, recursively, sorted.
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with('_') || name.starts_with('.') {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else if name.ends_with(".parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn read_batches(path: &Path) -> Vec<RecordBatch> {
+    let file = std::fs::File::open(path).expect("open");
+    ParquetRecordBatchReaderBuilder::try_new(file)
+        .expect("parquet reader")
+        .build()
+        .expect("build reader")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("read batches")
+}
+
+/// Every row of the given files as `col=value|...` over `columns` (by name, so column order and
+/// physical types do not matter), sorted: a multiset to compare.
+pub fn row_multiset(files: &[PathBuf], columns: &[&str]) -> Vec<String> {
+    let mut rows = Vec::new();
+    for f in files {
+        for batch in read_batches(f) {
+            for r in 0..batch.num_rows() {
+                let row: Vec<String> = columns
+                    .iter()
+                    .map(|c| match batch.column_by_name(c) {
+                        Some(col) if !col.is_null(r) => {
+                            format!("{c}={}", display(col, r))
+                        }
+                        _ => format!("{c}=NULL"),
+                    })
+                    .collect();
+                rows.push(row.join("|"));
+            }
+        }
+    }
+    rows.sort();
+    rows
+}
+
+/// A value as text; time zones are dropped (the instant stays) since arrow's display needs
+/// the chrono-tz feature for named zones.
+fn display(col: &arrow::array::ArrayRef, row: usize) -> String {
+    use arrow::datatypes::DataType;
+    let col = match col.data_type() {
+        DataType::Timestamp(unit, Some(_)) => {
+            arrow::compute::cast(col, &DataType::Timestamp(*unit, None)).expect("cast timestamp")
+        }
+        _ => std::sync::Arc::clone(col),
+    };
+    array_value_to_string(&col, row).expect("display")
+}
+
+pub const SAMPLE_COLUMNS: &[&str] = &[
+    "ts_event", "event_id", "user_id", "kind", "country", "amount", "session", "is_bot",
+];
+
+/// Everything left in the staging area (should be empty after a finished run).
+pub fn staging_leftovers(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.join("_compactor/staging")];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}

@@ -42,6 +42,27 @@ struct OpenFile {
     rows: u64,
 }
 
+/// The file's size if closed now. The writer's in-progress estimate counts buffered, not yet
+/// compressed data; scaling it by the bytes per row actually written for flushed row groups
+/// keeps files close to the target instead of rolling them early.
+fn projected_size(writer: &AsyncArrowWriter<SinkWriter>) -> u64 {
+    let written = writer.bytes_written() as u64;
+    let in_progress = writer.in_progress_size() as u64;
+    let flushed_rows: i64 = writer
+        .flushed_row_groups()
+        .iter()
+        .map(|rg| rg.num_rows())
+        .sum();
+    let pending_rows = writer.in_progress_rows() as u64;
+    if flushed_rows <= 0 || pending_rows == 0 || in_progress == 0 {
+        return written + in_progress;
+    }
+    let actual_per_row = written as f64 / flushed_rows as f64;
+    let estimated_per_row = in_progress as f64 / pending_rows as f64;
+    let ratio = (actual_per_row / estimated_per_row).clamp(0.05, 1.0);
+    written + (in_progress as f64 * ratio) as u64
+}
+
 pub struct RollingWriter {
     store: Arc<dyn ObjectStore>,
     task: Arc<MergeTask>,
@@ -108,8 +129,7 @@ impl RollingWriter {
             .await
             .map_err(|e| Error::parquet(&file.staging_key, e))?;
         file.rows += batch.num_rows() as u64;
-        let size = file.writer.bytes_written() + file.writer.in_progress_size();
-        if size as u64 >= target {
+        if projected_size(&file.writer) >= target {
             self.close_current().await?;
         }
         Ok(())

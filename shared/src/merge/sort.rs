@@ -405,7 +405,7 @@ impl SeqNumbering {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Int64Array as I64, StringArray};
+    use arrow::array::{Array, Int64Array as I64, StringArray};
 
     struct Collect(Vec<RecordBatch>);
 

@@ -1,0 +1,562 @@
+#!/usr/bin/env python3
+"""Benchmark: compact one partition of many small Parquet files with the compactor
+(concat and sort mode) and with DuckDB's COPY ... TO ... (FORMAT parquet, COMPRESSION zstd),
+on identical inputs, in the same run.
+
+Prints, per contender: files in -> files out, input MB, output MB, wall seconds, input MB/s
+and peak RSS (MiB); writes the same to bench/out/results.json. Every contender runs in its own
+fresh child process, so its peak RSS (ru_maxrss from wait4) is its own. Every output is checked
+(row count, content fingerprint, order for the sorted contenders); any failed check makes the
+script exit non-zero.
+
+Run from the repository root:  python3 bench/run.py [--help]
+See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+VENV = REPO / ".venv-bench"
+REEXEC_FLAG = "COMPACTOR_BENCH_REEXEC"
+MIB = 1 << 20
+
+
+# --------------------------------------------------------------------------------------------
+# Environment: venv with duckdb + pyarrow, release binary.
+# --------------------------------------------------------------------------------------------
+
+
+def ensure_deps() -> None:
+    """Make duckdb and pyarrow importable: re-exec under .venv-bench (created if needed)."""
+    try:
+        import duckdb  # noqa: F401
+        import pyarrow  # noqa: F401
+
+        return
+    except ImportError:
+        pass
+    if os.environ.get(REEXEC_FLAG):
+        sys.exit(f"error: duckdb/pyarrow still not importable under {sys.executable}")
+    py = VENV / "bin" / "python"
+    if not py.exists():
+        print(f"[bench] creating venv {VENV}", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    try:
+        subprocess.run(
+            [str(py), "-c", "import duckdb, pyarrow"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except subprocess.CalledProcessError:
+        print("[bench] installing duckdb pyarrow into the venv", file=sys.stderr)
+        subprocess.run(
+            [str(py), "-m", "pip", "install", "--quiet", "duckdb", "pyarrow"], check=True
+        )
+    env = dict(os.environ, **{REEXEC_FLAG: "1"})
+    os.execve(str(py), [str(py), str(Path(__file__).resolve()), *sys.argv[1:]], env)
+
+
+def ensure_binary(args) -> Path:
+    if args.binary:
+        b = Path(args.binary).resolve()
+        if not b.exists():
+            sys.exit(f"error: --binary {b} does not exist")
+        return b
+    b = REPO / "target" / "release" / "compactor"
+    if args.build or not b.exists():
+        print("[bench] cargo build --release -p compactor", file=sys.stderr)
+        subprocess.run(["cargo", "build", "--release", "-p", "compactor"], cwd=REPO, check=True)
+    return b
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def parse_size(s: str) -> int:
+    """'1GiB', '512MiB', '64M', '1073741824' -> bytes (binary units, as the compactor does)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", s, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad size {s!r}")
+    mult = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
+    return int(float(m.group(1)) * mult)
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class CheckFailed(Exception):
+    pass
+
+
+def check(cond: bool, what: str) -> None:
+    if not cond:
+        raise CheckFailed(what)
+
+
+def run_measured(cmd: list[str], cwd: Path, log_dir: Path, name: str) -> dict:
+    """Run cmd as a fresh child; return wall seconds, peak RSS (KiB), exit code, stdout, stderr."""
+    out_path = log_dir / f"{name}.stdout"
+    err_path = log_dir / f"{name}.stderr"
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        _, status, ru = os.wait4(proc.pid, 0)
+        secs = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    # ru_maxrss is in KiB on Linux; it covers the child and any descendants it waited for.
+    return {
+        "cmd": cmd,
+        "seconds": secs,
+        "maxrss_kib": ru.ru_maxrss,
+        "exit_code": proc.returncode,
+        "stdout": out_path.read_text(errors="replace"),
+        "stderr": err_path.read_text(errors="replace"),
+    }
+
+
+def parquet_files(root: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in root.rglob("*.parquet")
+        if "_compactor" not in p.relative_to(root).parts
+    )
+
+
+def total_bytes(files: list[Path]) -> int:
+    return sum(f.stat().st_size for f in files)
+
+
+def sql_list(files: list[Path]) -> str:
+    return "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
+
+
+DATA_COLS = ["ts_event", "event_id", "user_id", "kind", "country", "amount", "session", "is_bot"]
+
+
+def fingerprint(con, files: list[Path]) -> dict:
+    """Order-independent summary of the data columns: equal inputs and outputs => same rows
+    (up to an astronomically unlikely hash collision)."""
+    cols = ", ".join(DATA_COLS)
+    row = con.execute(
+        f"""
+        SELECT count(*),
+               sum(hash({cols}))::VARCHAR,
+               sum(event_id)::VARCHAR,
+               count(amount),
+               min(ts_event)::VARCHAR,
+               max(ts_event)::VARCHAR
+        FROM read_parquet({sql_list(files)}, union_by_name = true)
+        """
+    ).fetchone()
+    return {
+        "rows": row[0],
+        "row_hash_sum": row[1],
+        "event_id_sum": row[2],
+        "amount_non_null": row[3],
+        "min_ts": row[4],
+        "max_ts": row[5],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------------
+
+
+def generate(binary: Path, dest: Path, files: int, rows: int, seed: int) -> dict:
+    if dest.exists():
+        shutil.rmtree(dest)
+    cmd = [
+        str(binary), "generate", str(dest), "--prefix", "events/", "--partitions", "1",
+        "--files-per-partition", str(files), "--rows-per-file", str(rows), "--seed", str(seed),
+    ]
+    log(f"generating {files} files x {rows} rows into {dest}")
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    inputs = parquet_files(dest)
+    check(len(inputs) == files, f"generate wrote {len(inputs)} files, expected {files}")
+    parts = sorted({f.parent for f in inputs})
+    check(len(parts) == 1, f"generate wrote {len(parts)} partitions, expected 1")
+    # Generated data is a pristine copy: no compactor state may live in it.
+    shutil.rmtree(dest / "_compactor", ignore_errors=True)
+    return {
+        "dir": dest,
+        "files": len(inputs),
+        "bytes": total_bytes(inputs),
+        "partition": str(parts[0].relative_to(dest)),
+        "inputs": inputs,
+    }
+
+
+def fresh_copy(src: dict, work: Path) -> Path:
+    if work.exists():
+        shutil.rmtree(work)
+    shutil.copytree(src["dir"], work)
+    return work
+
+
+# --------------------------------------------------------------------------------------------
+# Contenders
+# --------------------------------------------------------------------------------------------
+
+
+def run_compactor(binary: Path, src: dict, expect: dict, mode: str, args, out_root: Path,
+                  name: str, con) -> dict:
+    work = fresh_copy(src, out_root / "work" / name)
+    cmd = [str(binary), "compact", str(work), "--prefix", "events/", "--json", "--quiet",
+           "--memory-budget", args.memory_budget]
+    if mode == "sort":
+        cmd += ["--mode", "sort", "--sort-key", "ts_event", "--seq-column", "seq"]
+    if args.workers:
+        cmd += ["--workers", str(args.workers)]
+    log(f"{name}: {' '.join(cmd[1:])}")
+    r = run_measured(cmd, work, out_root / "logs", name)
+    if r["exit_code"] != 0:
+        raise CheckFailed(
+            f"{name}: compactor exited {r['exit_code']}\ncommand: {' '.join(cmd)}\n"
+            f"stdout:\n{r['stdout']}\nstderr:\n{r['stderr']}"
+        )
+    try:
+        summary = json.loads(r["stdout"])
+    except json.JSONDecodeError as e:
+        raise CheckFailed(f"{name}: summary is not JSON ({e}):\n{r['stdout']}") from e
+
+    part_dir = work / src["partition"]
+    outputs = parquet_files(work)
+    leftovers = [f for f in outputs if not f.name.startswith("compacted-")]
+    check(not leftovers, f"{name}: {len(leftovers)} input files left, e.g. {leftovers[:3]}")
+    check(all(f.parent == part_dir for f in outputs),
+          f"{name}: outputs outside the partition {part_dir}")
+    check(len(outputs) >= 1, f"{name}: no output files")
+    verify_outputs(con, name, outputs, expect, sorted_by_seq=(mode == "sort"))
+    # The summary must agree with what is on disk.
+    for key, want in (("files_before", src["files"]), ("files_after", len(outputs)),
+                      ("bytes_before", src["bytes"]), ("bytes_after", total_bytes(outputs)),
+                      ("rows", expect["rows"])):
+        if key in summary:
+            check(summary[key] == want, f"{name}: summary {key}={summary[key]}, on disk {want}")
+    res = result_row(name, src, outputs, r)
+    res["compactor_summary"] = summary
+    shutil.rmtree(work)
+    return res
+
+
+DUCKDB_CHILD = textwrap.dedent(
+    """
+    import sys, duckdb
+    files, out, order = sys.argv[1], sys.argv[2], sys.argv[3]
+    con = duckdb.connect()
+    q = "COPY (SELECT * FROM read_parquet(" + files + ")" + (" ORDER BY " + order if order else "") + ") TO '" + out + "' (FORMAT parquet, COMPRESSION zstd)"
+    con.execute(q)
+    print(q[:200])
+    """
+)
+
+
+def run_duckdb(src: dict, expect: dict, order_by: str | None, out_root: Path, name: str,
+               con) -> dict:
+    work = fresh_copy(src, out_root / "work" / name)
+    inputs = parquet_files(work)
+    out_file = work / "duckdb-out" / "out.parquet"
+    out_file.parent.mkdir(parents=True)
+    # The file list goes through a file read by the child to keep argv small.
+    list_file = out_root / "work" / f"{name}.files.txt"
+    list_file.write_text(sql_list(inputs))
+    child = (
+        "import sys; sys.argv[1] = open(sys.argv[1]).read()\n" + DUCKDB_CHILD
+    )
+    cmd = [sys.executable, "-c", child, str(list_file), str(out_file), order_by or ""]
+    log(f"{name}: COPY (SELECT * FROM read_parquet([{len(inputs)} files])"
+        f"{' ORDER BY ' + order_by if order_by else ''}) TO ... (FORMAT parquet, COMPRESSION zstd)")
+    r = run_measured(cmd, work, out_root / "logs", name)
+    if r["exit_code"] != 0:
+        raise CheckFailed(f"{name}: duckdb child exited {r['exit_code']}\n{r['stderr']}")
+    outputs = [out_file]
+    verify_outputs(con, name, outputs, expect, sorted_by_seq=False,
+                   sorted_by_file_order=bool(order_by))
+    res = result_row(name, src, outputs, r)
+    shutil.rmtree(work)
+    list_file.unlink()
+    return res
+
+
+def duckdb_baseline(out_root: Path) -> dict:
+    r = run_measured([sys.executable, "-c", "import duckdb; duckdb.connect().execute('SELECT 1')"],
+                     out_root, out_root / "logs", "python-duckdb-baseline")
+    check(r["exit_code"] == 0, f"baseline python failed: {r['stderr']}")
+    return {"seconds": r["seconds"], "peak_rss_mib": r["maxrss_kib"] / 1024}
+
+
+def verify_outputs(con, name: str, outputs: list[Path], expect: dict, *, sorted_by_seq: bool,
+                   sorted_by_file_order: bool = False) -> None:
+    fp = fingerprint(con, outputs)
+    check(fp["rows"] == expect["rows"],
+          f"{name}: output has {fp['rows']} rows, input has {expect['rows']}")
+    check(fp == expect, f"{name}: output content differs from input:\n  in:  {expect}\n  out: {fp}")
+    files = sql_list(outputs)
+    if sorted_by_seq:
+        n = expect["rows"]
+        mn, mx, distinct, nulls = con.execute(
+            f"SELECT min(seq), max(seq), count(DISTINCT seq), count(*) - count(seq) "
+            f"FROM read_parquet({files})"
+        ).fetchone()
+        check((mn, mx, distinct, nulls) == (0, n - 1, n, 0),
+              f"{name}: seq is not 0..{n - 1}: min={mn} max={mx} distinct={distinct} nulls={nulls}")
+        bad = con.execute(
+            f"SELECT count(*) FROM (SELECT ts_event, lag(ts_event) OVER (ORDER BY seq) p "
+            f"FROM read_parquet({files})) WHERE ts_event < p"
+        ).fetchone()[0]
+        check(bad == 0, f"{name}: {bad} rows have ts_event smaller than the previous seq's")
+        # Each output file must itself be in seq order (the physical order is the sort order).
+        bad = con.execute(
+            f"SELECT count(*) FROM (SELECT seq, lag(seq) OVER (PARTITION BY filename "
+            f"ORDER BY file_row_number) p FROM read_parquet({files}, filename = true, "
+            f"file_row_number = true)) WHERE seq <> p + 1"
+        ).fetchone()[0]
+        check(bad == 0, f"{name}: {bad} rows are out of seq order within their file")
+    if sorted_by_file_order:
+        bad = con.execute(
+            f"SELECT count(*) FROM (SELECT ts_event, lag(ts_event) OVER (PARTITION BY filename "
+            f"ORDER BY file_row_number) p FROM read_parquet({files}, filename = true, "
+            f"file_row_number = true)) WHERE ts_event < p"
+        ).fetchone()[0]
+        check(bad == 0, f"{name}: {bad} rows are out of ts_event order in the file")
+
+
+def result_row(name: str, src: dict, outputs: list[Path], r: dict) -> dict:
+    out_bytes = total_bytes(outputs)
+    return {
+        "contender": name,
+        "files_in": src["files"],
+        "files_out": len(outputs),
+        "input_bytes": src["bytes"],
+        "output_bytes": out_bytes,
+        "input_mb": src["bytes"] / 1e6,
+        "output_mb": out_bytes / 1e6,
+        "seconds": r["seconds"],
+        "input_mb_per_s": src["bytes"] / 1e6 / r["seconds"],
+        "peak_rss_mib": r["maxrss_kib"] / 1024,
+        "command": (r["cmd"] if not r["cmd"][0].startswith(sys.executable)
+                    else [r["cmd"][0], "-c", "<duckdb COPY script>", *r["cmd"][3:]]),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+
+def table(rows: list[dict]) -> str:
+    head = ["contender", "files in -> out", "input MB", "output MB", "seconds", "input MB/s",
+            "peak RSS MiB"]
+    body = [
+        [
+            r["contender"],
+            f"{r['files_in']} -> {r['files_out']}",
+            f"{r['input_mb']:.1f}",
+            f"{r['output_mb']:.1f}",
+            f"{r['seconds']:.2f}",
+            f"{r['input_mb_per_s']:.1f}",
+            f"{r['peak_rss_mib']:.0f}",
+        ]
+        for r in rows
+    ]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+
+    def fmt(cells):
+        return "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        )
+
+    lines = [fmt(head), "  ".join("-" * w for w in widths)] + [fmt(b) for b in body]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description="Benchmark the compactor against DuckDB COPY on one partition of many "
+        "small Parquet files. See bench/README.md.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ap.add_argument("--files", type=int, default=2000, help="small files in the main partition")
+    ap.add_argument("--rows-per-file", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--memory-budget", default="1GiB",
+                    help="compactor --memory-budget (per merge; one partition = one merge)")
+    ap.add_argument("--rss-overhead", default="256MiB",
+                    help="stated bound: compactor peak RSS <= memory budget + this; checked")
+    ap.add_argument("--workers", type=int, default=None, help="compactor --workers")
+    ap.add_argument("--scale-files", action=argparse.BooleanOptionalAction, default=True,
+                    help="also compact a partition with --scale-factor x the files "
+                    "(compactor only) to show peak RSS does not grow with the file count")
+    ap.add_argument("--scale-factor", type=int, default=2)
+    ap.add_argument("--duckdb", action=argparse.BooleanOptionalAction, default=True,
+                    help="run the DuckDB contenders")
+    ap.add_argument("--binary", help="compactor binary [default: target/release/compactor, "
+                    "built with cargo if missing]")
+    ap.add_argument("--build", action="store_true",
+                    help="run `cargo build --release -p compactor` even if the binary exists")
+    ap.add_argument("--out-dir", default=str(REPO / "bench" / "out"),
+                    help="scratch data, logs and results.json (wiped data subdirs each run)")
+    ap.add_argument("--keep", action="store_true", help="keep the generated inputs afterwards")
+    args = ap.parse_args()
+    if args.files < 2000:
+        log(f"warning: --files {args.files} is below the 2,000 files the benchmark is meant for")
+    budget = parse_size(args.memory_budget)
+    rss_bound_mib = (budget + parse_size(args.rss_overhead)) / MIB
+
+    ensure_deps()
+    import duckdb
+    import pyarrow
+
+    binary = ensure_binary(args)
+    out_root = Path(args.out_dir).resolve()
+    out_root.mkdir(parents=True, exist_ok=True)
+    for sub in ("src", "work", "logs"):
+        shutil.rmtree(out_root / sub, ignore_errors=True)
+    (out_root / "work").mkdir()
+    (out_root / "logs").mkdir()
+    version = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout
+    git_rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                             capture_output=True, text=True).stdout.strip()
+    git_dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "shared", "cli"],
+                                    cwd=REPO, capture_output=True, text=True).stdout.strip())
+    con = duckdb.connect()
+
+    t_start = time.perf_counter()
+    results: list[dict] = []
+    scale_results: list[dict] = []
+    failures: list[str] = []
+    baseline = None
+    try:
+        main_src = generate(binary, out_root / "src" / f"files{args.files}",
+                            args.files, args.rows_per_file, args.seed)
+        log(f"input: {main_src['files']} files, {main_src['bytes'] / 1e6:.1f} MB, "
+            f"partition {main_src['partition']}; fingerprinting")
+        expect = fingerprint(con, main_src["inputs"])
+        check(expect["rows"] == args.files * args.rows_per_file,
+              f"generated {expect['rows']} rows, expected {args.files * args.rows_per_file}")
+
+        results.append(run_compactor(binary, main_src, expect, "concat", args, out_root,
+                                     "compactor concat", con))
+        results.append(run_compactor(binary, main_src, expect, "sort", args, out_root,
+                                     "compactor sort", con))
+        if args.duckdb:
+            baseline = duckdb_baseline(out_root)
+            results.append(run_duckdb(main_src, expect, None, out_root, "duckdb COPY", con))
+            results.append(run_duckdb(main_src, expect, "ts_event", out_root,
+                                      "duckdb COPY ORDER BY ts_event", con))
+
+        if args.scale_files:
+            n2 = args.files * args.scale_factor
+            big_src = generate(binary, out_root / "src" / f"files{n2}", n2, args.rows_per_file,
+                               args.seed + 1)
+            expect2 = fingerprint(con, big_src["inputs"])
+            check(expect2["rows"] == n2 * args.rows_per_file,
+                  f"generated {expect2['rows']} rows, expected {n2 * args.rows_per_file}")
+            for mode in ("concat", "sort"):
+                r = run_compactor(binary, big_src, expect2, mode, args, out_root,
+                                  f"compactor {mode} x{args.scale_factor}", con)
+                scale_results.append(r)
+                results.append(r)
+            shutil.rmtree(big_src["dir"])
+    except CheckFailed as e:
+        failures.append(str(e))
+
+    # The stated bound.
+    for r in results:
+        if r["contender"].startswith("compactor") and r["peak_rss_mib"] > rss_bound_mib:
+            failures.append(
+                f"{r['contender']}: peak RSS {r['peak_rss_mib']:.0f} MiB exceeds the bound "
+                f"{rss_bound_mib:.0f} MiB (memory budget {args.memory_budget} + "
+                f"{args.rss_overhead})"
+            )
+
+    print()
+    print(f"compactor {version.strip()} (git {git_rev}{', uncommitted changes' if git_dirty else ''}); "
+          f"duckdb {duckdb.__version__}, pyarrow {pyarrow.__version__}; "
+          f"{os.cpu_count()} CPUs, {platform.platform()}")
+    if results:
+        r0 = results[0]
+        print(f"input: 1 partition, {r0['files_in']} files x {args.rows_per_file} rows "
+              f"({r0['files_in'] * args.rows_per_file:,} rows), {r0['input_mb']:.1f} MB snappy; "
+              f"compactor --memory-budget {args.memory_budget}")
+        print()
+        print(table(results))
+        print()
+        print("MB = 1e6 bytes; MB/s = input MB / wall seconds of the child process (includes "
+              "process start-up, planning and commit);")
+        print("peak RSS = ru_maxrss of the child process. Outputs are zstd-compressed for every contender.")
+        if baseline:
+            print(f"DuckDB rows run as `python -c` using the duckdb module: their RSS includes the "
+                  f"interpreter; a bare `import duckdb` + SELECT 1 peaks at "
+                  f"{baseline['peak_rss_mib']:.0f} MiB ({baseline['seconds']:.2f} s).")
+    if scale_results:
+        print()
+        print(f"Memory vs file count (stated bound: peak RSS <= memory budget + "
+              f"{args.rss_overhead} = {rss_bound_mib:.0f} MiB):")
+        by = {r["contender"]: r for r in results}
+        for mode in ("concat", "sort"):
+            a = by.get(f"compactor {mode}")
+            b = by.get(f"compactor {mode} x{args.scale_factor}")
+            if a and b:
+                print(f"  {mode:6}: {a['files_in']:>6} files -> {a['peak_rss_mib']:6.0f} MiB   "
+                      f"{b['files_in']:>6} files -> {b['peak_rss_mib']:6.0f} MiB   "
+                      f"(ratio {b['peak_rss_mib'] / a['peak_rss_mib']:.2f})")
+    print(f"\ntotal benchmark time {time.perf_counter() - t_start:.0f} s")
+
+    doc = {
+        "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "compactor_version": version.strip(),
+        "git_rev": git_rev,
+        "git_dirty": git_dirty,
+        "duckdb_version": duckdb.__version__,
+        "pyarrow_version": pyarrow.__version__,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "params": {
+            "files": args.files,
+            "rows_per_file": args.rows_per_file,
+            "seed": args.seed,
+            "memory_budget": args.memory_budget,
+            "rss_bound_mib": rss_bound_mib,
+            "workers": args.workers,
+            "scale_files": args.scale_files,
+            "scale_factor": args.scale_factor,
+        },
+        "python_duckdb_baseline": baseline,
+        "results": results,
+        "failures": failures,
+    }
+    (out_root / "results.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    print(f"results: {out_root / 'results.json'}; logs: {out_root / 'logs'}")
+    if not args.keep:
+        shutil.rmtree(out_root / "src", ignore_errors=True)
+        shutil.rmtree(out_root / "work", ignore_errors=True)
+    if failures:
+        print("\nFAILED:", file=sys.stderr)
+        for f in failures:
+            print("  " + f.replace("\n", "\n    "), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,627 @@
+//! End-to-end behaviour of the local pipeline on real directories: the contract of DESIGN.md.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+};
+use arrow::datatypes::{DataType, Field, Schema};
+use compaction::committer::{CommitOutcome, Committer};
+use compaction::config::Mode;
+use compaction::dispatch::CollectingDispatcher;
+use compaction::merge::{MergeOutcome, Merger};
+use compaction::planner::{PlanOptions, Planner, PlannerSettings};
+use compaction::progress::NoProgress;
+use compaction::state::{PartitionId, PartitionStatus};
+use e2e_tests::*;
+
+fn cold_partition_dirs(env: &Env) -> Vec<std::path::PathBuf> {
+    let mut dirs: Vec<_> = parquet_files(&env.path("events"))
+        .into_iter()
+        .filter_map(|p| p.parent().map(|d| d.to_path_buf()))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concat_keeps_every_row_and_packs_files_near_the_target_size() {
+    let env = Env::new();
+    let generated = env.generate(3, 300, 600).await;
+    let before = row_multiset(&parquet_files(&env.path("events")), SAMPLE_COLUMNS);
+    assert_eq!(before.len() as u64, generated.rows);
+
+    let config = small_config();
+    let summary = env.run(&config).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    assert_eq!(
+        summary
+            .commits
+            .iter()
+            .map(|c| c.partition.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        3,
+        "three cold partitions compacted"
+    );
+
+    let after_files = parquet_files(&env.path("events"));
+    let after = row_multiset(&after_files, SAMPLE_COLUMNS);
+    assert_eq!(after, before, "the row multiset is unchanged");
+
+    let target = config.datasets[0].target_file_size.bytes();
+    let hot = generated.partitions.last().expect("hot partition");
+    for dir in cold_partition_dirs(&env) {
+        let files = parquet_files(&dir);
+        if dir.ends_with(hot) {
+            assert_eq!(files.len(), 3, "the hot partition is left alone");
+            continue;
+        }
+        assert!(
+            files.len() < 20,
+            "{} still has {} files",
+            dir.display(),
+            files.len()
+        );
+        let sizes: Vec<u64> = files
+            .iter()
+            .map(|f| std::fs::metadata(f).unwrap().len())
+            .collect();
+        for (i, s) in sizes.iter().enumerate() {
+            assert!(
+                *s <= target + target / 4,
+                "output {i} is {s} bytes, target {target}"
+            );
+        }
+        // All outputs but the last of a task reach the target.
+        let big = sizes.iter().filter(|s| **s >= target * 3 / 4).count();
+        assert!(big + 2 >= sizes.len(), "sizes {sizes:?} target {target}");
+    }
+    assert!(staging_leftovers(env.root()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_changes_nothing() {
+    let env = Env::new();
+    env.generate(2, 60, 300).await;
+    let config = small_config();
+    env.run(&config).await;
+    let snapshot = |env: &Env| -> Vec<(std::path::PathBuf, u64, std::time::SystemTime)> {
+        parquet_files(env.root())
+            .into_iter()
+            .map(|p| {
+                let m = std::fs::metadata(&p).unwrap();
+                (p, m.len(), m.modified().unwrap())
+            })
+            .collect()
+    };
+    let first = snapshot(&env);
+    let second = env.run(&config).await;
+    assert!(
+        second.commits.is_empty(),
+        "nothing to commit: {:?}",
+        second.commits
+    );
+    assert_eq!(snapshot(&env), first, "no file was touched");
+    let record = env
+        .state
+        .get(&PartitionId::new(
+            "events",
+            compaction::sample::partition_path(chrono::Utc::now() - chrono::Duration::hours(3)),
+        ))
+        .await
+        .unwrap();
+    // The partition three hours back is one of the two generated cold ones.
+    if let Some(r) = record {
+        assert_eq!(r.status, PartitionStatus::Compacted);
+        assert_eq!(r.counters.compactions, 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sort_mode_output_is_globally_sorted_with_seq() {
+    let env = Env::new();
+    env.generate(1, 120, 800).await;
+    let before = row_multiset(&parquet_files(&env.path("events")), SAMPLE_COLUMNS);
+    let mut config = small_config();
+    // A small budget forces spilled runs and a real k-way merge.
+    config.memory_budget = compaction::units::ByteSize::mib(64);
+    let ds = &mut config.datasets[0];
+    ds.mode = Mode::Sort;
+    ds.sort_key = vec!["ts_event".into()];
+    ds.seq_column = Some("seq".into());
+    let summary = env.run(&config).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+
+    let dir = cold_partition_dirs(&env)
+        .into_iter()
+        .find(|d| {
+            parquet_files(d)
+                .iter()
+                .any(|f| f.to_string_lossy().contains("compacted-"))
+        })
+        .expect("a compacted partition");
+    let files = parquet_files(&dir);
+    assert!(
+        files.len() > 1,
+        "several outputs, to check order across files"
+    );
+    let mut last_ts = i64::MIN;
+    let mut expected_seq = 0i64;
+    for f in &files {
+        for batch in read_batches(f) {
+            assert_eq!(
+                batch.schema().field(1).name(),
+                "seq",
+                "seq follows the key column"
+            );
+            let ts = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .unwrap();
+            let seq = batch
+                .column(1)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap();
+            for i in 0..batch.num_rows() {
+                assert!(
+                    ts.value(i) >= last_ts,
+                    "rows out of order in {}",
+                    f.display()
+                );
+                last_ts = ts.value(i);
+                assert_eq!(seq.value(i), expected_seq);
+                expected_seq += 1;
+            }
+        }
+    }
+    assert_eq!(
+        expected_seq,
+        120 * 800,
+        "seq is 0..N-1 over all rows of the partition"
+    );
+    assert_eq!(
+        row_multiset(&parquet_files(&env.path("events")), SAMPLE_COLUMNS),
+        before
+    );
+
+    // A late file re-sorts the whole partition, seq renumbered without duplicates.
+    let late = compaction::sample::sample_batch(
+        chrono::Utc::now() - chrono::Duration::hours(2),
+        0,
+        1,
+        50,
+        99,
+    )
+    .unwrap();
+    write_parquet(&dir.join("late.parquet"), &late);
+    let summary = env.run(&config).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    let files = parquet_files(&dir);
+    let seqs = row_multiset(&files, &["seq"]);
+    assert_eq!(seqs.len(), 120 * 800 + 50);
+    let mut distinct = seqs.clone();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        seqs.len(),
+        "seq values are unique after re-sorting"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_files_are_skipped_recorded_and_kept() {
+    let env = Env::new();
+    let generated = env.generate(1, 20, 200).await;
+    let partition = &generated.partitions[0];
+    let dir = env.path(&format!("events/{partition}"));
+    let good_rows = row_multiset(&parquet_files(&dir), SAMPLE_COLUMNS);
+
+    let valid = std::fs::read(&parquet_files(&dir)[0]).unwrap();
+    let corrupt: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "garbage.parquet",
+            b"this is not parquet at all, just text".repeat(10),
+        ),
+        ("truncated.parquet", valid[..valid.len() / 2].to_vec()),
+        ("badmagic.parquet", {
+            let mut v = valid.clone();
+            let n = v.len();
+            v[n - 4..].copy_from_slice(b"XXXX");
+            v
+        }),
+        ("garbagefooter.parquet", {
+            let mut v = valid.clone();
+            let n = v.len();
+            let len = u32::from_le_bytes(v[n - 8..n - 4].try_into().unwrap()) as usize;
+            for b in &mut v[n - 8 - len..n - 8] {
+                *b = 0xAB;
+            }
+            v
+        }),
+        ("badpages.parquet", {
+            // Valid footer, destroyed data pages: only found while decoding.
+            let mut v = valid.clone();
+            let half = v.len() / 2;
+            for b in &mut v[4..half] {
+                *b = 0x5A;
+            }
+            v
+        }),
+    ];
+    for (name, bytes) in &corrupt {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    let summary = env.run(&small_config()).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    let skipped: Vec<String> = summary
+        .corrupt_inputs()
+        .iter()
+        .map(|s| s.key.clone())
+        .collect();
+    for (name, bytes) in &corrupt {
+        assert!(
+            skipped.iter().any(|k| k.ends_with(name)),
+            "{name} not reported: {skipped:?}"
+        );
+        assert_eq!(
+            &std::fs::read(dir.join(name)).unwrap(),
+            bytes,
+            "{name} must be kept untouched"
+        );
+    }
+    let compacted: Vec<_> = parquet_files(&dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("compacted-"))
+        .collect();
+    assert_eq!(row_multiset(&compacted, SAMPLE_COLUMNS), good_rows);
+    let record = env
+        .state
+        .get(&PartitionId::new("events", partition.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.counters.corrupt_skipped, corrupt.len() as u64);
+    // The run reports partial success.
+    assert!(summary.is_partial());
+}
+
+fn drift_batches() -> (RecordBatch, RecordBatch) {
+    let a = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int32, false),
+            Field::new("name", DataType::Utf8, false),
+        ])),
+        vec![
+            Arc::new(Int32Array::from(vec![1, 2])),
+            Arc::new(StringArray::from(vec!["a", "b"])),
+        ],
+    )
+    .unwrap();
+    let b = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("extra", DataType::Float64, true),
+            Field::new("id", DataType::Int64, false),
+        ])),
+        vec![
+            Arc::new(StringArray::from(vec!["c"])),
+            Arc::new(Float64Array::from(vec![Some(1.5)])),
+            Arc::new(Int64Array::from(vec![5_000_000_000])),
+        ],
+    )
+    .unwrap();
+    (a, b)
+}
+
+fn old_partition() -> String {
+    "dt=2024-01-01/hour=00".to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compatible_schema_drift_is_unified() {
+    let env = Env::new();
+    let (a, b) = drift_batches();
+    let dir = env.path(&format!("events/{}", old_partition()));
+    write_parquet(&dir.join("a.parquet"), &a);
+    write_parquet(&dir.join("b.parquet"), &b);
+    let summary = env.run(&small_config()).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    let files = parquet_files(&dir);
+    assert_eq!(files.len(), 1);
+    let batches = read_batches(&files[0]);
+    let schema = batches[0].schema();
+    assert_eq!(
+        schema.field_with_name("id").unwrap().data_type(),
+        &DataType::Int64
+    );
+    assert!(schema.field_with_name("extra").unwrap().is_nullable());
+    assert_eq!(
+        row_multiset(&files, &["id", "name", "extra"]),
+        vec![
+            "id=1|name=a|extra=NULL",
+            "id=2|name=b|extra=NULL",
+            "id=5000000000|name=c|extra=1.5"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incompatible_schemas_are_refused_and_nothing_is_deleted() {
+    let env = Env::new();
+    let dir = env.path(&format!("events/{}", old_partition()));
+    let (a, _) = drift_batches();
+    let text_ids = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false)])),
+        vec![Arc::new(StringArray::from(vec!["x"]))],
+    )
+    .unwrap();
+    write_parquet(&dir.join("a.parquet"), &a);
+    write_parquet(&dir.join("z.parquet"), &text_ids);
+    let before: Vec<Vec<u8>> = parquet_files(&dir)
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    let summary = env.run(&small_config()).await;
+    assert_eq!(summary.failures.len(), 1);
+    let error = &summary.failures[0].error;
+    assert!(
+        error.contains("\"id\"") && error.contains("a.parquet") && error.contains("z.parquet"),
+        "{error}"
+    );
+    let after: Vec<Vec<u8>> = parquet_files(&dir)
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert_eq!(after, before, "inputs untouched");
+    let record = env
+        .state
+        .get(&PartitionId::new("events", old_partition()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.status, PartitionStatus::Failed);
+    assert!(
+        record.lease.is_none(),
+        "the lease is released so a fixed partition can be retried"
+    );
+}
+
+fn planner(env: &Env, dispatcher: Arc<CollectingDispatcher>) -> Planner {
+    Planner::new(
+        Arc::clone(&env.store),
+        Arc::clone(&env.state),
+        dispatcher,
+        PlannerSettings {
+            owner: compaction::planner::local_owner_id(),
+            lease_ttl_ms: 60_000,
+            staging_prefix: compaction::config::DEFAULT_STAGING_PREFIX.into(),
+            memory_budget: 256 << 20,
+        },
+    )
+}
+
+fn plan_options() -> PlanOptions {
+    PlanOptions {
+        dry_run: false,
+        now: chrono::Utc::now(),
+        only: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_landing_during_compaction_survive() {
+    let env = Env::new();
+    let generated = env.generate(1, 30, 200).await;
+    let dir = env.path(&format!("events/{}", generated.partitions[0]));
+    let config = small_config();
+    let dispatcher = Arc::new(CollectingDispatcher::default());
+    planner(&env, Arc::clone(&dispatcher))
+        .plan_dataset(&config.datasets[0], &plan_options())
+        .await
+        .unwrap();
+    let tasks = std::mem::take(&mut *dispatcher.tasks.lock().await);
+    assert!(!tasks.is_empty());
+
+    // While the merge runs: a new file lands, and an existing input is rewritten in place.
+    let all_before = row_multiset(&parquet_files(&dir), SAMPLE_COLUMNS);
+    let late = compaction::sample::sample_batch(chrono::Utc::now(), 3, 4, 25, 1234).unwrap();
+    write_parquet(&dir.join("late-arrival.parquet"), &late);
+    let rewritten = tasks[0].inputs[0].key.clone();
+    let replacement = compaction::sample::sample_batch(chrono::Utc::now(), 1, 4, 10, 777).unwrap();
+
+    let merger = Merger::new(
+        Arc::clone(&env.store),
+        std::env::temp_dir(),
+        Arc::new(NoProgress),
+    );
+    let committer = Committer::new(
+        Arc::clone(&env.store),
+        Arc::clone(&env.state),
+        compaction::config::DEFAULT_STAGING_PREFIX,
+    );
+    for task in tasks {
+        let task = Arc::new(task);
+        assert!(matches!(
+            merger.run(Arc::clone(&task)).await.unwrap(),
+            MergeOutcome::Staged(_)
+        ));
+        // Rewrite the input after its merge but before the commit.
+        write_parquet(&env.path(&rewritten), &replacement);
+        let outcome = committer.commit(&task.task_dir()).await.unwrap();
+        assert!(
+            matches!(outcome, CommitOutcome::Refused { .. }),
+            "changed input must refuse the commit: {outcome:?}"
+        );
+    }
+    // Nothing was deleted: old rows (minus the rewritten file's), the late file and the rewrite.
+    assert!(env.path(&rewritten).exists());
+    assert!(dir.join("late-arrival.parquet").exists());
+    let now = row_multiset(&parquet_files(&dir), SAMPLE_COLUMNS);
+    assert_eq!(now.len(), all_before.len() - 200 + 25 + 10);
+    assert!(
+        staging_leftovers(env.root()).is_empty(),
+        "refused staging is removed"
+    );
+
+    // The next run compacts everything, the late file included, nothing lost.
+    let summary = env.run(&config).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    assert_eq!(row_multiset(&parquet_files(&dir), SAMPLE_COLUMNS), now);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_stopped_between_merge_and_commit_converges() {
+    let env = Env::new();
+    env.generate(2, 40, 300).await;
+    let before = row_multiset(&parquet_files(&env.path("events")), SAMPLE_COLUMNS);
+    let config = small_config();
+    let dispatcher = Arc::new(CollectingDispatcher::default());
+    planner(&env, Arc::clone(&dispatcher))
+        .plan_dataset(&config.datasets[0], &plan_options())
+        .await
+        .unwrap();
+    let tasks = std::mem::take(&mut *dispatcher.tasks.lock().await);
+    let merger = Merger::new(
+        Arc::clone(&env.store),
+        std::env::temp_dir(),
+        Arc::new(NoProgress),
+    );
+    for task in &tasks {
+        merger.run(Arc::new(task.clone())).await.unwrap();
+        // Replaying a staged merge does not merge again.
+        assert!(matches!(
+            merger.run(Arc::new(task.clone())).await.unwrap(),
+            MergeOutcome::AlreadyStaged(_)
+        ));
+    }
+    // Both inputs and staged outputs exist now; readers of the partition see only the inputs.
+    assert_eq!(
+        row_multiset(&parquet_files(&env.path("events")), SAMPLE_COLUMNS),
+        before
+    );
+
+    let summary = env.run(&config).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    assert_eq!(
+        summary.commits.len(),
+        tasks.len(),
+        "recovery committed the staged tasks"
+    );
+    assert_eq!(
+        row_multiset(&parquet_files(&env.path("events")), SAMPLE_COLUMNS),
+        before
+    );
+    assert!(staging_leftovers(env.root()).is_empty());
+    // Replaying a commit after the fact is a no-op.
+    let committer = Committer::new(
+        Arc::clone(&env.store),
+        Arc::clone(&env.state),
+        compaction::config::DEFAULT_STAGING_PREFIX,
+    );
+    let replay = committer.commit(&tasks[0].task_dir()).await.unwrap();
+    assert!(
+        matches!(replay, CommitOutcome::NotReady { .. }),
+        "{replay:?}"
+    );
+    assert_eq!(
+        row_multiset(&parquet_files(&env.path("events")), SAMPLE_COLUMNS),
+        before
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_planners_compact_a_partition_once() {
+    let env = Env::new();
+    env.generate(1, 30, 100).await;
+    let config = small_config();
+    let first = Arc::new(CollectingDispatcher::default());
+    let second = Arc::new(CollectingDispatcher::default());
+    let (a, b) = (
+        planner(&env, Arc::clone(&first)),
+        planner(&env, Arc::clone(&second)),
+    );
+    let options = plan_options();
+    let (ra, rb) = tokio::join!(
+        a.plan_dataset(&config.datasets[0], &options),
+        b.plan_dataset(&config.datasets[0], &options)
+    );
+    ra.unwrap();
+    rb.unwrap();
+    let planned = first.tasks.lock().await.len() + second.tasks.lock().await.len();
+    let one_planner = first.tasks.lock().await.is_empty() != second.tasks.lock().await.is_empty();
+    assert!(
+        planned > 0 && one_planner,
+        "exactly one planner got the lease and planned"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_changes_nothing() {
+    let env = Env::new();
+    env.generate(1, 10, 100).await;
+    let before = parquet_files(env.root());
+    let summary = run_local_dry(&env).await;
+    assert!(summary.commits.is_empty());
+    let planned = summary.plans[0]
+        .partitions
+        .iter()
+        .filter(|p| {
+            matches!(
+                p.outcome,
+                compaction::planner::PartitionOutcome::Planned { .. }
+            )
+        })
+        .count();
+    assert_eq!(planned, 1);
+    assert_eq!(parquet_files(env.root()), before);
+    assert!(staging_leftovers(env.root()).is_empty());
+    let record = env
+        .state
+        .get(&PartitionId::new(
+            "events",
+            summary.plans[0].partitions[0].partition.clone(),
+        ))
+        .await
+        .unwrap();
+    assert!(record.is_none_or(|r| r.lease.is_none()), "no lease taken");
+}
+
+async fn run_local_dry(env: &Env) -> compaction::pipeline::RunSummary {
+    compaction::pipeline::run_local(
+        &small_config(),
+        Arc::clone(&env.store),
+        Arc::clone(&env.state),
+        Arc::new(NoProgress),
+        &run_options(true),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_to_another_prefix_leave_sources_clean() {
+    let env = Env::new();
+    let generated = env.generate(1, 25, 200).await;
+    let before = row_multiset(&parquet_files(&env.path("events")), SAMPLE_COLUMNS);
+    let mut config = small_config();
+    config.datasets[0].output_prefix = Some("compacted/events".into());
+    let summary = env.run(&config).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    let out = parquet_files(&env.path("compacted/events"));
+    assert!(!out.is_empty());
+    let src_left = parquet_files(&env.path(&format!("events/{}", generated.partitions[0])));
+    assert!(src_left.is_empty(), "cold sources moved: {src_left:?}");
+    let mut all = parquet_files(&env.path("events"));
+    all.extend(out);
+    assert_eq!(row_multiset(&all, SAMPLE_COLUMNS), before);
+    assert!(env
+        .path(&format!(
+            "compacted/events/{}/_compactor_manifest.json",
+            generated.partitions[0]
+        ))
+        .exists());
+}
