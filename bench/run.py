@@ -417,12 +417,12 @@ def main() -> int:
                     help="scratch data, logs and results.json (wiped data subdirs each run)")
     ap.add_argument("--keep", action="store_true", help="keep the generated inputs afterwards")
     args = ap.parse_args()
-    if args.files < 2000:
-        log(f"warning: --files {args.files} is below the 2,000 files the benchmark is meant for")
     budget = parse_size(args.memory_budget)
     rss_bound_mib = (budget + parse_size(args.rss_overhead)) / MIB
 
     ensure_deps()
+    if args.files < 2000:
+        log(f"warning: --files {args.files} is below the 2,000 files the benchmark is meant for")
     import duckdb
     import pyarrow
 
@@ -490,7 +490,7 @@ def main() -> int:
             )
 
     print()
-    print(f"compactor {version.strip()} (git {git_rev}{', uncommitted changes' if git_dirty else ''}); "
+    print(f"{version.strip()} (git {git_rev}{', uncommitted changes' if git_dirty else ''}); "
           f"duckdb {duckdb.__version__}, pyarrow {pyarrow.__version__}; "
           f"{os.cpu_count()} CPUs, {platform.platform()}")
     if results:

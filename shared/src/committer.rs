@@ -335,9 +335,7 @@ impl Committer {
             corrupt_skipped: manifest
                 .skipped
                 .iter()
-                .filter(|s| {
-                    !s.reason.contains("no longer exists") && !s.reason.contains("changed since")
-                })
+                .filter(|s| s.is_unreadable())
                 .count() as u64,
             ..Counters::default()
         };

@@ -20,12 +20,31 @@ pub struct OutputFile {
     pub crc32c: String,
 }
 
+/// Why an input was left out of a merge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipKind {
+    /// Corrupt or not Parquet: quarantined until the file changes.
+    Unreadable,
+    /// Rewritten since planning: left for the next round.
+    Changed,
+    /// Gone before it could be read.
+    Vanished,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SkippedInput {
     pub key: String,
     pub size: u64,
     pub version: String,
+    pub kind: SkipKind,
     pub reason: String,
+}
+
+impl SkippedInput {
+    pub fn is_unreadable(&self) -> bool {
+        self.kind == SkipKind::Unreadable
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +128,10 @@ pub struct PartitionManifest {
     pub files: Vec<LiveFile>,
     /// The most recent commits, newest last; a replayed commit finds itself here.
     pub commits: Vec<CommitRecord>,
+    /// Unreadable files kept in the partition. The planner ignores them until they change
+    /// (another version), so one bad file does not re-trigger compaction on every run.
+    #[serde(default)]
+    pub quarantined: Vec<SkippedInput>,
 }
 
 /// How many commit records the partition manifest keeps.
@@ -145,6 +168,18 @@ impl PartitionManifest {
             })
             .collect();
         self.files.sort_by(|a, b| a.key.cmp(&b.key));
+        let live: std::collections::HashSet<&str> =
+            listing.iter().map(|o| o.key.as_str()).collect();
+        self.quarantined.retain(|q| live.contains(q.key.as_str()));
+        for s in task.skipped.iter().filter(|s| s.is_unreadable()) {
+            if !self
+                .quarantined
+                .iter()
+                .any(|q| q.key == s.key && q.version == s.version)
+            {
+                self.quarantined.push(s.clone());
+            }
+        }
         self.commits.push(CommitRecord {
             task_id: task.task_id.clone(),
             added: added.iter().map(|s| s.to_string()).collect(),
@@ -201,6 +236,7 @@ mod tests {
                 key: "p/bad.parquet".into(),
                 size: 3,
                 version: "v".into(),
+                kind: SkipKind::Unreadable,
                 reason: "bad magic".into(),
             }],
             outputs: vec![OutputFile {
@@ -256,6 +292,17 @@ mod tests {
             ]
         );
         assert!(pm.has_commit("g000001-t0000"));
+        assert_eq!(
+            pm.quarantined.len(),
+            1,
+            "the unreadable input is quarantined"
+        );
+        // Once the bad file is gone, it leaves the quarantine.
+        let mut later = task.clone();
+        later.task_id = "g000002-t0000".into();
+        later.skipped.clear();
+        pm.apply_commit(&later, &listing[3..4], 10);
+        assert!(pm.quarantined.is_empty());
         let back: PartitionManifest = from_json("k", &to_json(&pm)).unwrap();
         assert_eq!(back, pm);
     }

@@ -60,9 +60,7 @@ impl RunSummary {
     /// Inputs that were skipped because they could not be read (not merely changed or gone).
     pub fn corrupt_inputs(&self) -> Vec<&SkippedInput> {
         self.skipped_inputs()
-            .filter(|s| {
-                !s.reason.contains("no longer exists") && !s.reason.contains("changed since")
-            })
+            .filter(|s| s.is_unreadable())
             .collect()
     }
 

@@ -200,8 +200,19 @@ impl Planner {
         ) {
             return Ok(report(PartitionOutcome::Hot { until }));
         }
-        let own = self.own_outputs(dataset, partition).await?;
-        let groups = match decide(&files, &own, dataset) {
+        let manifest = self.partition_manifest(dataset, partition).await?;
+        let own = compacted_keys(&manifest);
+        let candidates: Vec<ObjectMeta> = files
+            .iter()
+            .cloned()
+            .filter(|f| {
+                !manifest
+                    .quarantined
+                    .iter()
+                    .any(|q| q.key == f.key && q.version == f.version)
+            })
+            .collect();
+        let groups = match decide(&candidates, &own, dataset) {
             PartitionDecision::Skip(reason) => {
                 return Ok(report(PartitionOutcome::Skipped(reason)))
             }
@@ -304,7 +315,7 @@ impl Planner {
             .collect();
         let output = partition_output_dir(dataset, partition);
         if output != source && dataset.mode == Mode::Sort {
-            let own = self.own_outputs(dataset, partition).await?;
+            let own = compacted_keys(&self.partition_manifest(dataset, partition).await?);
             files.extend(
                 list_all(self.store.as_ref(), &output, Some('/'))
                     .await?
@@ -316,18 +327,17 @@ impl Planner {
         Ok(files)
     }
 
-    async fn own_outputs(
+    async fn partition_manifest(
         &self,
         dataset: &DatasetConfig,
         partition: &str,
-    ) -> Result<HashSet<String>> {
+    ) -> Result<PartitionManifest> {
         let key = format!(
             "{}{PARTITION_MANIFEST}",
             partition_output_dir(dataset, partition)
         );
         Ok(read_json::<PartitionManifest>(self.store.as_ref(), &key)
             .await?
-            .map(|m| compacted_keys(&m))
             .unwrap_or_default())
     }
 

@@ -15,7 +15,7 @@ use parquet::errors::ParquetError;
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
-use crate::manifest::SkippedInput;
+use crate::manifest::{SkipKind, SkippedInput};
 use crate::parquet_io::{footer_from_bytes, read_footer, StoreReader};
 use crate::schema::conform;
 use crate::store::{list_all, ObjectMeta, ObjectStore};
@@ -36,11 +36,12 @@ pub struct InputInfo {
     pub schema: SchemaRef,
 }
 
-pub fn skipped(meta: &ObjectMeta, reason: impl Into<String>) -> SkippedInput {
+pub fn skipped(meta: &ObjectMeta, kind: SkipKind, reason: impl Into<String>) -> SkippedInput {
     SkippedInput {
         key: meta.key.clone(),
         size: meta.size,
         version: meta.version.clone(),
+        kind,
         reason: reason.into(),
     }
 }
@@ -79,9 +80,10 @@ pub fn check_versions(
             Some(now) if now.version == input.version => keep.push(input.clone()),
             Some(_) => skip.push(skipped(
                 input,
+                SkipKind::Changed,
                 "changed since planning; left for the next round",
             )),
-            None => skip.push(skipped(input, "no longer exists")),
+            None => skip.push(skipped(input, SkipKind::Vanished, "no longer exists")),
         }
     }
     (keep, skip)
@@ -128,8 +130,12 @@ pub async fn scan_footers(
     for (meta, result) in results {
         match result {
             Ok(info) => infos.push(info),
-            Err(Error::CorruptInput { reason, .. }) => skipped_inputs.push(skipped(&meta, reason)),
-            Err(Error::NotFound { .. }) => skipped_inputs.push(skipped(&meta, "no longer exists")),
+            Err(Error::CorruptInput { reason, .. }) => {
+                skipped_inputs.push(skipped(&meta, SkipKind::Unreadable, reason))
+            }
+            Err(Error::NotFound { .. }) => {
+                skipped_inputs.push(skipped(&meta, SkipKind::Vanished, "no longer exists"))
+            }
             Err(e) => return Err(e),
         }
     }

@@ -21,8 +21,8 @@ use crate::config::Mode;
 use crate::error::{Error, Result};
 use crate::faults::crash_point;
 use crate::manifest::{
-    from_json, to_json, ColumnDesc, Decision, OutputFile, SkippedInput, TaskManifest, Verdict,
-    FORMAT_VERSION,
+    from_json, to_json, ColumnDesc, Decision, OutputFile, SkipKind, SkippedInput, TaskManifest,
+    Verdict, FORMAT_VERSION,
 };
 use crate::progress::Progress;
 use crate::schema::unify;
@@ -121,7 +121,7 @@ impl Merger {
                 Err(AttemptFailure::Corrupt { index, reason }) => {
                     let info = infos.remove(index);
                     tracing::warn!(task = %task.task_id, key = %info.meta.key, %reason, "input is corrupt; skipping it and merging the rest again");
-                    skipped_inputs.push(skipped(&info.meta, reason));
+                    skipped_inputs.push(skipped(&info.meta, SkipKind::Unreadable, reason));
                     attempt += 1;
                 }
                 Err(AttemptFailure::Failed(e)) => return Err(e),

@@ -1,0 +1,233 @@
+//! The compactor binary as users run it: killed at every step of the protocol and re-run,
+//! exit codes, and clear errors.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use compaction::faults::{ENV as CRASH_ENV, POINTS};
+use e2e_tests::{parquet_files, row_multiset, staging_leftovers, SAMPLE_COLUMNS};
+
+const BIN: &str = env!("CARGO_BIN_EXE_compactor");
+
+fn compactor(args: &[&str], crash_at: Option<&str>) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove(CRASH_ENV)
+        .env("RUST_LOG", "error");
+    if let Some(point) = crash_at {
+        cmd.env(CRASH_ENV, point);
+    }
+    cmd.output().expect("run compactor")
+}
+
+fn compact_args(dir: &Path) -> Vec<String> {
+    [
+        "compact",
+        dir.to_str().unwrap(),
+        "--prefix",
+        "events/",
+        "--target-file-size",
+        "1MiB",
+        "--row-group-size",
+        "1MiB",
+        "--small-file-threshold",
+        "512KiB",
+        "--max-task-bytes",
+        "2MiB",
+        "--workers",
+        "2",
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn run(args: &[String], crash_at: Option<&str>) -> Output {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    compactor(&refs, crash_at)
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn generate(dir: &Path, partitions: &str, files: &str, rows: &str) {
+    let out = compactor(
+        &[
+            "generate",
+            dir.to_str().unwrap(),
+            "--partitions",
+            partitions,
+            "--files-per-partition",
+            files,
+            "--rows-per-file",
+            rows,
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_process_killed_at_any_step_converges_on_rerun() {
+    for point in POINTS {
+        let dir = tempfile::tempdir().unwrap();
+        generate(dir.path(), "2", "80", "400");
+        let before = row_multiset(&parquet_files(&dir.path().join("events")), SAMPLE_COLUMNS);
+        let args = compact_args(dir.path());
+
+        let crashed = run(&args, Some(point));
+        assert!(
+            !crashed.status.success() && crashed.status.code().is_none(),
+            "{point}: the process should have been killed, got {:?}\n{}",
+            crashed.status,
+            String::from_utf8_lossy(&crashed.stderr)
+        );
+
+        let rerun = run(&args, None);
+        assert!(
+            rerun.status.success(),
+            "{point}: rerun failed: {}",
+            String::from_utf8_lossy(&rerun.stderr)
+        );
+        let after = row_multiset(&parquet_files(&dir.path().join("events")), SAMPLE_COLUMNS);
+        assert_eq!(after.len(), before.len(), "{point}: row count changed");
+        assert_eq!(after, before, "{point}: rows lost or duplicated");
+        assert!(
+            staging_leftovers(dir.path()).is_empty(),
+            "{point}: staging not cleaned"
+        );
+
+        let third = json(&run(&args, None));
+        assert_eq!(
+            third["files_before"], 0,
+            "{point}: a third run found work: {third}"
+        );
+        let small_files = parquet_files(&dir.path().join("events"))
+            .iter()
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("part-")
+            })
+            .count();
+        assert_eq!(small_files, 0, "{point}: every small file was compacted");
+    }
+}
+
+#[test]
+fn exit_codes_tell_success_partial_and_error() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path(), "1", "10", "100");
+    let partition = std::fs::read_dir(dir.path().join("events"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let hour = std::fs::read_dir(&partition)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    std::fs::write(hour.join("broken.parquet"), b"definitely not parquet").unwrap();
+    let args = compact_args(dir.path());
+    let partial = run(&args, None);
+    assert_eq!(
+        partial.status.code(),
+        Some(3),
+        "corrupt input skipped: partial"
+    );
+    let report = json(&partial);
+    assert!(report["corrupt_skipped"][0]["key"]
+        .as_str()
+        .unwrap()
+        .ends_with("broken.parquet"));
+    assert!(
+        hour.join("broken.parquet").exists(),
+        "a corrupt file is never deleted"
+    );
+
+    let ok = run(&args, None);
+    assert_eq!(ok.status.code(), Some(0), "nothing left to do: success");
+
+    let missing = compactor(&["compact", "/nonexistent/dir"], None);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("not a directory"));
+
+    let usage = compactor(&["compact"], None);
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+#[test]
+fn bad_configuration_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = compactor(
+        &["plan", dir.path().to_str().unwrap(), "--mode", "sort"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sort_key"), "{err}");
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[[dataset]]\nname = \"e\"\nsource_prefix = \"e/\"\npartition_template = \"dt={date}\"\ntarget_file_sise = \"1MiB\"\n").unwrap();
+    let out = compactor(
+        &[
+            "plan",
+            dir.path().to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("target_file_sise"),
+        "unknown field named: {err}"
+    );
+}
+
+#[test]
+fn plan_is_a_dry_run_and_help_documents_options() {
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path(), "1", "5", "50");
+    let before = parquet_files(dir.path());
+    let out = compactor(
+        &["plan", dir.path().to_str().unwrap(), "--prefix", "events/"],
+        None,
+    );
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("compact 5 file(s)") && text.contains("dry run"),
+        "{text}"
+    );
+    assert_eq!(parquet_files(dir.path()), before);
+    let help = String::from_utf8_lossy(&compactor(&["compact", "--help"], None).stdout).to_string();
+    for flag in [
+        "--target-file-size",
+        "--mode",
+        "--sort-key",
+        "--seq-column",
+        "--compression",
+        "--output-prefix",
+        "--grace",
+        "--dry-run",
+        "--memory-budget",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+}
