@@ -204,13 +204,13 @@ impl Planner {
         let own = compacted_keys(&manifest);
         let candidates: Vec<ObjectMeta> = files
             .iter()
-            .cloned()
             .filter(|f| {
                 !manifest
                     .quarantined
                     .iter()
                     .any(|q| q.key == f.key && q.version == f.version)
             })
+            .cloned()
             .collect();
         let groups = match decide(&candidates, &own, dataset) {
             PartitionDecision::Skip(reason) => {

@@ -108,7 +108,7 @@ fn widen(a: &DataType, b: &DataType) -> Option<DataType> {
             let scale = (*s1).max(*s2);
             let int_digits = (*p1 as i16 - *s1 as i16).max(*p2 as i16 - *s2 as i16);
             let precision = int_digits + scale as i16;
-            (precision <= 38).then(|| Decimal128(precision as u8, scale))
+            (precision <= 38).then_some(Decimal128(precision as u8, scale))
         }
         (List(fa), List(fb)) => widen_field(fa, fb).map(List),
         (LargeList(fa), LargeList(fb)) => widen_field(fa, fb).map(LargeList),
