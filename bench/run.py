@@ -78,10 +78,32 @@ def ensure_binary(args) -> Path:
             sys.exit(f"error: --binary {b} does not exist")
         return b
     b = REPO / "target" / "release" / "compactor"
-    if args.build or not b.exists():
-        print("[bench] cargo build --release -p compactor", file=sys.stderr)
+    stale = newer_sources(b)
+    if args.build is None:
+        build = not b.exists() or bool(stale)
+    else:
+        build = args.build
+    if build:
+        why = ("--build" if args.build else "missing" if not b.exists()
+               else f"older than {stale[0].relative_to(REPO)}")
+        log(f"cargo build --release -p compactor (binary {why})")
         subprocess.run(["cargo", "build", "--release", "-p", "compactor"], cwd=REPO, check=True)
+    elif stale:
+        log(f"warning: {b} is older than {len(stale)} source file(s), e.g. "
+            f"{stale[0].relative_to(REPO)}; measuring it anyway (--no-build)")
     return b
+
+
+def newer_sources(binary: Path) -> list[Path]:
+    """Source files of the compactor modified after the binary was built."""
+    if not binary.exists():
+        return []
+    t = binary.stat().st_mtime
+    candidates = [REPO / "Cargo.toml", REPO / "Cargo.lock"]
+    for crate in ("shared", "cli"):
+        candidates += (REPO / crate).rglob("*.rs")
+        candidates.append(REPO / crate / "Cargo.toml")
+    return [p for p in candidates if p.exists() and p.stat().st_mtime > t]
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,25 +133,54 @@ def check(cond: bool, what: str) -> None:
         raise CheckFailed(what)
 
 
-def run_measured(cmd: list[str], cwd: Path, log_dir: Path, name: str) -> dict:
-    """Run cmd as a fresh child; return wall seconds, peak RSS (KiB), exit code, stdout, stderr."""
+# The measured command is started by this small launcher, not by the benchmark process itself:
+# on Linux a child's ru_maxrss includes the memory of the process it was forked from (the forked
+# copy, or with vfork the parent's own high-water mark, is recorded at exec). The benchmark
+# process holds DuckDB and grows to GBs while verifying, so it must not be that process. The
+# launcher is a bare interpreter (-I -S) of a few MiB; its size is the measurement floor, which
+# main() measures and prints.
+LAUNCHER = """
+import json, os, sys, time
+out, err, res, *cmd = sys.argv[1:]
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.dup2(os.open("/dev/null", os.O_RDONLY), 0)
+        os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 1)
+        os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
+        os.execvp(cmd[0], cmd)
+    finally:
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+secs = time.perf_counter() - t0
+with open(res, "w") as f:
+    json.dump({"seconds": secs, "maxrss_kib": ru.ru_maxrss,
+               "exit_code": os.waitstatus_to_exitcode(status)}, f)
+"""
+
+
+def run_measured(cmd: list[str], cwd: Path, log_dir: Path, name: str,
+                 extra_env: list[str] | None = None) -> dict:
+    """Run cmd as a fresh child of a small launcher; return wall seconds, peak RSS (KiB,
+    ru_maxrss from wait4, which on Linux covers the child and the descendants it waited for),
+    exit code, stdout and stderr."""
     out_path = log_dir / f"{name}.stdout"
     err_path = log_dir / f"{name}.stderr"
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        _, status, ru = os.wait4(proc.pid, 0)
-        secs = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    # ru_maxrss is in KiB on Linux; it covers the child and any descendants it waited for.
-    return {
-        "cmd": cmd,
-        "seconds": secs,
-        "maxrss_kib": ru.ru_maxrss,
-        "exit_code": proc.returncode,
-        "stdout": out_path.read_text(errors="replace"),
-        "stderr": err_path.read_text(errors="replace"),
-    }
+    res_path = log_dir / f"{name}.rusage.json"
+    subprocess.run(
+        [sys.executable, "-I", "-S", "-c", LAUNCHER, str(out_path), str(err_path),
+         str(res_path), *cmd],
+        cwd=cwd, check=True, stdin=subprocess.DEVNULL,
+        env=dict(os.environ, **dict(kv.split("=", 1) for kv in extra_env or [])),
+    )
+    r = json.loads(res_path.read_text())
+    r.update(
+        cmd=cmd,
+        stdout=out_path.read_text(errors="replace"),
+        stderr=err_path.read_text(errors="replace"),
+    )
+    return r
 
 
 def parquet_files(root: Path) -> list[Path]:
@@ -227,7 +278,7 @@ def run_compactor(binary: Path, src: dict, expect: dict, mode: str, args, out_ro
     if args.workers:
         cmd += ["--workers", str(args.workers)]
     log(f"{name}: {' '.join(cmd[1:])}")
-    r = run_measured(cmd, work, out_root / "logs", name)
+    r = run_measured(cmd, work, out_root / "logs", name, args.compactor_env)
     if r["exit_code"] != 0:
         raise CheckFailed(
             f"{name}: compactor exited {r['exit_code']}\ncommand: {' '.join(cmd)}\n"
@@ -340,6 +391,33 @@ def verify_outputs(con, name: str, outputs: list[Path], expect: dict, *, sorted_
         check(bad == 0, f"{name}: {bad} rows are out of ts_event order in the file")
 
 
+def repeated(n: int, fn, *a, **kw) -> dict:
+    """Run a contender n times (fresh inputs, fresh process, verified each time); report the
+    median wall time and the largest peak RSS, and keep every sample."""
+    samples = [fn(*a, **kw) for _ in range(n)]
+    secs = sorted(x["seconds"] for x in samples)
+    med = secs[len(secs) // 2] if len(secs) % 2 else (secs[len(secs) // 2 - 1] + secs[len(secs) // 2]) / 2
+    r = dict(samples[0])
+    for k in ("files_out", "output_bytes"):
+        vals = [x[k] for x in samples]
+        r[k + "_samples"] = vals
+        if len(set(vals)) > 1:
+            # DuckDB's ORDER BY breaks ties non-deterministically; note it, do not fail.
+            log(f"note: {r['contender']}: {k} differs between repetitions: {vals}")
+    r["seconds"] = med
+    r["input_mb_per_s"] = r["input_mb"] / med
+    r["peak_rss_mib"] = max(x["peak_rss_mib"] for x in samples)
+    r["seconds_samples"] = [x["seconds"] for x in samples]
+    r["peak_rss_mib_samples"] = [x["peak_rss_mib"] for x in samples]
+    if "compactor_summary" in r:
+        r["compactor_summary_seconds_samples"] = [
+            x["compactor_summary"].get("seconds") for x in samples
+        ]
+    log(f"{r['contender']}: seconds {['%.2f' % x for x in r['seconds_samples']]}, "
+        f"peak RSS MiB {['%.0f' % x for x in r['peak_rss_mib_samples']]}")
+    return r
+
+
 def result_row(name: str, src: dict, outputs: list[Path], r: dict) -> dict:
     out_bytes = total_bytes(outputs)
     return {
@@ -398,27 +476,44 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=2000, help="small files in the main partition")
     ap.add_argument("--rows-per-file", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs per contender; the table shows the median seconds and the "
+                    "largest peak RSS")
     ap.add_argument("--memory-budget", default="1GiB",
-                    help="compactor --memory-budget (per merge; one partition = one merge)")
+                    help="compactor --memory-budget (per merge task; a partition is split into "
+                    "tasks of about --target-file-size input bytes, which may run concurrently)")
     ap.add_argument("--rss-overhead", default="256MiB",
-                    help="stated bound: compactor peak RSS <= memory budget + this; checked")
-    ap.add_argument("--workers", type=int, default=None, help="compactor --workers")
+                    help="stated bound, checked: compactor peak RSS <= workers x (memory budget "
+                    "+ this)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="compactor --workers [default: the compactor's, cores at most 4]")
+    ap.add_argument("--compactor-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra environment for the compactor runs (repeatable), e.g. "
+                    "MALLOC_ARENA_MAX=1")
     ap.add_argument("--scale-files", action=argparse.BooleanOptionalAction, default=True,
                     help="also compact a partition with --scale-factor x the files "
-                    "(compactor only) to show peak RSS does not grow with the file count")
+                    "(compactor only) to show how peak RSS depends on the file count")
     ap.add_argument("--scale-factor", type=int, default=2)
     ap.add_argument("--duckdb", action=argparse.BooleanOptionalAction, default=True,
                     help="run the DuckDB contenders")
     ap.add_argument("--binary", help="compactor binary [default: target/release/compactor, "
                     "built with cargo if missing]")
-    ap.add_argument("--build", action="store_true",
-                    help="run `cargo build --release -p compactor` even if the binary exists")
+    ap.add_argument("--build", action=argparse.BooleanOptionalAction, default=None,
+                    help="--build: always run `cargo build --release -p compactor`; --no-build: "
+                    "never [default: build if the binary is missing or older than the sources]")
     ap.add_argument("--out-dir", default=str(REPO / "bench" / "out"),
                     help="scratch data, logs and results.json (wiped data subdirs each run)")
     ap.add_argument("--keep", action="store_true", help="keep the generated inputs afterwards")
     args = ap.parse_args()
     budget = parse_size(args.memory_budget)
-    rss_bound_mib = (budget + parse_size(args.rss_overhead)) / MIB
+    # Merges of one partition's tasks may run concurrently, each within the whole budget.
+    workers = args.workers or min(len(os.sched_getaffinity(0)), 4)
+    rss_bound_mib = workers * (budget + parse_size(args.rss_overhead)) / MIB
+    bound_text = (f"{workers} worker(s) x (memory budget {args.memory_budget} + "
+                  f"{args.rss_overhead}) = {rss_bound_mib:.0f} MiB")
+    for kv in args.compactor_env:
+        if "=" not in kv:
+            ap.error(f"--compactor-env {kv!r} is not KEY=VALUE")
 
     ensure_deps()
     if args.files < 2000:
@@ -433,12 +528,17 @@ def main() -> int:
         shutil.rmtree(out_root / sub, ignore_errors=True)
     (out_root / "work").mkdir()
     (out_root / "logs").mkdir()
+    stale = newer_sources(binary)
     version = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout
     git_rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
                              capture_output=True, text=True).stdout.strip()
     git_dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "shared", "cli"],
                                     cwd=REPO, capture_output=True, text=True).stdout.strip())
     con = duckdb.connect()
+
+    floor = run_measured(["true"], out_root, out_root / "logs", "rss-floor")
+    check(floor["exit_code"] == 0, "launcher cannot run `true`")
+    floor_mib = floor["maxrss_kib"] / 1024
 
     t_start = time.perf_counter()
     results: list[dict] = []
@@ -454,14 +554,14 @@ def main() -> int:
         check(expect["rows"] == args.files * args.rows_per_file,
               f"generated {expect['rows']} rows, expected {args.files * args.rows_per_file}")
 
-        results.append(run_compactor(binary, main_src, expect, "concat", args, out_root,
+        results.append(repeated(args.repeat, run_compactor, binary, main_src, expect, "concat", args, out_root,
                                      "compactor concat", con))
-        results.append(run_compactor(binary, main_src, expect, "sort", args, out_root,
+        results.append(repeated(args.repeat, run_compactor, binary, main_src, expect, "sort", args, out_root,
                                      "compactor sort", con))
         if args.duckdb:
             baseline = duckdb_baseline(out_root)
-            results.append(run_duckdb(main_src, expect, None, out_root, "duckdb COPY", con))
-            results.append(run_duckdb(main_src, expect, "ts_event", out_root,
+            results.append(repeated(args.repeat, run_duckdb, main_src, expect, None, out_root, "duckdb COPY", con))
+            results.append(repeated(args.repeat, run_duckdb, main_src, expect, "ts_event", out_root,
                                       "duckdb COPY ORDER BY ts_event", con))
 
         if args.scale_files:
@@ -472,7 +572,7 @@ def main() -> int:
             check(expect2["rows"] == n2 * args.rows_per_file,
                   f"generated {expect2['rows']} rows, expected {n2 * args.rows_per_file}")
             for mode in ("concat", "sort"):
-                r = run_compactor(binary, big_src, expect2, mode, args, out_root,
+                r = repeated(args.repeat, run_compactor, binary, big_src, expect2, mode, args, out_root,
                                   f"compactor {mode} x{args.scale_factor}", con)
                 scale_results.append(r)
                 results.append(r)
@@ -485,11 +585,13 @@ def main() -> int:
         if r["contender"].startswith("compactor") and r["peak_rss_mib"] > rss_bound_mib:
             failures.append(
                 f"{r['contender']}: peak RSS {r['peak_rss_mib']:.0f} MiB exceeds the bound "
-                f"{rss_bound_mib:.0f} MiB (memory budget {args.memory_budget} + "
-                f"{args.rss_overhead})"
+                f"{bound_text}"
             )
 
     print()
+    if stale:
+        print(f"WARNING: the binary is older than {len(stale)} source file(s); it may not be "
+              f"git {git_rev}.")
     print(f"{version.strip()} (git {git_rev}{', uncommitted changes' if git_dirty else ''}); "
           f"duckdb {duckdb.__version__}, pyarrow {pyarrow.__version__}; "
           f"{os.cpu_count()} CPUs, {platform.platform()}")
@@ -497,21 +599,22 @@ def main() -> int:
         r0 = results[0]
         print(f"input: 1 partition, {r0['files_in']} files x {args.rows_per_file} rows "
               f"({r0['files_in'] * args.rows_per_file:,} rows), {r0['input_mb']:.1f} MB snappy; "
-              f"compactor --memory-budget {args.memory_budget}")
+              f"compactor --memory-budget {args.memory_budget}, {workers} worker(s)"
+              + (f", env {' '.join(args.compactor_env)}" if args.compactor_env else ""))
         print()
         print(table(results))
         print()
-        print("MB = 1e6 bytes; MB/s = input MB / wall seconds of the child process (includes "
-              "process start-up, planning and commit);")
-        print("peak RSS = ru_maxrss of the child process. Outputs are zstd-compressed for every contender.")
+        print(f"MB = 1e6 bytes; seconds = median wall time of {args.repeat} run(s) of the child "
+              f"process (includes process start-up, planning and commit); MB/s = input MB / seconds;")
+        print(f"peak RSS = largest ru_maxrss of the runs (measurement floor: `true` measures "
+              f"{floor_mib:.1f} MiB). Outputs are zstd-compressed for every contender.")
         if baseline:
             print(f"DuckDB rows run as `python -c` using the duckdb module: their RSS includes the "
                   f"interpreter; a bare `import duckdb` + SELECT 1 peaks at "
                   f"{baseline['peak_rss_mib']:.0f} MiB ({baseline['seconds']:.2f} s).")
     if scale_results:
         print()
-        print(f"Memory vs file count (stated bound: peak RSS <= memory budget + "
-              f"{args.rss_overhead} = {rss_bound_mib:.0f} MiB):")
+        print(f"Compactor peak RSS vs file count (stated bound: {bound_text}):")
         by = {r["contender"]: r for r in results}
         for mode in ("concat", "sort"):
             a = by.get(f"compactor {mode}")
@@ -527,6 +630,8 @@ def main() -> int:
         "compactor_version": version.strip(),
         "git_rev": git_rev,
         "git_dirty": git_dirty,
+        "binary": str(binary),
+        "binary_older_than_sources": [str(p.relative_to(REPO)) for p in stale],
         "duckdb_version": duckdb.__version__,
         "pyarrow_version": pyarrow.__version__,
         "cpus": os.cpu_count(),
@@ -535,12 +640,16 @@ def main() -> int:
             "files": args.files,
             "rows_per_file": args.rows_per_file,
             "seed": args.seed,
+            "repeat": args.repeat,
             "memory_budget": args.memory_budget,
+            "workers_effective": workers,
+            "compactor_env": args.compactor_env,
             "rss_bound_mib": rss_bound_mib,
             "workers": args.workers,
             "scale_files": args.scale_files,
             "scale_factor": args.scale_factor,
         },
+        "rss_floor_mib": floor_mib,
         "python_duckdb_baseline": baseline,
         "results": results,
         "failures": failures,
