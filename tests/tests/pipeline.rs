@@ -404,6 +404,19 @@ fn planner(env: &Env, dispatcher: Arc<CollectingDispatcher>) -> Planner {
     )
 }
 
+/// Plans the first dataset without running anything; returns the dispatched tasks.
+async fn plan_tasks(
+    env: &Env,
+    config: &compaction::config::Config,
+) -> Vec<compaction::task::MergeTask> {
+    let dispatcher = Arc::new(CollectingDispatcher::default());
+    planner(env, Arc::clone(&dispatcher))
+        .plan_dataset(&config.datasets[0], &plan_options())
+        .await
+        .unwrap();
+    std::mem::take(&mut *dispatcher.tasks.lock().await)
+}
+
 fn plan_options() -> PlanOptions {
     PlanOptions {
         dry_run: false,
@@ -418,12 +431,7 @@ async fn files_landing_during_compaction_survive() {
     let generated = env.generate(1, 30, 200).await;
     let dir = env.path(&format!("events/{}", generated.partitions[0]));
     let config = small_config();
-    let dispatcher = Arc::new(CollectingDispatcher::default());
-    planner(&env, Arc::clone(&dispatcher))
-        .plan_dataset(&config.datasets[0], &plan_options())
-        .await
-        .unwrap();
-    let tasks = std::mem::take(&mut *dispatcher.tasks.lock().await);
+    let tasks = plan_tasks(&env, &config).await;
     assert!(!tasks.is_empty());
 
     // While the merge runs: a new file lands, and an existing input is rewritten in place.
@@ -479,12 +487,7 @@ async fn a_run_stopped_between_merge_and_commit_converges() {
     env.generate(2, 40, 300).await;
     let before = row_multiset(&parquet_files(&env.path("events")), SAMPLE_COLUMNS);
     let config = small_config();
-    let dispatcher = Arc::new(CollectingDispatcher::default());
-    planner(&env, Arc::clone(&dispatcher))
-        .plan_dataset(&config.datasets[0], &plan_options())
-        .await
-        .unwrap();
-    let tasks = std::mem::take(&mut *dispatcher.tasks.lock().await);
+    let tasks = plan_tasks(&env, &config).await;
     let merger = Merger::new(
         Arc::clone(&env.store),
         std::env::temp_dir(),
