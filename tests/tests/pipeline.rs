@@ -414,7 +414,8 @@ async fn plan_tasks(
         .plan_dataset(&config.datasets[0], &plan_options())
         .await
         .unwrap();
-    std::mem::take(&mut *dispatcher.tasks.lock().await)
+    let tasks = std::mem::take(&mut *dispatcher.tasks.lock().await);
+    tasks
 }
 
 fn plan_options() -> PlanOptions {
