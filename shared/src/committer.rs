@@ -14,12 +14,13 @@
 //! A task whose verification fails is abandoned: `_DECISION` = abandon, staging removed,
 //! inputs untouched.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::faults::crash_point;
-use crate::manifest::{to_json, Decision, PartitionManifest, SkippedInput, TaskManifest, Verdict};
+use crate::manifest::{
+    to_json, Decision, PartitionManifest, SkipKind, SkippedInput, TaskManifest, Verdict,
+};
 use crate::merge::{check_versions, current_versions, read_json};
 use crate::parquet_io::read_footer;
 use crate::plan::is_data_file;
@@ -264,10 +265,9 @@ impl Committer {
             return Ok(Some(format!(
                 "input {} {} after the merge ({} input(s) affected)",
                 c.key,
-                if c.reason.contains("exists") {
-                    "vanished"
-                } else {
-                    "changed"
+                match c.kind {
+                    SkipKind::Vanished => "vanished",
+                    _ => "changed",
                 },
                 changed.len()
             )));
@@ -443,9 +443,4 @@ impl Committer {
         }
         Ok(())
     }
-}
-
-/// Keys of files the product wrote, from a partition manifest.
-pub fn compacted_keys(manifest: &PartitionManifest) -> HashSet<String> {
-    manifest.compacted_keys().map(str::to_string).collect()
 }

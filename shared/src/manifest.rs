@@ -142,11 +142,13 @@ impl PartitionManifest {
         self.commits.iter().any(|c| c.task_id == task_id)
     }
 
-    pub fn compacted_keys(&self) -> impl Iterator<Item = &str> {
+    /// Keys of the live files this product wrote.
+    pub fn compacted_keys(&self) -> std::collections::HashSet<String> {
         self.files
             .iter()
             .filter(|f| f.compacted)
-            .map(|f| f.key.as_str())
+            .map(|f| f.key.clone())
+            .collect()
     }
 
     /// Applies a commit: `listing` is what the partition holds now (outputs already moved in);
@@ -156,8 +158,7 @@ impl PartitionManifest {
             task.inputs.iter().map(|i| i.key.as_str()).collect();
         let added: std::collections::HashSet<&str> =
             task.outputs.iter().map(|o| o.final_key.as_str()).collect();
-        let previously_compacted: std::collections::HashSet<String> =
-            self.compacted_keys().map(str::to_string).collect();
+        let previously_compacted = self.compacted_keys();
         self.files = listing
             .iter()
             .filter(|o| !removed.contains(o.key.as_str()))

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::committer::{compacted_keys, CommitOutcome, Committer};
+use crate::committer::{CommitOutcome, Committer};
 use crate::config::{DatasetConfig, Mode};
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
@@ -201,7 +201,7 @@ impl Planner {
             return Ok(report(PartitionOutcome::Hot { until }));
         }
         let manifest = self.partition_manifest(dataset, partition).await?;
-        let own = compacted_keys(&manifest);
+        let own = manifest.compacted_keys();
         let candidates: Vec<ObjectMeta> = files
             .iter()
             .filter(|f| {
@@ -315,7 +315,10 @@ impl Planner {
             .collect();
         let output = partition_output_dir(dataset, partition);
         if output != source && dataset.mode == Mode::Sort {
-            let own = compacted_keys(&self.partition_manifest(dataset, partition).await?);
+            let own = self
+                .partition_manifest(dataset, partition)
+                .await?
+                .compacted_keys();
             files.extend(
                 list_all(self.store.as_ref(), &output, Some('/'))
                     .await?

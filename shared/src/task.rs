@@ -11,7 +11,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::DatasetConfig;
-use crate::error::{Error, Result};
 use crate::state::PartitionId;
 use crate::store::{dir_prefix, join_key, ObjectMeta};
 
@@ -95,27 +94,6 @@ pub fn partition_source_dir(dataset: &DatasetConfig, partition: &str) -> String 
     dir_prefix(&join_key(&[&dataset.source_dir(), partition]))
 }
 
-/// Splits the key of a staged marker (e.g. a `_SUCCESS` from an S3 event) into the task
-/// directory it belongs to, refusing keys outside the staging prefix.
-pub fn task_dir_of_marker(staging_prefix: &str, key: &str) -> Result<String> {
-    let staging = dir_prefix(staging_prefix);
-    let rest = key.strip_prefix(&staging).ok_or_else(|| {
-        Error::BadEvent(format!(
-            "key {key:?} is outside the staging prefix {staging:?}"
-        ))
-    })?;
-    let (dir, _marker) = rest
-        .rsplit_once('/')
-        .ok_or_else(|| Error::BadEvent(format!("key {key:?} is not inside a task directory")))?;
-    // dataset / partition (at least one level) / task id
-    if dir.split('/').count() < 3 {
-        return Err(Error::BadEvent(format!(
-            "key {key:?} is not <staging>/<dataset>/<partition>/<task>/<marker>"
-        )));
-    }
-    Ok(format!("{staging}{dir}/"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,17 +137,5 @@ mod tests {
         assert!(with_output
             .final_output_key(0)
             .starts_with("cold/events/dt=2024-01-01/hour=05/"));
-    }
-
-    #[test]
-    fn marker_keys_map_back_to_their_task_dir() {
-        let t = task();
-        let key = t.staging_key(SUCCESS);
-        assert_eq!(
-            task_dir_of_marker(&t.staging_prefix, &key).unwrap(),
-            t.task_dir()
-        );
-        assert!(task_dir_of_marker("_compactor/staging", "events/dt=1/_SUCCESS").is_err());
-        assert!(task_dir_of_marker("_compactor/staging", "_compactor/staging/_SUCCESS").is_err());
     }
 }
