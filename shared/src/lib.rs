@@ -1,6 +1,7 @@
 //! Parquet compaction: a planner, a merger and a committer over small ports (object store,
 //! partition state, dispatch), with embedded local adapters. See DESIGN.md for the contract.
 
+pub mod aws;
 pub mod committer;
 pub mod config;
 pub mod dispatch;

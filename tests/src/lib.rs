@@ -2,6 +2,8 @@
 //! state store, Parquet writers for hand-made inputs, and a canonical row multiset to compare
 //! data before and after compaction.
 
+pub mod aws;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 

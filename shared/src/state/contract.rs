@@ -214,6 +214,28 @@ pub async fn partitions_are_queried_by_status(store: Arc<dyn StateStore>, ds: &s
         .is_empty());
 }
 
+pub async fn sweep_cursor_is_saved_and_cleared(store: Arc<dyn StateStore>, ds: &str) {
+    assert_eq!(store.sweep_cursor(ds).await.unwrap(), None);
+    store
+        .set_sweep_cursor(ds, Some("dt=2024-01-02"))
+        .await
+        .unwrap();
+    store
+        .set_sweep_cursor(ds, Some("dt=2024-01-03"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.sweep_cursor(ds).await.unwrap().as_deref(),
+        Some("dt=2024-01-03")
+    );
+    // The cursor is not a partition: status queries never return it.
+    for status in [PartitionStatus::Active, PartitionStatus::Compacted] {
+        assert!(store.list_by_status(ds, status).await.unwrap().is_empty());
+    }
+    store.set_sweep_cursor(ds, None).await.unwrap();
+    assert_eq!(store.sweep_cursor(ds).await.unwrap(), None);
+}
+
 /// Runs the whole suite; `dataset` must be unique to this run (every test uses its own records).
 pub async fn run_all(store: Arc<dyn StateStore>, dataset: &str) {
     missing_partition_reads_as_none(Arc::clone(&store), dataset).await;
@@ -221,5 +243,6 @@ pub async fn run_all(store: Arc<dyn StateStore>, dataset: &str) {
     racing_acquirers_get_one_lease(Arc::clone(&store), dataset).await;
     expired_lease_is_taken_over_and_stale_holder_fenced(Arc::clone(&store), dataset).await;
     commits_count_once_and_finish_the_round(Arc::clone(&store), dataset).await;
+    sweep_cursor_is_saved_and_cleared(Arc::clone(&store), &format!("{dataset}-cursor")).await;
     partitions_are_queried_by_status(store, &format!("{dataset}-status")).await;
 }

@@ -14,6 +14,7 @@ use super::{
 use crate::error::{Error, Result};
 
 const PARTITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("partitions");
+const SWEEP_CURSORS: TableDefinition<&str, &str> = TableDefinition::new("sweep_cursors");
 /// Separates dataset and partition in the table key; it cannot appear in either (keys reject
 /// control characters).
 const KEY_SEPARATOR: char = '\u{1f}';
@@ -44,6 +45,7 @@ impl EmbeddedState {
         };
         state.update_raw(|txn| {
             txn.open_table(PARTITIONS)?;
+            txn.open_table(SWEEP_CURSORS)?;
             Ok(())
         })?;
         Ok(state)
@@ -202,5 +204,23 @@ impl StateStore for EmbeddedState {
             }
         }
         Ok(out)
+    }
+
+    async fn sweep_cursor(&self, dataset: &str) -> Result<Option<String>> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(SWEEP_CURSORS).map_err(|e| self.err(e))?;
+        let value = table.get(dataset).map_err(|e| self.err(e))?;
+        Ok(value.map(|v| v.value().to_string()))
+    }
+
+    async fn set_sweep_cursor(&self, dataset: &str, cursor: Option<&str>) -> Result<()> {
+        self.update_raw(|txn| {
+            let mut table = txn.open_table(SWEEP_CURSORS)?;
+            match cursor {
+                Some(c) => table.insert(dataset, c).map(|_| ())?,
+                None => table.remove(dataset).map(|_| ())?,
+            }
+            Ok(())
+        })
     }
 }

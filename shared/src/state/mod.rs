@@ -5,6 +5,7 @@
 
 #[cfg(any(test, feature = "contract-tests"))]
 pub mod contract;
+mod dynamo;
 mod embedded;
 
 use std::fmt::Debug;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 
+pub use dynamo::DynamoState;
 pub use embedded::EmbeddedState;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -214,6 +216,13 @@ pub trait StateStore: Send + Sync + Debug {
         dataset: &str,
         status: PartitionStatus,
     ) -> Result<Vec<PartitionRecord>>;
+
+    /// The saved position of an interrupted sweep of `dataset` (the last partition it finished),
+    /// if one is saved.
+    async fn sweep_cursor(&self, dataset: &str) -> Result<Option<String>>;
+
+    /// Saves (`Some`) or clears (`None`) the sweep position of `dataset`.
+    async fn set_sweep_cursor(&self, dataset: &str, cursor: Option<&str>) -> Result<()>;
 }
 
 /// Milliseconds since the Unix epoch, the time unit of the state port.

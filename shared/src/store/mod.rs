@@ -3,7 +3,10 @@
 //! Keys are `/`-separated relative paths. Every adapter validates keys with [`validate_key`]
 //! so that nothing can address a location outside the store's root.
 
+#[cfg(any(test, feature = "contract-tests"))]
+pub mod contract;
 mod local;
+mod s3;
 
 use std::fmt::Debug;
 use std::ops::Range;
@@ -15,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 pub use local::LocalStore;
+pub use s3::{parse_s3_url, S3Store};
 
 /// What the store knows about one object. `version` is an opaque, ETag-like token that changes
 /// whenever the object's content is replaced.

@@ -1,0 +1,141 @@
+//! A real S3 + DynamoDB endpoint for the tests: moto's server. `scripts/test` starts one for the
+//! whole suite and exports `COMPACTOR_TEST_AWS_ENDPOINT`; without it, the first test that needs
+//! the endpoint starts a private one (stopped when the test process exits). A missing moto is a
+//! loud failure, never a skip.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_s3::config::Credentials;
+use compaction::state::DynamoState;
+use compaction::store::S3Store;
+
+pub const ENDPOINT_VAR: &str = "COMPACTOR_TEST_AWS_ENDPOINT";
+pub const REGION: &str = "us-east-1";
+
+/// The endpoint URL, starting moto's server if the suite did not.
+pub fn endpoint() -> String {
+    static ENDPOINT: OnceLock<String> = OnceLock::new();
+    ENDPOINT
+        .get_or_init(|| match std::env::var(ENDPOINT_VAR) {
+            Ok(url) if !url.is_empty() => url,
+            _ => start_moto(),
+        })
+        .clone()
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The Python that has moto installed: `MOTO_PYTHON`, or the suite's venv.
+fn moto_python() -> PathBuf {
+    if let Ok(path) = std::env::var("MOTO_PYTHON") {
+        return PathBuf::from(path);
+    }
+    let venv = workspace_root().join(".venv-aws/bin/python");
+    if venv.exists() {
+        return venv;
+    }
+    panic!(
+        "moto's server is required for the AWS tests and no Python with moto was found at {} \
+         (nor MOTO_PYTHON, nor {ENDPOINT_VAR}). Run scripts/test, which installs it, or: \
+         python3 -m venv .venv-aws && .venv-aws/bin/pip install 'moto[server]'",
+        venv.display()
+    )
+}
+
+fn start_moto() -> String {
+    let python = moto_python();
+    let launcher = workspace_root().join("tests/moto_server.py");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port();
+    // The shell stops the server when this test process exits (it polls our pid).
+    let script = format!(
+        "{} {} -H 127.0.0.1 -p {port} >/dev/null 2>&1 & m=$!; while kill -0 {} 2>/dev/null; do sleep 1; done; kill $m",
+        python.display(),
+        launcher.display(),
+        std::process::id()
+    );
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", launcher.display()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "moto's server ({} {}) did not listen on port {port} within 30 s",
+            python.display(),
+            launcher.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    format!("http://127.0.0.1:{port}")
+}
+
+/// SDK configuration for the endpoint, with moto's dummy credentials and few retries.
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint())
+        .region(Region::new(REGION))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+        .load()
+        .await
+}
+
+/// A name no other test (or earlier run against the same server) uses.
+pub fn unique_name(kind: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{kind}-{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A new, empty bucket.
+pub async fn bucket() -> (aws_sdk_s3::Client, String) {
+    let client = compaction::aws::s3_client(&sdk_config().await);
+    let name = unique_name("bkt");
+    client
+        .create_bucket()
+        .bucket(&name)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("creating bucket {name} at {}: {e:?}", endpoint()));
+    (client, name)
+}
+
+/// An S3 store over a new bucket.
+pub async fn s3_store() -> (aws_sdk_s3::Client, S3Store) {
+    let (client, bucket) = bucket().await;
+    let store = S3Store::new(client.clone(), bucket, "").expect("valid bucket");
+    (client, store)
+}
+
+/// A DynamoDB state store over a new table with the documented design.
+pub async fn dynamo_state() -> Arc<DynamoState> {
+    let client = aws_sdk_dynamodb::Client::new(&sdk_config().await);
+    let state = DynamoState::new(client, unique_name("tbl"));
+    state
+        .create_table()
+        .await
+        .expect("creating the state table");
+    Arc::new(state)
+}
