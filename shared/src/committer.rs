@@ -39,6 +39,9 @@ pub struct CommitReport {
     pub inputs_deleted: usize,
     pub input_bytes: u64,
     pub outputs: usize,
+    /// Final keys of the outputs, now live.
+    pub output_keys: Vec<String>,
+    pub generation: u64,
     pub output_bytes: u64,
     pub rows: u64,
     pub skipped: Vec<SkippedInput>,
@@ -367,6 +370,12 @@ impl Committer {
             inputs_deleted: manifest.inputs.len() - kept.len(),
             input_bytes: manifest.input_bytes(),
             outputs: manifest.outputs.len(),
+            output_keys: manifest
+                .outputs
+                .iter()
+                .map(|o| o.final_key.clone())
+                .collect(),
+            generation: manifest.generation,
             output_bytes: manifest.output_bytes(),
             rows: manifest.rows,
             skipped: manifest.skipped,

@@ -197,9 +197,8 @@ pub async fn run_local(
         },
     );
     let plan_options = PlanOptions {
-        dry_run: options.dry_run,
-        now: options.now,
         only: options.partitions.clone(),
+        ..PlanOptions::sweep(options.now, options.dry_run)
     };
     let mut planning_error = None;
     for dataset in &config.datasets {

@@ -39,6 +39,34 @@ pub struct PlanOptions {
     pub now: DateTime<Utc>,
     /// Only these partitions (paths relative to the dataset prefix); all when `None`.
     pub only: Option<Vec<String>>,
+    /// Ignore coldness and the file thresholds, and rewrite every data file of the partition
+    /// (earlier outputs included).
+    pub force: bool,
+    /// Only partitions whose time span overlaps `[start, end)` (backfills).
+    pub window: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// Resume a sweep: only partitions sorting after this one.
+    pub after: Option<String>,
+    /// Stop before starting another partition once this instant has passed; the plan then
+    /// says where to resume.
+    pub deadline: Option<std::time::Instant>,
+    /// Recover interrupted work in staging first (sweeps do; single-partition plans need not).
+    pub recover: bool,
+}
+
+impl PlanOptions {
+    /// Plan every partition at `now`, recovering first: what the CLI and the schedule do.
+    pub fn sweep(now: DateTime<Utc>, dry_run: bool) -> Self {
+        Self {
+            dry_run,
+            now,
+            only: None,
+            force: false,
+            window: None,
+            after: None,
+            deadline: None,
+            recover: true,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +113,9 @@ pub struct DatasetPlan {
     pub dry_run: bool,
     pub recovery: RecoveryReport,
     pub partitions: Vec<PartitionReport>,
+    /// Set when the deadline stopped the plan early: the last partition planned, from which
+    /// the next sweep resumes.
+    pub resume_after: Option<String>,
 }
 
 pub struct Planner {
@@ -155,15 +186,40 @@ impl Planner {
         options: &PlanOptions,
     ) -> Result<DatasetPlan> {
         dataset.validate()?;
-        let recovery = self.recover(dataset, options).await?;
+        let recovery = if options.recover {
+            self.recover(dataset, options).await?
+        } else {
+            RecoveryReport::default()
+        };
         let mut partitions = match &options.only {
             Some(only) => only.clone(),
             None => self.discover(dataset).await?,
         };
         partitions.sort();
         let template = dataset.template()?;
+        if let Some(after) = &options.after {
+            partitions.retain(|p| p > after);
+        }
+        if let Some((start, end)) = options.window {
+            partitions.retain(|p| {
+                template
+                    .parse_partition(p)
+                    .is_ok_and(|v| v.start < end && v.end > start)
+            });
+        }
         let mut reports = Vec::with_capacity(partitions.len());
+        let mut resume_after = None;
         for partition in partitions {
+            if options
+                .deadline
+                .is_some_and(|d| std::time::Instant::now() >= d)
+            {
+                resume_after = reports
+                    .last()
+                    .map(|r: &PartitionReport| r.partition.clone())
+                    .or_else(|| options.after.clone());
+                break;
+            }
             reports.push(
                 self.plan_partition(dataset, &template, &partition, options)
                     .await?,
@@ -174,6 +230,7 @@ impl Planner {
             dry_run: options.dry_run,
             recovery,
             partitions: reports,
+            resume_after,
         })
     }
 
@@ -198,10 +255,22 @@ impl Planner {
             dataset.grace.0,
             options.now,
         ) {
-            return Ok(report(PartitionOutcome::Hot { until }));
+            if !options.force {
+                return Ok(report(PartitionOutcome::Hot { until }));
+            }
         }
         let manifest = self.partition_manifest(dataset, partition).await?;
-        let own = manifest.compacted_keys();
+        let forced;
+        let (own, dataset) = if options.force {
+            forced = DatasetConfig {
+                min_file_count: 1,
+                small_file_threshold: crate::units::ByteSize(u64::MAX),
+                ..dataset.clone()
+            };
+            (HashSet::new(), &forced)
+        } else {
+            (manifest.compacted_keys(), dataset)
+        };
         let candidates: Vec<ObjectMeta> = files
             .iter()
             .filter(|f| {

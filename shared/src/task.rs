@@ -39,6 +39,16 @@ pub fn task_id(generation: u64, index: usize) -> String {
 }
 
 /// `<staging>/<dataset>/<partition>/`
+/// Is `name` a task id as [`task_id`] writes them (`g<6 digits>-t<4 digits>`)?
+pub fn is_task_id(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() == 13
+        && b[0] == b'g'
+        && b[7] == b'-'
+        && b[8] == b't'
+        && b[1..7].iter().chain(&b[9..]).all(u8::is_ascii_digit)
+}
+
 pub fn partition_staging_dir(staging_prefix: &str, partition: &PartitionId) -> String {
     dir_prefix(&join_key(&[
         staging_prefix,

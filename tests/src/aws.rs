@@ -67,11 +67,13 @@ fn start_moto() -> String {
         launcher.display(),
         std::process::id()
     );
-    Command::new("sh")
+    let mut child = Command::new("sh")
         .arg("-c")
         .arg(script)
         .spawn()
         .unwrap_or_else(|e| panic!("starting {}: {e}", launcher.display()));
+    // Reaped when the shell exits (after this process is gone, in practice).
+    std::thread::spawn(move || child.wait());
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -138,4 +140,68 @@ pub async fn dynamo_state() -> Arc<DynamoState> {
         .await
         .expect("creating the state table");
     Arc::new(state)
+}
+
+/// A deployment (what the functions build from their environment) over a new bucket and table.
+pub async fn deployment(config: compaction::config::Config) -> compaction::functions::Deployment {
+    let sdk = sdk_config().await;
+    let (client, bucket) = bucket().await;
+    let state = dynamo_state().await;
+    compaction::functions::Deployment {
+        config,
+        store: Arc::new(S3Store::new(client, &bucket, "").expect("valid bucket")),
+        bucket,
+        state,
+        sdk,
+    }
+}
+
+/// Copies every object under `prefix` into `dir` (same relative keys), so the Parquet helpers
+/// for local files can read what is in the bucket.
+pub async fn mirror(
+    store: &dyn compaction::store::ObjectStore,
+    prefix: &str,
+    dir: &std::path::Path,
+) -> Vec<String> {
+    let listing = compaction::store::list_all(store, prefix, None)
+        .await
+        .expect("listing");
+    let mut keys = Vec::new();
+    for object in listing.objects {
+        let (data, _) = store.get(&object.key).await.expect("download");
+        let path = dir.join(&object.key);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, &data).expect("write");
+        keys.push(object.key);
+    }
+    keys
+}
+
+/// An S3 notification (as S3 sends it: the key URL-encoded) for one created object.
+pub fn s3_put_event(bucket: &str, key: &str, size: u64) -> serde_json::Value {
+    let encoded: String = url_encode(key);
+    serde_json::json!({"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": REGION,
+        "eventTime": "2024-05-01T13:42:07.123Z", "eventName": "ObjectCreated:Put",
+        "userIdentity": {"principalId": "EXAMPLE"},
+        "requestParameters": {"sourceIPAddress": "127.0.0.1"},
+        "responseElements": {"x-amz-request-id": "R", "x-amz-id-2": "I"},
+        "s3": {"s3SchemaVersion": "1.0", "configurationId": "compactor",
+               "bucket": {"name": bucket, "ownerIdentity": {"principalId": "EXAMPLE"},
+                          "arn": format!("arn:aws:s3:::{bucket}")},
+               "object": {"key": encoded, "size": size, "eTag": "0123456789abcdef",
+                          "sequencer": "0A1B2C3D4E5F678901"}}
+    }]})
+}
+
+fn url_encode(key: &str) -> String {
+    key.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
 }

@@ -419,11 +419,7 @@ async fn plan_tasks(
 }
 
 fn plan_options() -> PlanOptions {
-    PlanOptions {
-        dry_run: false,
-        now: chrono::Utc::now(),
-        only: None,
-    }
+    PlanOptions::sweep(chrono::Utc::now(), false)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

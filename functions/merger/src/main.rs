@@ -1,1 +1,21 @@
-fn main() {}
+//! The merger Lambda: one merge task in (inline or by reference to its `_task.json`); outputs,
+//! `_manifest.json` and `_SUCCESS` out, in staging. See `compaction::functions`.
+
+use compaction::functions::{deadline_from_epoch_ms, init_logging, MergerFunction};
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    init_logging();
+    let merger: &'static MergerFunction = Box::leak(Box::new(MergerFunction::from_env().await?));
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let deadline = deadline_from_epoch_ms(event.context.deadline);
+        merger
+            .handle(&event.payload, deadline)
+            .await
+            .inspect_err(|e| tracing::error!(error = %e, "merger invocation failed"))
+            .map_err(Error::from)
+    }))
+    .await
+}

@@ -1,1 +1,21 @@
-fn main() {}
+//! The planner Lambda: S3 events, EventBridge events, schedules and manual commands in; merge
+//! tasks out, as asynchronous invocations of the merger. See `compaction::functions`.
+
+use compaction::functions::{deadline_from_epoch_ms, init_logging, PlannerFunction};
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use serde_json::Value;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    init_logging();
+    let planner: &'static PlannerFunction = Box::leak(Box::new(PlannerFunction::from_env().await?));
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let deadline = deadline_from_epoch_ms(event.context.deadline);
+        planner
+            .handle(&event.payload, &event.context.request_id, deadline)
+            .await
+            .inspect_err(|e| tracing::error!(error = %e, "planner invocation failed"))
+            .map_err(Error::from)
+    }))
+    .await
+}

@@ -143,10 +143,7 @@ impl DynamoState {
             None => PartitionRecord::new(id.clone(), updated),
         };
         record.counters = counters_from(item);
-        let rev = item
-            .get("rev")
-            .and_then(|v| v.as_n().ok())
-            .map(String::clone);
+        let rev = item.get("rev").and_then(|v| v.as_n().ok()).cloned();
         Ok((record, rev))
     }
 
@@ -292,7 +289,7 @@ fn add_clause(delta: &[(String, u64)], values: &mut Item) -> String {
 
 fn backoff(attempt: u32) -> Duration {
     let base = 10u64 << attempt.min(6);
-    let jitter = (crate::state::now_ms().unsigned_abs() ^ u64::from(attempt) * 7919) % base;
+    let jitter = (crate::state::now_ms().unsigned_abs() ^ (u64::from(attempt) * 7919)) % base;
     Duration::from_millis(base / 2 + jitter)
 }
 

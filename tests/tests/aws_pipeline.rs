@@ -1,0 +1,326 @@
+//! The whole pipeline over a real S3 + DynamoDB endpoint (moto's server), driven the way Lambda
+//! drives it: the planner service gets real-shaped S3 events, the merger service runs each
+//! dispatched task (inline or by reference), the committer service gets the `_SUCCESS` event.
+
+use std::sync::Arc;
+
+use compaction::config::Config;
+use compaction::dispatch::{task_payload, CollectingDispatcher};
+use compaction::functions::{CommitterFunction, Deployment, MergerFunction, PlannerFunction};
+use compaction::sample::{generate, SampleSpec};
+use compaction::state::{PartitionId, PartitionStatus};
+use compaction::store::{list_all, ObjectStore};
+use compaction::task::{MergeTask, SUCCESS};
+use e2e_tests::{aws, parquet_files, row_multiset, small_config, SAMPLE_COLUMNS};
+use serde_json::{json, Value};
+
+fn far_deadline() -> std::time::Instant {
+    std::time::Instant::now() + std::time::Duration::from_secs(900)
+}
+
+struct Pipeline {
+    deployment: Deployment,
+    dispatcher: Arc<CollectingDispatcher>,
+    planner: PlannerFunction,
+    merger: MergerFunction,
+    committer: CommitterFunction,
+    _scratch: tempfile::TempDir,
+}
+
+impl Pipeline {
+    async fn new(config: Config) -> Self {
+        let deployment = aws::deployment(config).await;
+        let scratch = tempfile::tempdir().unwrap();
+        let dispatcher = Arc::new(CollectingDispatcher::default());
+        Self {
+            planner: PlannerFunction::new(deployment.clone(), dispatcher.clone()),
+            merger: MergerFunction::new(
+                deployment.clone(),
+                scratch.path().to_path_buf(),
+                256 << 20,
+                20 << 20,
+            ),
+            committer: CommitterFunction::new(deployment.clone(), None),
+            deployment,
+            dispatcher,
+            _scratch: scratch,
+        }
+    }
+
+    fn store(&self) -> &dyn ObjectStore {
+        self.deployment.store.as_ref()
+    }
+
+    async fn plan(&self, event: &Value) -> Value {
+        self.planner
+            .handle(event, "req-1", far_deadline())
+            .await
+            .unwrap()
+    }
+
+    async fn take_tasks(&self) -> Vec<MergeTask> {
+        std::mem::take(&mut *self.dispatcher.tasks.lock().await)
+    }
+
+    /// Runs a task as the merger Lambda gets it: inline, or by reference when `by_reference`.
+    async fn merge(&self, task: &MergeTask, by_reference: bool) -> Value {
+        let limit = if by_reference { 0 } else { usize::MAX };
+        let payload: Value = serde_json::from_slice(&task_payload(task, limit).unwrap()).unwrap();
+        assert_eq!(payload.get("task_key").is_some(), by_reference);
+        self.merger.handle(&payload, far_deadline()).await.unwrap()
+    }
+
+    async fn commit(&self, task: &MergeTask) -> Value {
+        let marker = task.staging_key(SUCCESS);
+        let event = aws::s3_put_event(&self.deployment.bucket, &marker, 0);
+        self.committer.handle(&event).await.unwrap()
+    }
+
+    async fn keys(&self) -> Vec<String> {
+        list_all(self.store(), "", None)
+            .await
+            .unwrap()
+            .objects
+            .into_iter()
+            .map(|o| o.key)
+            .collect()
+    }
+}
+
+async fn sample(p: &Pipeline, partitions: usize, files: usize) -> Vec<String> {
+    generate(
+        Arc::clone(&p.deployment.store),
+        &SampleSpec {
+            prefix: "events/".into(),
+            partitions,
+            files_per_partition: files,
+            rows_per_file: 300,
+            include_hot_partition: false,
+            now: chrono::Utc::now(),
+            seed: 11,
+        },
+    )
+    .await
+    .unwrap();
+    p.keys().await
+}
+
+fn rows_under(dir: &std::path::Path) -> Vec<String> {
+    row_multiset(&parquet_files(&dir.join("events")), SAMPLE_COLUMNS)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_events_drive_one_compaction_with_identical_rows() {
+    let p = Pipeline::new(small_config()).await;
+    let keys = sample(&p, 2, 6).await;
+    let before = tempfile::tempdir().unwrap();
+    aws::mirror(p.store(), "events/", before.path()).await;
+
+    // Every input's S3 event, delivered twice and in reverse order: counted, and because the
+    // partitions are cold (late for this deployment) planned once each.
+    let mut events: Vec<Value> = keys
+        .iter()
+        .map(|k| aws::s3_put_event(&p.deployment.bucket, k, 1))
+        .collect();
+    events.extend(events.clone());
+    events.reverse();
+    for event in &events {
+        p.plan(event).await;
+    }
+    let tasks = p.take_tasks().await;
+    let partitions: std::collections::BTreeSet<_> =
+        tasks.iter().map(|t| t.partition.clone()).collect();
+    assert_eq!(partitions.len(), 2, "one round per partition: {tasks:#?}");
+
+    // The committer's _SUCCESS event may come before the merge finished (out of order):
+    // nothing happens.
+    let early = p.commit(&tasks[0]).await;
+    assert_eq!(early["results"][0]["not_ready"], json!(true), "{early}");
+
+    for (i, task) in tasks.iter().enumerate() {
+        let merged = p.merge(task, i % 2 == 0).await;
+        assert_eq!(merged["staged"], json!(true), "{merged}");
+        // A duplicate merge invocation is harmless.
+        p.merge(task, false).await;
+    }
+    for task in &tasks {
+        let committed = p.commit(task).await;
+        assert_eq!(
+            committed["results"][0]["committed"],
+            json!(true),
+            "{committed}"
+        );
+        let again = p.commit(task).await;
+        assert_eq!(again["results"][0]["committed"], Value::Null, "{again}");
+    }
+
+    let after = tempfile::tempdir().unwrap();
+    let live = aws::mirror(p.store(), "events/", after.path()).await;
+    assert_eq!(rows_under(before.path()), rows_under(after.path()));
+    assert!(live
+        .iter()
+        .filter(|k| k.ends_with(".parquet"))
+        .all(|k| compaction::store::file_name(k).starts_with("compacted-")));
+    assert!(
+        list_all(p.store(), "_compactor/", None)
+            .await
+            .unwrap()
+            .objects
+            .is_empty(),
+        "staging is empty"
+    );
+    for partition in &partitions {
+        let record = p.deployment.state.get(partition).await.unwrap().unwrap();
+        assert_eq!(record.status, PartitionStatus::Compacted);
+        assert_eq!(record.counters.compactions, 1, "{record:?}");
+        assert!(record.counters.files_seen >= 12);
+    }
+
+    // Late duplicates of the original events after the commit start nothing new.
+    for event in &events {
+        p.plan(event).await;
+    }
+    assert!(p.take_tasks().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_planners_give_one_lease() {
+    let p = Pipeline::new(small_config()).await;
+    let keys = sample(&p, 1, 4).await;
+    let partition = keys[0]
+        .strip_prefix("events/")
+        .and_then(|k| k.rsplit_once('/'))
+        .map(|(dir, _)| dir.to_string())
+        .unwrap();
+    let command = json!({"command": "plan", "dataset": "events", "partition": partition});
+    let second = PlannerFunction::new(p.deployment.clone(), p.dispatcher.clone());
+    let (a, b) = tokio::join!(
+        p.planner.handle(&command, "req-a", far_deadline()),
+        second.handle(&command, "req-b", far_deadline())
+    );
+    let outcomes = [a.unwrap(), b.unwrap()];
+    let planned = outcomes
+        .iter()
+        .filter(|o| o["plans"][0]["partitions"][0]["outcome"]["tasks"].is_array())
+        .count();
+    assert_eq!(planned, 1, "{outcomes:#?}");
+    let held = outcomes
+        .iter()
+        .filter(|o| o["plans"][0]["partitions"][0]["outcome"]["lease_held_by"].is_string())
+        .count();
+    assert_eq!(held, 1, "{outcomes:#?}");
+    let record = p
+        .deployment
+        .state
+        .get(&PartitionId::new("events", &partition))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.generation, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_events_are_rejected_and_change_nothing() {
+    let p = Pipeline::new(small_config()).await;
+    let keys = sample(&p, 1, 3).await;
+    let bucket = p.deployment.bucket.clone();
+    let state_before = p
+        .deployment
+        .state
+        .list_by_status("events", PartitionStatus::Active)
+        .await
+        .unwrap();
+    let cases = [
+        json!({}),
+        json!({"command": "explode"}),
+        json!({"command": "plan", "dataset": "nope", "partition": "dt=2024-01-01/hour=00"}),
+        json!({"command": "plan", "dataset": "events", "partition": "../../etc"}),
+        json!({"detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2", "detail": {}}),
+        aws::s3_put_event(&bucket, "elsewhere/x.parquet", 1),
+        aws::s3_put_event("someone-elses-bucket", &keys[0], 1),
+        aws::s3_put_event(
+            &bucket,
+            "events/dt=2024-01-01/hour=00/../../../../x.parquet",
+            1,
+        ),
+    ];
+    for event in &cases {
+        let err = p
+            .planner
+            .handle(event, "req", far_deadline())
+            .await
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            matches!(
+                err,
+                compaction::Error::BadEvent(_) | compaction::Error::Partition { .. }
+            ),
+            "{event}: {message}"
+        );
+    }
+    for event in [
+        json!({"task_dir": "events/dt=2024-01-01/"}),
+        aws::s3_put_event(&bucket, &keys[0], 1),
+        json!({"nothing": true}),
+    ] {
+        assert!(p.committer.handle(&event).await.is_err(), "{event}");
+    }
+    assert!(p
+        .merger
+        .handle(&json!({"what": 1}), far_deadline())
+        .await
+        .is_err());
+    // Own outputs and staging keys are acknowledged and ignored, never planned.
+    let own = aws::s3_put_event(
+        &bucket,
+        "_compactor/staging/events/x/g000001-t0000/_SUCCESS",
+        0,
+    );
+    let ignored = p.plan(&own).await;
+    assert_eq!(ignored["ignored"][0]["why"], json!("staging"), "{ignored}");
+    assert!(p.take_tasks().await.is_empty());
+    assert_eq!(p.keys().await, keys, "objects unchanged");
+    assert_eq!(
+        p.deployment
+            .state
+            .list_by_status("events", PartitionStatus::Active)
+            .await
+            .unwrap(),
+        state_before,
+        "state unchanged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_too_big_for_the_time_left_is_refused_before_it_starts() {
+    let p = Pipeline::new(small_config()).await;
+    let keys = sample(&p, 1, 3).await;
+    let partition = keys[0]
+        .strip_prefix("events/")
+        .and_then(|k| k.rsplit_once('/'))
+        .map(|(dir, _)| dir.to_string())
+        .unwrap();
+    p.plan(&json!({"command": "plan", "dataset": "events", "partition": partition}))
+        .await;
+    let task = p.take_tasks().await.remove(0);
+    let slow = MergerFunction::new(p.deployment.clone(), std::env::temp_dir(), 256 << 20, 1);
+    let payload: Value = serde_json::from_slice(&task_payload(&task, usize::MAX).unwrap()).unwrap();
+    let err = slow
+        .handle(
+            &payload,
+            std::time::Instant::now() + std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("refused before starting"), "{err}");
+    assert!(
+        list_all(p.store(), &task.task_dir(), None)
+            .await
+            .unwrap()
+            .objects
+            .iter()
+            .all(|o| o.key.ends_with("_task.json")),
+        "nothing staged"
+    );
+}
