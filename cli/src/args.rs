@@ -59,7 +59,7 @@ pub enum GranularityArg {
 
 #[derive(Args, Debug, Clone)]
 pub struct CompactArgs {
-    /// Directory holding the data (the object-store root).
+    /// Directory holding the data (the object-store root), or s3://bucket[/prefix].
     pub dir: PathBuf,
     /// Configuration file (TOML, see the README). Without it, one dataset is built from the flags.
     #[arg(short, long)]
@@ -76,7 +76,7 @@ pub struct CompactArgs {
     /// Merges run at once; each may use the whole memory budget [default: cores, at most 4].
     #[arg(long)]
     pub workers: Option<usize>,
-    /// State store file [default: DIR/_compactor/state.redb].
+    /// State store: a file, or dynamodb://TABLE [default: DIR/_compactor/state.redb; required for s3:// locations].
     #[arg(long)]
     pub state: Option<PathBuf>,
     /// Print the summary as JSON instead of a table.
@@ -333,7 +333,7 @@ pub struct StatusArgs {
     /// Dataset name.
     #[arg(long, default_value = "events")]
     pub dataset: String,
-    /// State store file [default: DIR/_compactor/state.redb].
+    /// State store: a file, or dynamodb://TABLE [default: DIR/_compactor/state.redb; required for s3:// locations].
     #[arg(long)]
     pub state: Option<PathBuf>,
 }

@@ -15,8 +15,8 @@ use compaction::config::Config;
 use compaction::pipeline::{run_local, RunOptions, RunSummary};
 use compaction::planner::local_owner_id;
 use compaction::sample::{generate, SampleSpec};
-use compaction::state::{EmbeddedState, PartitionStatus, StateStore};
-use compaction::store::{LocalStore, ObjectStore};
+use compaction::state::{DynamoState, EmbeddedState, PartitionStatus, StateStore};
+use compaction::store::{LocalStore, ObjectStore, S3Store};
 
 use args::{Cli, Command, CompactArgs, DemoArgs, GenerateArgs, StatusArgs};
 
@@ -73,9 +73,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn open_store(dir: &Path) -> Result<Arc<dyn ObjectStore>> {
-    if dir.to_string_lossy().starts_with("s3://") {
-        bail!("{}: S3 locations need the AWS adapters, which arrive with the Lambda functions; use a local directory for now", dir.display());
+/// A local directory, or `s3://bucket[/prefix]` (credentials, region and endpoint from the
+/// standard AWS environment).
+async fn open_store(dir: &Path) -> Result<Arc<dyn ObjectStore>> {
+    let location = dir.to_string_lossy();
+    if location.starts_with("s3://") {
+        return Ok(Arc::new(
+            S3Store::from_url(&location)
+                .await
+                .with_context(|| format!("opening {location}"))?,
+        ));
     }
     if !dir.is_dir() {
         bail!("{} is not a directory; point compactor at the directory holding your dataset (or run `compactor demo`)", dir.display());
@@ -85,20 +92,35 @@ fn open_store(dir: &Path) -> Result<Arc<dyn ObjectStore>> {
     ))
 }
 
-fn state_path(dir: &Path, explicit: &Option<PathBuf>) -> PathBuf {
-    explicit
-        .clone()
-        .unwrap_or_else(|| dir.join("_compactor").join("state.redb"))
+/// `dynamodb://TABLE`, or an embedded state file (default `DIR/_compactor/state.redb`; S3
+/// locations must name their state explicitly).
+async fn open_state(dir: &Path, explicit: &Option<PathBuf>) -> Result<Arc<dyn StateStore>> {
+    let explicit = explicit.as_ref().map(|p| p.to_string_lossy().to_string());
+    if let Some(table) = explicit
+        .as_deref()
+        .and_then(|s| s.strip_prefix("dynamodb://"))
+    {
+        if table.is_empty() {
+            bail!("--state dynamodb:// names no table; write dynamodb://TABLE");
+        }
+        return Ok(Arc::new(DynamoState::from_env(table).await));
+    }
+    if explicit.is_none() && dir.to_string_lossy().starts_with("s3://") {
+        bail!("{} is on S3: pass --state dynamodb://TABLE (the deployment's state table) or --state FILE for an embedded state file", dir.display());
+    }
+    let path = explicit
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.join("_compactor").join("state.redb"));
+    Ok(Arc::new(
+        EmbeddedState::open(&path).context("opening the state store")?,
+    ))
 }
 
 async fn compact(args: CompactArgs, dry_run: bool) -> Result<ExitCode> {
     let dry_run = dry_run || args.dry_run;
     let config = args.config()?;
-    let store = open_store(&args.dir)?;
-    let state: Arc<dyn StateStore> = Arc::new(
-        EmbeddedState::open(state_path(&args.dir, &args.state))
-            .context("opening the state store")?,
-    );
+    let store = open_store(&args.dir).await?;
+    let state = open_state(&args.dir, &args.state).await?;
     let summary = execute(&config, store, state, &args, dry_run).await?;
     let exit = exit_code(&summary);
     if args.json {
@@ -153,7 +175,7 @@ fn exit_code(summary: &RunSummary) -> ExitCode {
 async fn generate_cmd(args: GenerateArgs) -> Result<ExitCode> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
-    let store = open_store(&args.dir)?;
+    let store = open_store(&args.dir).await?;
     let spec = args.spec();
     let summary = generate(store, &spec).await?;
     println!(
@@ -186,7 +208,7 @@ async fn demo(args: DemoArgs) -> Result<ExitCode> {
         dir.join(DEMO_MARKER),
         "created by `compactor demo`; safe to delete\n",
     )?;
-    let store = open_store(dir)?;
+    let store = open_store(dir).await?;
     let spec = SampleSpec {
         prefix: "events/".into(),
         partitions: args.partitions,
@@ -208,7 +230,7 @@ async fn demo(args: DemoArgs) -> Result<ExitCode> {
     let compact_args = args.compact_args();
     let config = compact_args.config()?;
     println!("2/2 compacting (mode {:?}) ...", config.datasets[0].mode);
-    let state: Arc<dyn StateStore> = Arc::new(EmbeddedState::open(state_path(dir, &None))?);
+    let state = open_state(dir, &None).await?;
     let summary = execute(&config, store, state, &compact_args, false).await?;
     report::print(&summary, &config, false);
     println!(
@@ -219,7 +241,7 @@ async fn demo(args: DemoArgs) -> Result<ExitCode> {
 }
 
 async fn status(args: StatusArgs) -> Result<ExitCode> {
-    let state = EmbeddedState::open(state_path(&args.dir, &args.state))?;
+    let state = open_state(&args.dir, &args.state).await?;
     let statuses = [
         PartitionStatus::Compacting,
         PartitionStatus::Failed,

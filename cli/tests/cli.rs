@@ -231,3 +231,66 @@ fn plan_is_a_dry_run_and_help_documents_options() {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
 }
+
+/// The CLI on `s3://` with DynamoDB state, against moto's server: what users run outside Lambda.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacts_an_s3_location_with_dynamodb_state() {
+    use compaction::store::ObjectStore;
+    let (client, bucket) = e2e_tests::aws::bucket().await;
+    let table = e2e_tests::aws::dynamo_state().await;
+    let store = std::sync::Arc::new(compaction::store::S3Store::new(client, &bucket, "").unwrap());
+    compaction::sample::generate(
+        store.clone(),
+        &compaction::sample::SampleSpec {
+            prefix: "events/".into(),
+            partitions: 2,
+            files_per_partition: 5,
+            rows_per_file: 200,
+            include_hot_partition: true,
+            now: chrono::Utc::now(),
+            seed: 3,
+        },
+    )
+    .await
+    .unwrap();
+    let before = tempfile::tempdir().unwrap();
+    e2e_tests::aws::mirror(store.as_ref(), "events/", before.path()).await;
+    let location = format!("s3://{bucket}");
+    let state = format!("dynamodb://{}", table.table());
+    let run = |args: Vec<String>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(&args)
+            .env_remove(CRASH_ENV)
+            .env("RUST_LOG", "error")
+            .env("AWS_ENDPOINT_URL", e2e_tests::aws::endpoint())
+            .env("AWS_REGION", e2e_tests::aws::REGION)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing");
+        cmd.output().expect("run compactor")
+    };
+    let mut args = compact_args(Path::new(&location));
+    args.extend(["--state".to_string(), state.clone()]);
+    let out = run(args.clone());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["partitions_compacted"], 2, "{summary}");
+    assert_eq!(summary["files_after"], 2, "{summary}");
+    let after = tempfile::tempdir().unwrap();
+    e2e_tests::aws::mirror(store.as_ref(), "events/", after.path()).await;
+    let rows = |d: &Path| row_multiset(&parquet_files(&d.join("events")), SAMPLE_COLUMNS);
+    assert_eq!(rows(before.path()), rows(after.path()));
+    assert!(store.head("_compactor/staging").await.unwrap().is_none());
+    // Without --state an S3 location is refused with the fix in the message.
+    let refused = run(vec![
+        "compact".into(),
+        location,
+        "--prefix".into(),
+        "events/".into(),
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--state dynamodb://TABLE"));
+}

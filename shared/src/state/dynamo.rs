@@ -107,6 +107,10 @@ impl DynamoState {
         }
     }
 
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
     fn err(&self, e: impl std::fmt::Display) -> Error {
         Error::state(format!("dynamodb table {}", self.table), e)
     }
