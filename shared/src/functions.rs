@@ -65,10 +65,16 @@ where
     }
 }
 
-/// The instant of a Lambda deadline given in epoch milliseconds.
+/// The instant of a Lambda deadline given in epoch milliseconds. A value that is no wall-clock
+/// time at all (local emulators send a fixed `600000`) means "unknown": Lambda's 15-minute
+/// maximum is assumed.
 pub fn deadline_from_epoch_ms(deadline_ms: u64) -> Instant {
-    let left = (deadline_ms as i64 - now_ms()).max(0) as u64;
-    Instant::now() + Duration::from_millis(left)
+    const LAMBDA_MAX: Duration = Duration::from_secs(15 * 60);
+    let left_ms = deadline_ms as i64 - now_ms();
+    if left_ms < -(24 * 3600 * 1000) {
+        return Instant::now() + LAMBDA_MAX;
+    }
+    Instant::now() + Duration::from_millis(left_ms.max(0) as u64)
 }
 
 /// What every function shares: the config, the bucket and the two stores.
@@ -472,7 +478,7 @@ pub fn backfill_window(
 }
 
 fn record_plans(plans: &[DatasetPlan], metrics: &mut Metrics) {
-    for plan in plans {
+    for plan in plans.iter().filter(|p| !p.dry_run) {
         for p in &plan.partitions {
             match &p.outcome {
                 PartitionOutcome::Planned { tasks } => {
@@ -777,6 +783,14 @@ mod tests {
         assert!(backfill_window(None, Some("2024-05-03"), Some("2024-05-01")).is_err());
         assert!(backfill_window(None, None, None).is_err());
         assert!(backfill_window(Some("May 1st"), None, None).is_err());
+    }
+
+    #[test]
+    fn a_deadline_that_is_no_wall_clock_time_means_the_lambda_maximum() {
+        let left = deadline_from_epoch_ms(600_000).saturating_duration_since(Instant::now());
+        assert!(left > Duration::from_secs(14 * 60), "{left:?}");
+        let soon = deadline_from_epoch_ms((now_ms() + 5_000) as u64);
+        assert!(soon.saturating_duration_since(Instant::now()) <= Duration::from_secs(5));
     }
 
     #[test]
