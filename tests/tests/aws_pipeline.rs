@@ -105,6 +105,14 @@ async fn sample(p: &Pipeline, partitions: usize, files: usize) -> Vec<String> {
     p.keys().await
 }
 
+/// The partition path of a sample key (`events/<partition>/<file>`).
+fn partition_of(key: &str) -> String {
+    key.strip_prefix("events/")
+        .and_then(|k| k.rsplit_once('/'))
+        .map(|(dir, _)| dir.to_string())
+        .unwrap()
+}
+
 fn rows_under(dir: &std::path::Path) -> Vec<String> {
     row_multiset(&parquet_files(&dir.join("events")), SAMPLE_COLUMNS)
 }
@@ -187,11 +195,7 @@ async fn s3_events_drive_one_compaction_with_identical_rows() {
 async fn racing_planners_give_one_lease() {
     let p = Pipeline::new(small_config()).await;
     let keys = sample(&p, 1, 4).await;
-    let partition = keys[0]
-        .strip_prefix("events/")
-        .and_then(|k| k.rsplit_once('/'))
-        .map(|(dir, _)| dir.to_string())
-        .unwrap();
+    let partition = partition_of(&keys[0]);
     let command = json!({"command": "plan", "dataset": "events", "partition": partition});
     let second = PlannerFunction::new(p.deployment.clone(), p.dispatcher.clone());
     let (a, b) = tokio::join!(
@@ -296,11 +300,7 @@ async fn bad_events_are_rejected_and_change_nothing() {
 async fn a_task_too_big_for_the_time_left_is_refused_before_it_starts() {
     let p = Pipeline::new(small_config()).await;
     let keys = sample(&p, 1, 3).await;
-    let partition = keys[0]
-        .strip_prefix("events/")
-        .and_then(|k| k.rsplit_once('/'))
-        .map(|(dir, _)| dir.to_string())
-        .unwrap();
+    let partition = partition_of(&keys[0]);
     p.plan(&json!({"command": "plan", "dataset": "events", "partition": partition}))
         .await;
     let task = p.take_tasks().await.remove(0);

@@ -114,16 +114,9 @@ impl S3Store {
         })
     }
 
-    async fn copy_multipart(&self, from: &str, to: &str, size: u64) -> Result<()> {
-        let upload = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(to)
-            .send()
-            .await
-            .map_err(|e| store_error("CreateMultipartUpload", to, &e))?;
-        let upload_id = upload.upload_id().unwrap_or_default().to_string();
+    /// Copies with `UploadPartCopy` (objects above 5 GB); returns the copy's ETag.
+    async fn copy_multipart(&self, from: &str, to: &str, size: u64) -> Result<String> {
+        let upload_id = create_upload(&self.client, &self.bucket, to).await?;
         let result = async {
             let source = copy_source(&self.bucket, from);
             let mut parts = Vec::new();
@@ -230,14 +223,27 @@ fn copy_source(bucket: &str, key: &str) -> String {
     format!("{bucket}/{}", encoded.replace('+', "%20"))
 }
 
+/// Starts a multipart upload to `full_key` and returns its id.
+async fn create_upload(client: &Client, bucket: &str, full_key: &str) -> Result<String> {
+    let created = client
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(full_key)
+        .send()
+        .await
+        .map_err(|e| store_error("CreateMultipartUpload", full_key, &e))?;
+    Ok(created.upload_id().unwrap_or_default().to_string())
+}
+
+/// Completes a multipart upload and returns the object's ETag.
 async fn complete_upload(
     client: &Client,
     bucket: &str,
     key: &str,
     upload_id: &str,
     parts: Vec<CompletedPart>,
-) -> Result<()> {
-    client
+) -> Result<String> {
+    let completed = client
         .complete_multipart_upload()
         .bucket(bucket)
         .key(key)
@@ -250,7 +256,7 @@ async fn complete_upload(
         .send()
         .await
         .map_err(|e| store_error("CompleteMultipartUpload", key, &e))?;
-    Ok(())
+    Ok(completed.e_tag().unwrap_or_default().to_string())
 }
 
 /// Best effort: an upload that cannot be aborted is also removed by the bucket's
@@ -473,11 +479,12 @@ impl ObjectStore for S3Store {
         let source = self.head(from).await?.ok_or_else(|| Error::NotFound {
             key: from.to_string(),
         })?;
-        if source.size > MAX_SINGLE_COPY {
+        let version = if source.size > MAX_SINGLE_COPY {
             self.copy_multipart(&from_full, &to_full, source.size)
-                .await?;
+                .await?
         } else {
-            self.client
+            let copied = self
+                .client
                 .copy_object()
                 .bucket(&self.bucket)
                 .key(&to_full)
@@ -486,11 +493,17 @@ impl ObjectStore for S3Store {
                 .send()
                 .await
                 .map_err(|e| store_error("CopyObject", from, &e))?;
-        }
-        self.head(to).await?.ok_or_else(|| Error::Store {
-            operation: "CopyObject",
+            copied
+                .copy_object_result()
+                .and_then(|r| r.e_tag())
+                .unwrap_or_default()
+                .to_string()
+        };
+        Ok(ObjectMeta {
             key: to.to_string(),
-            message: "the copy is not visible after it succeeded".into(),
+            size: source.size,
+            version,
+            last_modified_ms: crate::state::now_ms(),
         })
     }
 
@@ -610,15 +623,7 @@ impl S3Sink {
         let upload_id = match &self.upload_id {
             Some(id) => id.clone(),
             None => {
-                let created = self
-                    .client
-                    .create_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(&self.full_key)
-                    .send()
-                    .await
-                    .map_err(|e| store_error("CreateMultipartUpload", &self.key, &e))?;
-                let id = created.upload_id().unwrap_or_default().to_string();
+                let id = create_upload(&self.client, &self.bucket, &self.full_key).await?;
                 self.upload_id = Some(id.clone());
                 id
             }
@@ -694,7 +699,7 @@ impl S3Sink {
         let mut parts = std::mem::take(&mut self.parts);
         parts.sort_by_key(|p| p.part_number());
         let upload_id = self.upload_id.clone().unwrap_or_default();
-        complete_upload(
+        let version = complete_upload(
             &self.client,
             &self.bucket,
             &self.full_key,
@@ -703,19 +708,11 @@ impl S3Sink {
         )
         .await?;
         self.upload_id = None;
-        let head = self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(&self.full_key)
-            .send()
-            .await
-            .map_err(|e| store_error("HeadObject", &self.key, &e))?;
         Ok(ObjectMeta {
             key: self.key.clone(),
             size: self.size,
-            version: head.e_tag().unwrap_or_default().to_string(),
-            last_modified_ms: millis(head.last_modified()),
+            version,
+            last_modified_ms: crate::state::now_ms(),
         })
     }
 
