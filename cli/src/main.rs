@@ -12,6 +12,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use compaction::config::Config;
+use compaction::hot::{HotSource, PostgresSource};
 use compaction::pipeline::{run_local, RunOptions, RunSummary};
 use compaction::planner::local_owner_id;
 use compaction::sample::{generate, SampleSpec};
@@ -151,9 +152,28 @@ async fn execute(
         scratch: std::env::temp_dir(),
         owner: local_owner_id(),
     };
-    let summary = run_local(config, store, state, progress.clone(), &options).await?;
+    let hot = open_hot_source(config).await;
+    let summary = run_local(config, store, state, hot, progress.clone(), &options).await?;
     progress.finish();
     Ok(summary)
+}
+
+/// The Postgres of the hot datasets, if any is configured: the DSN from each dataset's
+/// `dsn_env` variable, or from `COMPACTOR_PG_SECRET_ARN` / `COMPACTOR_PG_DSN_PARAMETER` (read
+/// with the standard AWS environment).
+async fn open_hot_source(config: &Config) -> Option<Arc<dyn HotSource>> {
+    if config.hot_datasets.is_empty() {
+        return None;
+    }
+    let from_aws = ["COMPACTOR_PG_SECRET_ARN", "COMPACTOR_PG_DSN_PARAMETER"]
+        .iter()
+        .any(|v| compaction::functions::env_var(v).is_some());
+    let sdk = if from_aws {
+        Some(compaction::aws::sdk_config().await)
+    } else {
+        None
+    };
+    Some(Arc::new(PostgresSource::from_env(sdk.as_ref())))
 }
 
 fn default_workers() -> usize {
@@ -244,6 +264,7 @@ async fn status(args: StatusArgs) -> Result<ExitCode> {
     let state = open_state(&args.dir, &args.state).await?;
     let statuses = [
         PartitionStatus::Compacting,
+        PartitionStatus::Flagged,
         PartitionStatus::Failed,
         PartitionStatus::Compacted,
         PartitionStatus::Active,

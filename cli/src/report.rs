@@ -4,6 +4,7 @@ use std::collections::BTreeSet;
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 use compaction::config::Config;
+use compaction::hot::DeleteState;
 use compaction::pipeline::RunSummary;
 use compaction::planner::PartitionOutcome;
 use compaction::progress::Progress;
@@ -63,6 +64,10 @@ struct Totals {
     bytes_after: u64,
     rows: u64,
     secs: f64,
+    /// Hot ranges committed, rows deleted from Postgres, ranges flagged.
+    ranges_exported: usize,
+    postgres_deleted: u64,
+    ranges_flagged: usize,
 }
 
 fn totals(summary: &RunSummary) -> Totals {
@@ -84,7 +89,23 @@ fn totals(summary: &RunSummary) -> Totals {
         bytes_after: summary.commits.iter().map(|c| c.output_bytes).sum(),
         rows: summary.commits.iter().map(|c| c.rows).sum(),
         secs: summary.elapsed.as_secs_f64(),
+        ranges_exported: 0,
+        postgres_deleted: 0,
+        ranges_flagged: 0,
     };
+    for cold in summary.commits.iter().filter_map(|c| c.cold.as_ref()) {
+        t.ranges_exported += 1;
+        match &cold.delete {
+            DeleteState::Deleted { rows } | DeleteState::Dropped { rows, .. } => {
+                t.postgres_deleted += rows
+            }
+            DeleteState::Mismatch { deleted, .. } => {
+                t.postgres_deleted += deleted;
+                t.ranges_flagged += 1;
+            }
+            DeleteState::Kept | DeleteState::Deleting => {}
+        }
+    }
     for plan in &summary.plans {
         for p in &plan.partitions {
             t.seen += 1;
@@ -101,7 +122,7 @@ fn totals(summary: &RunSummary) -> Totals {
 
 pub fn print(summary: &RunSummary, config: &Config, dry_run: bool) {
     if dry_run {
-        print_plan(summary);
+        print_plan(summary, config);
         return;
     }
     let t = totals(summary);
@@ -112,16 +133,8 @@ pub fn print(summary: &RunSummary, config: &Config, dry_run: bool) {
     } else {
         0.0
     };
-    let rows: Vec<(&str, String)> = vec![
-        (
-            "datasets",
-            config
-                .datasets
-                .iter()
-                .map(|d| d.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        ),
+    let mut rows: Vec<(&str, String)> = vec![
+        ("datasets", dataset_names(config).join(", ")),
         ("partitions seen", t.seen.to_string()),
         ("partitions compacted", t.compacted.to_string()),
         (
@@ -152,6 +165,15 @@ pub fn print(summary: &RunSummary, config: &Config, dry_run: bool) {
         ("time", format!("{:.2} s", t.secs)),
         ("throughput", format!("{mb_s:.1} MB/s of input")),
     ];
+    if !config.hot_datasets.is_empty() {
+        rows.push((
+            "hot ranges exported",
+            format!(
+                "{} ({} rows deleted from Postgres, {} flagged)",
+                t.ranges_exported, t.postgres_deleted, t.ranges_flagged
+            ),
+        ));
+    }
     for (k, v) in rows {
         table.add_row(vec![
             Cell::new(k),
@@ -168,9 +190,24 @@ pub fn print(summary: &RunSummary, config: &Config, dry_run: bool) {
     for (dir, reason) in &summary.refused {
         println!("refused {dir}: {reason}");
     }
+    for commit in &summary.commits {
+        if let Some(DeleteState::Mismatch { detail, .. }) = commit.cold.as_ref().map(|c| &c.delete)
+        {
+            println!("flagged {}: {detail}", commit.partition);
+        }
+    }
 }
 
-fn print_plan(summary: &RunSummary) {
+fn dataset_names(config: &Config) -> Vec<String> {
+    config
+        .datasets
+        .iter()
+        .map(|d| d.name.clone())
+        .chain(config.hot_datasets.iter().map(|h| h.name.clone()))
+        .collect()
+}
+
+fn print_plan(summary: &RunSummary, config: &Config) {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
     table.set_header(vec!["dataset", "partition", "files", "bytes", "decision"]);
@@ -185,6 +222,14 @@ fn print_plan(summary: &RunSummary) {
                 }
                 PartitionOutcome::Skipped(reason) => format!("skip: {reason}"),
                 PartitionOutcome::LeaseHeld { owner, .. } => format!("skip: leased by {owner}"),
+                PartitionOutcome::Planned { tasks }
+                    if config.hot_datasets.iter().any(|h| h.name == plan.dataset) =>
+                {
+                    format!(
+                        "export from Postgres, replacing {} file(s)",
+                        tasks.iter().map(|t| t.inputs).sum::<usize>()
+                    )
+                }
                 PartitionOutcome::Planned { tasks } => format!(
                     "compact {} file(s), {} in {} task(s)",
                     tasks.iter().map(|t| t.inputs).sum::<usize>(),
@@ -208,7 +253,7 @@ fn print_plan(summary: &RunSummary) {
 pub fn json(summary: &RunSummary, config: &Config) -> serde_json::Value {
     let t = totals(summary);
     json!({
-        "datasets": config.datasets.iter().map(|d| d.name.clone()).collect::<Vec<_>>(),
+        "datasets": dataset_names(config),
         "partitions_seen": t.seen,
         "partitions_compacted": t.compacted,
         "partitions_hot": t.hot,
@@ -221,6 +266,10 @@ pub fn json(summary: &RunSummary, config: &Config) -> serde_json::Value {
         "bytes_after": t.bytes_after,
         "rows": t.rows,
         "seconds": t.secs,
+        "hot_ranges_exported": t.ranges_exported,
+        "postgres_rows_deleted": t.postgres_deleted,
+        "hot_ranges_flagged": t.ranges_flagged,
+        "events": summary.commits.iter().map(|c| c.event()).collect::<Vec<_>>(),
         "corrupt_skipped": summary.corrupt_inputs().iter().map(|s| json!({"key": s.key, "reason": s.reason})).collect::<Vec<_>>(),
         "failures": summary.failures.iter().map(|f| json!({"task": f.task_id, "partition": f.partition, "error": f.error})).collect::<Vec<_>>(),
         "refused": summary.refused.iter().map(|(d, r)| json!({"task_dir": d, "reason": r})).collect::<Vec<_>>(),
@@ -245,6 +294,7 @@ pub fn print_status(records: &[PartitionRecord]) {
         "files compacted",
         "bytes in -> out",
         "lease",
+        "postgres",
         "last error",
     ]);
     for r in records {
@@ -261,6 +311,20 @@ pub fn print_status(records: &[PartitionRecord]) {
             r.lease.as_ref().map_or_else(
                 || "-".into(),
                 |l| format!("{} (gen {})", l.owner, l.generation),
+            ),
+            r.cold.as_ref().map_or_else(
+                || "-".into(),
+                |c| match &c.delete {
+                    DeleteState::Kept => format!("v{}: {} rows, kept", c.version, c.rows),
+                    DeleteState::Deleting => format!("v{}: deleting", c.version),
+                    DeleteState::Deleted { .. } => {
+                        format!("v{}: {} rows, deleted", c.version, c.rows)
+                    }
+                    DeleteState::Dropped { partition, .. } => {
+                        format!("v{}: {} rows, {partition} dropped", c.version, c.rows)
+                    }
+                    DeleteState::Mismatch { .. } => format!("v{}: flagged", c.version),
+                },
             ),
             r.last_error.clone().unwrap_or_default(),
         ]);

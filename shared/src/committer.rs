@@ -18,6 +18,9 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::faults::crash_point;
+use crate::hot::delete::DeletePlan;
+use crate::hot::export::ExportRecord;
+use crate::hot::{derived_dataset_uuid, ColdRange, DeleteState, HotSource};
 use crate::manifest::{
     to_json, Decision, PartitionManifest, SkipKind, SkippedInput, TaskManifest, Verdict,
 };
@@ -48,11 +51,37 @@ pub struct CommitReport {
     /// Inputs that were not deleted because they changed after the merge (kept, never lost).
     pub kept: Vec<DeleteFailure>,
     pub round_complete: bool,
+    /// For a hot range: its cold copy and what became of its Postgres rows.
+    pub cold: Option<ColdRange>,
+    /// The `dataset_uuid` of the commit's event.
+    pub dataset_uuid: String,
+}
+
+impl CommitReport {
+    /// The "partition compacted" event of this commit: `{dataset_uuid, dataset_version,
+    /// partition_key}` and what a subscriber needs to find the files.
+    pub fn event(&self) -> serde_json::Value {
+        let mut detail = serde_json::json!({
+            "dataset_uuid": self.dataset_uuid,
+            "dataset_version": self.generation,
+            "partition_key": self.partition.partition,
+            "dataset": self.partition.dataset,
+            "partition": self.partition.partition,
+            "version": self.generation,
+            "task_id": self.task_id,
+            "outputs": self.output_keys,
+            "rows": self.rows,
+        });
+        if let Some(cold) = &self.cold {
+            detail["postgres"] = serde_json::to_value(&cold.delete).unwrap_or_default();
+        }
+        detail
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CommitOutcome {
-    Committed(CommitReport),
+    Committed(Box<CommitReport>),
     /// The task had been committed before; only leftovers were cleaned.
     AlreadyCommitted {
         task_dir: String,
@@ -73,6 +102,8 @@ pub struct Committer {
     state: Arc<dyn StateStore>,
     /// The staging prefix of the task directories it accepts (foreign keys are refused).
     staging_prefix: String,
+    /// Where committed hot ranges are deleted from (hot datasets only).
+    hot: Option<Arc<dyn HotSource>>,
 }
 
 impl Committer {
@@ -85,7 +116,14 @@ impl Committer {
             store,
             state,
             staging_prefix: crate::store::dir_prefix(staging_prefix),
+            hot: None,
         }
+    }
+
+    /// Lets the committer delete committed hot ranges from Postgres.
+    pub fn with_hot_source(mut self, hot: Option<Arc<dyn HotSource>>) -> Self {
+        self.hot = hot;
+        self
     }
 
     /// Commits the task staged in `task_dir` (`<staging>/<dataset>/<partition>/<task>/`).
@@ -125,10 +163,35 @@ impl Committer {
                         key: key(MANIFEST),
                         message: "_SUCCESS exists without a manifest; delete the task directory so the partition is planned again".into(),
                     }),
+                    None if self.was_committed(&task_dir).await? => {
+                        Ok(CommitOutcome::AlreadyCommitted { task_dir })
+                    }
                     None => Ok(CommitOutcome::NotReady { task_dir }),
                 }
             }
         }
+    }
+
+    /// True when the state store records the task of `task_dir` as committed (its staging
+    /// directory is gone then, so a replayed `_SUCCESS` event finds nothing else).
+    async fn was_committed(&self, task_dir: &str) -> Result<bool> {
+        let Some((dataset, rest)) = task_dir
+            .strip_prefix(&self.staging_prefix)
+            .and_then(|rest| rest.trim_end_matches('/').split_once('/'))
+        else {
+            return Ok(false);
+        };
+        let Some((partition, task_id)) = rest.rsplit_once('/') else {
+            return Ok(false);
+        };
+        let record = self
+            .state
+            .get(&PartitionId::new(dataset, partition))
+            .await?;
+        Ok(record.is_some_and(|r| {
+            crate::task::generation_of(task_id) == Some(r.generation)
+                && r.committed_tasks.iter().any(|t| t == task_id)
+        }))
     }
 
     /// Abandons a staged task that will never be committed (stale generation, dead merge).
@@ -329,6 +392,10 @@ impl Committer {
         crash_point("after-delete");
 
         let id = PartitionId::new(&manifest.dataset, &manifest.partition);
+        let cold = match &manifest.export {
+            Some(export) => Some(self.settle_export(&id, &manifest, export).await?),
+            None => None,
+        };
         let delta = Counters {
             compactions: 1,
             files_compacted: manifest.inputs.len() as u64,
@@ -352,19 +419,22 @@ impl Committer {
                 now_ms(),
             )
             .await?;
+        if let Some(cold) = &cold {
+            self.state.record_cold_range(&id, cold, now_ms()).await?;
+        }
         if progress.round_complete {
+            let (status, error) = match cold.as_ref().map(|c| &c.delete) {
+                Some(DeleteState::Mismatch { detail, .. }) => {
+                    (PartitionStatus::Flagged, Some(detail.clone()))
+                }
+                _ => (PartitionStatus::Compacted, None),
+            };
             self.state
-                .finish_round(
-                    &id,
-                    manifest.generation,
-                    PartitionStatus::Compacted,
-                    None,
-                    now_ms(),
-                )
+                .finish_round(&id, manifest.generation, status, error, now_ms())
                 .await?;
         }
         self.remove_staging(task_dir).await?;
-        Ok(CommitOutcome::Committed(CommitReport {
+        Ok(CommitOutcome::Committed(Box::new(CommitReport {
             task_id: manifest.task_id.clone(),
             partition: id,
             inputs_deleted: manifest.inputs.len() - kept.len(),
@@ -381,7 +451,95 @@ impl Committer {
             skipped: manifest.skipped,
             kept,
             round_complete: progress.round_complete,
-        }))
+            dataset_uuid: manifest.export.as_ref().map_or_else(
+                || derived_dataset_uuid(&manifest.dataset),
+                |e| e.hot.dataset_uuid(),
+            ),
+            cold,
+        })))
+    }
+
+    /// After a hot range's files are live: deletes the range from Postgres when configured,
+    /// once. A replay finds the outcome in the state store; a replay of an interrupted delete
+    /// resumes it.
+    async fn settle_export(
+        &self,
+        id: &PartitionId,
+        manifest: &TaskManifest,
+        export: &ExportRecord,
+    ) -> Result<ColdRange> {
+        let cold = |delete| ColdRange {
+            version: manifest.generation,
+            rows: manifest.rows,
+            delete,
+            at_ms: now_ms(),
+        };
+        if !export.hot.delete_after_compact {
+            return Ok(cold(DeleteState::Kept));
+        }
+        let recorded = self
+            .state
+            .get(id)
+            .await?
+            .and_then(|r| r.cold)
+            .filter(|c| c.version == manifest.generation);
+        let resuming = match recorded {
+            Some(c) if c.delete == DeleteState::Deleting => true,
+            Some(settled) => return Ok(settled),
+            None => false,
+        };
+        let source = self.hot.as_deref().ok_or_else(|| {
+            Error::config(
+                "COMPACTOR_PG_DSN",
+                format!(
+                    "range {} of hot dataset {:?} is committed but this committer has no Postgres \
+                     connection to delete it with; configure the DSN and replay {} (nothing was deleted)",
+                    export.range, export.hot.name, manifest.task_id
+                ),
+            )
+        })?;
+        self.verify_live_outputs(manifest).await?;
+        let plan = crate::hot::delete::plan(source, export, resuming).await?;
+        if matches!(plan, DeletePlan::Batches(_)) {
+            self.state
+                .record_cold_range(id, &cold(DeleteState::Deleting), now_ms())
+                .await?;
+        }
+        let delete = crate::hot::delete::execute(source, export, plan).await?;
+        match &delete {
+            DeleteState::Mismatch { detail, .. } => {
+                tracing::warn!(%id, detail, "range flagged: Postgres and the cold copy disagree")
+            }
+            other => tracing::info!(%id, outcome = ?other, "range settled in Postgres"),
+        }
+        Ok(cold(delete))
+    }
+
+    /// Every output at its final key, with its size and footer row count: what a delete from
+    /// Postgres relies on.
+    async fn verify_live_outputs(&self, manifest: &TaskManifest) -> Result<()> {
+        for output in &manifest.outputs {
+            let live = self.store.head(&output.final_key).await?;
+            let footer_rows = match live {
+                Some(m) if m.size == output.size => {
+                    read_footer(self.store.as_ref(), &output.final_key)
+                        .await?
+                        .file_metadata()
+                        .num_rows() as u64
+                }
+                _ => u64::MAX,
+            };
+            if footer_rows != output.rows {
+                return Err(Error::Manifest {
+                    key: output.final_key.clone(),
+                    message: format!(
+                        "is not the committed output ({} bytes, {} rows); nothing is deleted from Postgres",
+                        output.size, output.rows
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     async fn update_partition_manifest(&self, manifest: &TaskManifest) -> Result<()> {

@@ -7,6 +7,7 @@ use parquet::basic::{Compression, GzipLevel, ZstdLevel};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::hot::HotDatasetConfig;
 use crate::partition::{Granularity, PartitionTemplate};
 use crate::store::validate_prefix;
 use crate::units::{ByteSize, HumanDuration};
@@ -29,6 +30,24 @@ pub struct Config {
     pub lease_ttl: HumanDuration,
     #[serde(default, rename = "dataset")]
     pub datasets: Vec<DatasetConfig>,
+    /// Postgres tables whose finalized ranges move to cold Parquet (see [`HotDatasetConfig`]).
+    #[serde(default, rename = "hot_dataset", skip_serializing_if = "Vec::is_empty")]
+    pub hot_datasets: Vec<HotDatasetConfig>,
+}
+
+/// A configured dataset of either kind.
+#[derive(Clone, Copy, Debug)]
+pub enum AnyDataset<'a> {
+    Files(&'a DatasetConfig),
+    Hot(&'a HotDatasetConfig),
+}
+
+/// Dataset names: letters, digits, `-`, `_` and `.` (they appear in keys and state).
+pub fn is_valid_dataset_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,6 +157,7 @@ impl Default for Config {
             memory_budget: default_memory_budget(),
             lease_ttl: default_lease_ttl(),
             datasets: Vec::new(),
+            hot_datasets: Vec::new(),
         }
     }
 }
@@ -201,12 +221,7 @@ impl DatasetConfig {
 
     pub fn validate(&self) -> Result<()> {
         let fail = |field: &str, msg: String| Err(self.field_error(field, msg));
-        if self.name.is_empty()
-            || !self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
+        if !is_valid_dataset_name(&self.name) {
             return fail(
                 "name",
                 "must be non-empty and use only letters, digits, '-', '_' and '.'".into(),
@@ -344,23 +359,53 @@ impl Config {
         if self.memory_budget.bytes() < 64 << 20 {
             return Err(Error::config("memory_budget", "must be at least 64MiB"));
         }
-        if self.datasets.is_empty() {
+        if self.datasets.is_empty() && self.hot_datasets.is_empty() {
             return Err(Error::config(
                 "dataset",
-                "no dataset configured; add a [[dataset]] table with name, source_prefix and partition_template",
+                "no dataset configured; add a [[dataset]] table with name, source_prefix and partition_template \
+                 (or a [[hot_dataset]] with name and table)",
             ));
         }
-        let mut names = std::collections::HashSet::new();
         for ds in &self.datasets {
             ds.validate()?;
-            if !names.insert(ds.name.as_str()) {
+        }
+        for hot in &self.hot_datasets {
+            hot.validate()?;
+        }
+        let mut names = std::collections::HashSet::new();
+        let all = self
+            .datasets
+            .iter()
+            .map(|d| d.name.as_str())
+            .chain(self.hot_datasets.iter().map(|h| h.name.as_str()));
+        for name in all {
+            if !names.insert(name) {
                 return Err(Error::config(
-                    format!("dataset {:?}: name", ds.name),
-                    "is used twice; dataset names must be unique",
+                    format!("dataset {name:?}: name"),
+                    "is used twice; dataset names must be unique across [[dataset]] and [[hot_dataset]]",
                 ));
             }
         }
         Ok(())
+    }
+
+    /// The dataset of either kind named `name`.
+    pub fn find(&self, name: &str) -> Result<AnyDataset<'_>> {
+        if let Some(hot) = self.hot_datasets.iter().find(|h| h.name == name) {
+            return Ok(AnyDataset::Hot(hot));
+        }
+        self.dataset(name).map(AnyDataset::Files).map_err(|_| {
+            let known: Vec<&str> = self
+                .datasets
+                .iter()
+                .map(|d| d.name.as_str())
+                .chain(self.hot_datasets.iter().map(|h| h.name.as_str()))
+                .collect();
+            Error::config(
+                "dataset",
+                format!("no dataset named {name:?}; configured: {known:?}"),
+            )
+        })
     }
 
     pub fn dataset(&self, name: &str) -> Result<&DatasetConfig> {
@@ -448,6 +493,42 @@ mod tests {
 
     fn error_of(extra: &str) -> String {
         parse(&format!("{MINIMAL}{extra}")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn hot_datasets_parse_alone_or_beside_file_datasets() {
+        let hot_only = r#"
+            [[hot_dataset]]
+            name = "blocks"
+            table = "public.blocks"
+            chain_id = 10143
+            range_size = 10000
+            finality_depth_blocks = 100
+            chunk_size = 10000
+            delete_after_compact = true
+        "#;
+        let c = parse(hot_only).unwrap();
+        let hot = &c.hot_datasets[0];
+        assert_eq!(hot.range_column, "block_number");
+        assert_eq!(hot.output_dir(), "cold/10143/blocks/");
+        assert!(matches!(c.find("blocks").unwrap(), AnyDataset::Hot(_)));
+        assert_eq!(parse(&c.to_toml()).unwrap(), c);
+        let both = format!("{MINIMAL}{hot_only}");
+        let c = parse(&both).unwrap();
+        assert!(matches!(c.find("events").unwrap(), AnyDataset::Files(_)));
+        let e = c.find("nope").unwrap_err().to_string();
+        assert!(e.contains("blocks") && e.contains("events"), "{e}");
+        let clash = format!("{MINIMAL}{}", hot_only.replace("\"blocks\"", "\"events\""));
+        let e = parse(&clash).unwrap_err().to_string();
+        assert!(e.contains("used twice"), "{e}");
+        let e = parse(&hot_only.replace("chunk_size = 10000", "chunk_size = 0"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("chunk_size"), "{e}");
+        let e = parse(&format!("{hot_only}colour = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("colour"), "{e}");
     }
 
     #[test]

@@ -64,6 +64,17 @@ pub enum Error {
     #[error("commit of task {task_id} refused: {reason}")]
     CommitRefused { task_id: String, reason: String },
 
+    #[error("postgres {context} failed: {message}")]
+    Postgres { context: String, message: String },
+
+    #[error("table {table}: column {column:?} ({declared}) cannot be exported: {reason}. Nothing was written")]
+    UnsupportedColumn {
+        table: String,
+        column: String,
+        declared: String,
+        reason: String,
+    },
+
     #[error("event rejected: {0}")]
     BadEvent(String),
 

@@ -28,9 +28,10 @@ pub struct CreatedObject {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(tag = "command", rename_all = "snake_case", deny_unknown_fields)]
 pub enum PlannerCommand {
-    /// Plan one partition now.
+    /// Plan one partition now (for a hot dataset: export one range, `"start-end"`).
     Plan {
         dataset: String,
+        #[serde(alias = "partition_key")]
         partition: String,
         #[serde(default)]
         dry_run: bool,
@@ -215,6 +216,13 @@ pub fn route_key(config: &Config, key: &str) -> KeyRoute {
     if name == PARTITION_MANIFEST {
         return KeyRoute::Own("partition manifest");
     }
+    if config
+        .hot_datasets
+        .iter()
+        .any(|hot| is_under(&hot.output_dir(), key))
+    {
+        return KeyRoute::Own("cold range of a hot dataset");
+    }
     for dataset in &config.datasets {
         if let Some(partition) = partition_of(dataset, key) {
             if name.starts_with("compacted-") && is_under(&dataset.output_dir(), key) {
@@ -394,6 +402,15 @@ mod tests {
             parse_planner_event(&sample("planner-scheduled.json")).unwrap(),
             PlannerEvent::Scheduled
         );
+        assert_eq!(
+            parse_planner_event(&sample("planner-export-range.json")).unwrap(),
+            PlannerEvent::Command(PlannerCommand::Plan {
+                dataset: "blocks".into(),
+                partition: "1000000-1010000".into(),
+                dry_run: false,
+                force: false
+            })
+        );
         for name in [
             "planner-plan-partition.json",
             "planner-sweep.json",
@@ -401,6 +418,8 @@ mod tests {
             "planner-backfill-range.json",
             "planner-dry-run.json",
             "planner-force.json",
+            "planner-export-range.json",
+            "planner-sweep-hot.json",
         ] {
             assert!(
                 matches!(
@@ -489,6 +508,20 @@ mod tests {
                 "raw/clicks/dt=2024-05-01/hour=13/_compactor_manifest.json"
             ),
             KeyRoute::Own("partition manifest")
+        );
+        let with_hot = Config {
+            hot_datasets: vec![crate::hot::HotDatasetConfig {
+                chain_id: Some(1),
+                ..crate::hot::HotDatasetConfig::new("blocks", "blocks")
+            }],
+            ..config()
+        };
+        assert_eq!(
+            route_key(
+                &with_hot,
+                "cold/1/blocks/0-10000/compacted-g000001-t0000-00000.parquet"
+            ),
+            KeyRoute::Own("cold range of a hot dataset")
         );
         for foreign in [
             "elsewhere/x.parquet",

@@ -15,6 +15,10 @@ pub const POINTS: &[&str] = &[
     "after-delete",
 ];
 
+/// The further points of a hot range's commit: "after-delete" (the cold copy is live, Postgres
+/// untouched) and between two bounded Postgres deletes.
+pub const POSTGRES_POINTS: &[&str] = &["after-delete", "mid-postgres-delete"];
+
 pub fn crash_point(name: &str) {
     static TARGET: OnceLock<Option<String>> = OnceLock::new();
     let target = TARGET.get_or_init(|| std::env::var(ENV).ok().filter(|v| !v.is_empty()));

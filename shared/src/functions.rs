@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::committer::{CommitOutcome, Committer};
-use crate::config::Config;
+use crate::config::{AnyDataset, Config};
 use crate::dispatch::{Dispatcher, LambdaDispatcher};
 use crate::error::{Error, Result};
 use crate::events::{
     parse_committer_event, parse_merger_event, parse_planner_event, route_key, CommitterEvent,
     KeyRoute, MergerEvent, PlannerCommand, PlannerEvent,
 };
+use crate::hot::{HotSource, PostgresSource};
 use crate::merge::{read_json, MergeOutcome, Merger};
 use crate::metrics::Metrics;
 use crate::partition::{coldness, Coldness};
@@ -85,6 +86,8 @@ pub struct Deployment {
     pub store: Arc<dyn ObjectStore>,
     pub state: Arc<dyn StateStore>,
     pub sdk: aws_config::SdkConfig,
+    /// The Postgres of the hot datasets, when any is configured.
+    pub hot: Option<Arc<dyn HotSource>>,
 }
 
 impl Deployment {
@@ -116,12 +119,15 @@ impl Deployment {
         config.validate()?;
         let state: Arc<dyn StateStore> =
             Arc::new(DynamoState::new(aws_sdk_dynamodb::Client::new(&sdk), table));
+        let hot: Option<Arc<dyn HotSource>> = (!config.hot_datasets.is_empty())
+            .then(|| Arc::new(PostgresSource::from_env(Some(&sdk))) as Arc<dyn HotSource>);
         Ok(Self {
             config,
             bucket,
             store,
             state,
             sdk,
+            hot,
         })
     }
 
@@ -194,6 +200,7 @@ impl PlannerFunction {
                 memory_budget: config.memory_budget.bytes(),
             },
         )
+        .with_hot_source(self.deployment.hot.clone())
     }
 
     pub async fn handle(
@@ -328,15 +335,23 @@ impl PlannerFunction {
                 dry_run,
                 force,
             } => {
-                let ds = self.dataset(&dataset)?;
-                ds.template()?.parse_partition(&partition)?;
                 let options = PlanOptions {
-                    only: Some(vec![partition]),
+                    only: Some(vec![partition.clone()]),
                     force,
                     recover: false,
                     ..PlanOptions::sweep(now, dry_run)
                 };
-                let plans = vec![planner.plan_dataset(ds, &options).await?];
+                let plan = match self.any_dataset(&dataset)? {
+                    AnyDataset::Files(ds) => {
+                        ds.template()?.parse_partition(&partition)?;
+                        planner.plan_dataset(ds, &options).await?
+                    }
+                    AnyDataset::Hot(hot) => {
+                        hot.range_of_key(&partition)?;
+                        planner.plan_hot_dataset(hot, &options).await?
+                    }
+                };
+                let plans = vec![plan];
                 record_plans(&plans, metrics);
                 Ok(json!({"plans": plans_json(&plans)}))
             }
@@ -348,7 +363,12 @@ impl PlannerFunction {
                 dry_run,
                 force,
             } => {
-                let ds = self.dataset(&dataset)?;
+                let AnyDataset::Files(ds) = self.any_dataset(&dataset)? else {
+                    return Err(Error::BadEvent(format!(
+                        "{dataset:?} is a hot dataset: backfills are for file datasets; export a \
+                         range with {{\"command\": \"plan\", \"dataset\": \"{dataset}\", \"partition_key\": \"START-END\"}}"
+                    )));
+                };
                 let window = backfill_window(date.as_deref(), from.as_deref(), to.as_deref())?;
                 let options = PlanOptions {
                     window: Some(window),
@@ -364,10 +384,10 @@ impl PlannerFunction {
     }
 
     /// A dataset named by an event: unknown names are the event's fault.
-    fn dataset(&self, name: &str) -> Result<&crate::config::DatasetConfig> {
+    fn any_dataset(&self, name: &str) -> Result<AnyDataset<'_>> {
         self.deployment
             .config
-            .dataset(name)
+            .find(name)
             .map_err(|e| Error::BadEvent(e.to_string()))
     }
 
@@ -382,13 +402,20 @@ impl PlannerFunction {
         stop_at: Instant,
         metrics: &mut Metrics,
     ) -> Result<Value> {
-        let datasets: Vec<_> = match only {
-            Some(name) => vec![self.dataset(name)?.clone()],
-            None => self.deployment.config.datasets.clone(),
+        let config = &self.deployment.config;
+        let (datasets, hot_datasets): (Vec<_>, Vec<_>) = match only {
+            Some(name) => match self.any_dataset(name)? {
+                AnyDataset::Files(ds) => (vec![ds], vec![]),
+                AnyDataset::Hot(hot) => (vec![], vec![hot]),
+            },
+            None => (
+                config.datasets.iter().collect(),
+                config.hot_datasets.iter().collect(),
+            ),
         };
         let state = &self.deployment.state;
         let mut plans = Vec::new();
-        for ds in &datasets {
+        for ds in datasets {
             if Instant::now() >= stop_at {
                 break;
             }
@@ -416,6 +443,17 @@ impl PlannerFunction {
                 );
             }
             plans.push(plan);
+        }
+        for hot in hot_datasets {
+            if Instant::now() >= stop_at {
+                break;
+            }
+            let options = PlanOptions {
+                force,
+                deadline: Some(stop_at),
+                ..PlanOptions::sweep(chrono::Utc::now(), dry_run)
+            };
+            plans.push(planner.plan_hot_dataset(hot, &options).await?);
         }
         record_plans(&plans, metrics);
         Ok(json!({"plans": plans_json(&plans)}))
@@ -609,7 +647,8 @@ impl MergerFunction {
             Arc::clone(&self.deployment.store),
             self.scratch.clone(),
             Arc::new(NoProgress),
-        );
+        )
+        .with_hot_source(self.deployment.hot.clone());
         let task_id = task.task_id.clone();
         let run = merger.run(Arc::new(task));
         let outcome = tokio::time::timeout(left.saturating_sub(SAFETY_MARGIN / 2), run)
@@ -671,7 +710,8 @@ impl CommitterFunction {
             Arc::clone(&deployment.store),
             Arc::clone(&deployment.state),
             &deployment.config.staging_prefix,
-        );
+        )
+        .with_hot_source(deployment.hot.clone());
         Self {
             deployment,
             committer,
@@ -730,18 +770,12 @@ impl CommitterFunction {
     }
 
     async fn announce(&self, report: &crate::committer::CommitReport) -> Result<()> {
+        let mut detail = report.event();
+        detail["bucket"] = json!(self.deployment.bucket);
+        tracing::info!(event = %detail, "{EVENT_DETAIL_TYPE}");
         let Some((client, bus)) = &self.events else {
             return Ok(());
         };
-        let detail = json!({
-            "dataset": report.partition.dataset,
-            "partition": report.partition.partition,
-            "version": report.generation,
-            "task_id": report.task_id,
-            "outputs": report.output_keys,
-            "rows": report.rows,
-            "bucket": self.deployment.bucket,
-        });
         let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
             .event_bus_name(bus)
             .source(EVENT_SOURCE)

@@ -8,6 +8,7 @@ pub mod dispatch;
 pub mod error;
 pub mod events;
 pub mod functions;
+pub mod hot;
 pub mod manifest;
 pub mod metrics;
 pub mod parquet_io;

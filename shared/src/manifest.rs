@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Mode;
 use crate::error::{Error, Result};
+use crate::hot::export::ExportRecord;
 use crate::store::ObjectMeta;
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -71,6 +72,9 @@ pub struct TaskManifest {
     pub schema: Vec<ColumnDesc>,
     pub rows: u64,
     pub created_at_ms: i64,
+    /// For an export of a hot range: what the committer needs to delete it from Postgres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<ExportRecord>,
 }
 
 impl TaskManifest {
@@ -255,6 +259,7 @@ mod tests {
             }],
             rows: 7,
             created_at_ms: 5,
+            export: None,
         }
     }
 

@@ -9,9 +9,10 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, Mutex};
 
 use crate::committer::{CommitOutcome, CommitReport, Committer};
-use crate::config::Config;
+use crate::config::{AnyDataset, Config};
 use crate::dispatch::{ChannelDispatcher, CollectingDispatcher, Dispatcher};
 use crate::error::Result;
+use crate::hot::HotSource;
 use crate::manifest::SkippedInput;
 use crate::merge::{MergeOutcome, Merger};
 use crate::planner::{DatasetPlan, PlanOptions, Planner, PlannerSettings};
@@ -70,7 +71,11 @@ impl RunSummary {
 
     fn absorb(&mut self, outcome: CommitOutcome) {
         match outcome {
-            CommitOutcome::Committed(report) => self.commits.push(report),
+            CommitOutcome::Committed(report) => {
+                // Locally, the "partition compacted" event goes to the log.
+                tracing::info!(event = %report.event(), "{}", crate::functions::EVENT_DETAIL_TYPE);
+                self.commits.push(*report)
+            }
             CommitOutcome::Refused { task_dir, reason } => self.refused.push((task_dir, reason)),
             CommitOutcome::AlreadyCommitted { .. } | CommitOutcome::NotReady { .. } => {}
         }
@@ -134,11 +139,13 @@ impl Services {
     }
 }
 
-/// Plans every configured dataset and runs the resulting tasks to completion.
+/// Plans every configured dataset and runs the resulting tasks to completion. `hot` is the
+/// Postgres of the hot datasets (needed only when some are configured).
 pub async fn run_local(
     config: &Config,
     store: Arc<dyn ObjectStore>,
     state: Arc<dyn StateStore>,
+    hot: Option<Arc<dyn HotSource>>,
     progress: Arc<dyn Progress>,
     options: &RunOptions,
 ) -> Result<RunSummary> {
@@ -149,12 +156,14 @@ pub async fn run_local(
             Arc::clone(&store),
             options.scratch.clone(),
             Arc::clone(&progress),
-        ),
+        )
+        .with_hot_source(hot.clone()),
         committer: Committer::new(
             Arc::clone(&store),
             Arc::clone(&state),
             &config.staging_prefix,
-        ),
+        )
+        .with_hot_source(hot.clone()),
         state: Arc::clone(&state),
         progress: Arc::clone(&progress),
     });
@@ -195,21 +204,37 @@ pub async fn run_local(
             staging_prefix: config.staging_prefix.clone(),
             memory_budget: config.memory_budget.bytes(),
         },
-    );
+    )
+    .with_hot_source(hot);
     let plan_options = PlanOptions {
         only: options.partitions.clone(),
         ..PlanOptions::sweep(options.now, options.dry_run)
     };
-    let mut planning_error = None;
-    for dataset in &config.datasets {
-        if options
+    let wanted = |name: &str| {
+        options
             .datasets
             .as_ref()
-            .is_some_and(|only| !only.contains(&dataset.name))
-        {
-            continue;
-        }
-        match planner.plan_dataset(dataset, &plan_options).await {
+            .is_none_or(|only| only.iter().any(|n| n == name))
+    };
+    let mut planning_error = None;
+    let plans = config
+        .datasets
+        .iter()
+        .filter(|d| wanted(&d.name))
+        .map(AnyDataset::Files)
+        .chain(
+            config
+                .hot_datasets
+                .iter()
+                .filter(|h| wanted(&h.name))
+                .map(AnyDataset::Hot),
+        );
+    for dataset in plans {
+        let planned = match dataset {
+            AnyDataset::Files(ds) => planner.plan_dataset(ds, &plan_options).await,
+            AnyDataset::Hot(hot) => planner.plan_hot_dataset(hot, &plan_options).await,
+        };
+        match planned {
             Ok(mut plan) => {
                 let (tasks, bytes) = plan
                     .partitions

@@ -12,6 +12,8 @@ use crate::committer::{CommitOutcome, Committer};
 use crate::config::{DatasetConfig, Mode};
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
+use crate::hot::export::ExportSpec;
+use crate::hot::{HotDatasetConfig, HotSource, KeyRange};
 use crate::manifest::{to_json, PartitionManifest};
 use crate::merge::read_json;
 use crate::partition::{coldness, Coldness, PartitionTemplate};
@@ -19,8 +21,8 @@ use crate::plan::{decide, is_data_file, PartitionDecision, SkipReason};
 use crate::state::{PartitionId, PartitionStatus, StateStore};
 use crate::store::{dir_prefix, file_name, list_all, ObjectMeta, ObjectStore, PutMode};
 use crate::task::{
-    dataset_staging_dir, partition_output_dir, partition_source_dir, task_id, MergeTask, DECISION,
-    PARTITION_MANIFEST, SUCCESS, TASK_SPEC,
+    dataset_staging_dir, generation_of, partition_output_dir, partition_source_dir, task_id,
+    MergeTask, DECISION, PARTITION_MANIFEST, SUCCESS, TASK_SPEC,
 };
 
 #[derive(Clone, Debug)]
@@ -124,6 +126,8 @@ pub struct Planner {
     committer: Committer,
     dispatcher: Arc<dyn Dispatcher>,
     settings: PlannerSettings,
+    /// The Postgres of the hot datasets (their tips, and the deletes of recovered commits).
+    hot: Option<Arc<dyn HotSource>>,
 }
 
 impl Planner {
@@ -144,7 +148,15 @@ impl Planner {
             committer,
             dispatcher,
             settings,
+            hot: None,
         }
+    }
+
+    /// Lets the planner plan hot datasets (and commit their recovered exports).
+    pub fn with_hot_source(mut self, hot: Option<Arc<dyn HotSource>>) -> Self {
+        self.committer = self.committer.with_hot_source(hot.clone());
+        self.hot = hot;
+        self
     }
 
     /// Partition paths (relative to the source prefix) found by walking one directory level per
@@ -187,7 +199,7 @@ impl Planner {
     ) -> Result<DatasetPlan> {
         dataset.validate()?;
         let recovery = if options.recover {
-            self.recover(dataset, options).await?
+            self.recover(&dataset.name, options).await?
         } else {
             RecoveryReport::default()
         };
@@ -287,59 +299,71 @@ impl Planner {
             }
             PartitionDecision::Compact(groups) => groups,
         };
-        let summaries = |generation: u64| -> Vec<TaskSummary> {
-            groups
+        let id = PartitionId::new(&dataset.name, partition);
+        let outcome = self
+            .start_round(&id, options, |generation| {
+                groups
+                    .iter()
+                    .enumerate()
+                    .map(|(i, inputs)| MergeTask {
+                        task_id: task_id(generation, i),
+                        partition: id.clone(),
+                        generation,
+                        dataset: dataset.clone(),
+                        staging_prefix: self.settings.staging_prefix.clone(),
+                        memory_budget: self.settings.memory_budget,
+                        inputs: inputs.clone(),
+                        created_at_ms: options.now.timestamp_millis(),
+                        export: None,
+                    })
+                    .collect()
+            })
+            .await?;
+        Ok(report(outcome))
+    }
+
+    /// Takes the partition's lease and dispatches the tasks `make_tasks` builds for its
+    /// generation (in a dry run: reports them for the next generation, changing nothing).
+    async fn start_round(
+        &self,
+        id: &PartitionId,
+        options: &PlanOptions,
+        make_tasks: impl Fn(u64) -> Vec<MergeTask>,
+    ) -> Result<PartitionOutcome> {
+        let summaries = |tasks: &[MergeTask]| -> Vec<TaskSummary> {
+            tasks
                 .iter()
-                .enumerate()
-                .map(|(i, g)| TaskSummary {
-                    task_id: task_id(generation, i),
-                    inputs: g.len(),
-                    input_bytes: g.iter().map(|f| f.size).sum(),
+                .map(|t| TaskSummary {
+                    task_id: t.task_id.clone(),
+                    inputs: t.inputs.len(),
+                    input_bytes: t.input_bytes(),
                 })
                 .collect()
         };
-        let id = PartitionId::new(&dataset.name, partition);
         if options.dry_run {
-            let next_generation = self.state.get(&id).await?.map_or(0, |r| r.generation) + 1;
-            return Ok(report(PartitionOutcome::Planned {
-                tasks: summaries(next_generation),
-            }));
+            let next_generation = self.state.get(id).await?.map_or(0, |r| r.generation) + 1;
+            return Ok(PartitionOutcome::Planned {
+                tasks: summaries(&make_tasks(next_generation)),
+            });
         }
         let now_ms = options.now.timestamp_millis();
         let Some(lease) = self
             .state
-            .acquire_lease(
-                &id,
-                &self.settings.owner,
-                now_ms,
-                self.settings.lease_ttl_ms,
-            )
+            .acquire_lease(id, &self.settings.owner, now_ms, self.settings.lease_ttl_ms)
             .await?
         else {
-            let holder = self.state.get(&id).await?.and_then(|r| r.lease);
-            return Ok(report(PartitionOutcome::LeaseHeld {
+            let holder = self.state.get(id).await?.and_then(|r| r.lease);
+            return Ok(PartitionOutcome::LeaseHeld {
                 owner: holder
                     .as_ref()
                     .map_or_else(String::new, |l| l.owner.clone()),
                 expires_at_ms: holder.map_or(0, |l| l.expires_at_ms),
-            }));
+            });
         };
-        let tasks: Vec<MergeTask> = groups
-            .iter()
-            .enumerate()
-            .map(|(i, inputs)| MergeTask {
-                task_id: task_id(lease.generation, i),
-                partition: id.clone(),
-                generation: lease.generation,
-                dataset: dataset.clone(),
-                staging_prefix: self.settings.staging_prefix.clone(),
-                memory_budget: self.settings.memory_budget,
-                inputs: inputs.clone(),
-                created_at_ms: now_ms,
-            })
-            .collect();
+        let tasks = make_tasks(lease.generation);
+        let planned = summaries(&tasks);
         let ids: Vec<String> = tasks.iter().map(|t| t.task_id.clone()).collect();
-        self.state.set_round(&id, &lease, &ids).await?;
+        self.state.set_round(id, &lease, &ids).await?;
         for task in tasks {
             // The spec in staging lets a recovery re-run the task, and is what an S3-passed
             // reference points at.
@@ -353,7 +377,7 @@ impl Planner {
             if let Err(e) = self.dispatcher.dispatch(task).await {
                 self.state
                     .finish_round(
-                        &id,
+                        id,
                         lease.generation,
                         PartitionStatus::Failed,
                         Some(e.to_string()),
@@ -363,9 +387,162 @@ impl Planner {
                 return Err(e);
             }
         }
-        Ok(report(PartitionOutcome::Planned {
-            tasks: summaries(lease.generation),
-        }))
+        Ok(PartitionOutcome::Planned { tasks: planned })
+    }
+
+    /// Plans a hot dataset: the ranges named in `options.only` (partition keys), or else the
+    /// final ranges not exported yet, at most `max_ranges_per_sweep` of them. Each becomes one
+    /// export task; a range exported before is replaced only when named, and never once its
+    /// rows left Postgres.
+    pub async fn plan_hot_dataset(
+        &self,
+        hot: &HotDatasetConfig,
+        options: &PlanOptions,
+    ) -> Result<DatasetPlan> {
+        hot.validate()?;
+        let source = self.hot.as_deref().ok_or_else(|| {
+            Error::config(
+                "COMPACTOR_PG_DSN",
+                format!(
+                    "hot dataset {:?} is configured but no Postgres connection is",
+                    hot.name
+                ),
+            )
+        })?;
+        let recovery = if options.recover {
+            self.recover(&hot.name, options).await?
+        } else {
+            RecoveryReport::default()
+        };
+        // An unsupported column stops the dataset here, before any task exists.
+        source.columns(hot).await?;
+        let final_through = source
+            .tip(hot)
+            .await?
+            .map(|tip| crate::hot::final_through(tip, hot.finality_depth_blocks));
+        let (ranges, named) = match &options.only {
+            Some(keys) => (
+                keys.iter()
+                    .map(|k| hot.range_of_key(k))
+                    .collect::<Result<Vec<_>>>()?,
+                true,
+            ),
+            None => {
+                let mut done = HashSet::new();
+                for status in [PartitionStatus::Compacted, PartitionStatus::Flagged] {
+                    for record in self.state.list_by_status(&hot.name, status).await? {
+                        done.insert(record.id.partition);
+                    }
+                }
+                let candidates = match (source.first_value(hot).await?, final_through) {
+                    (Some(first), Some(through)) => crate::hot::final_ranges(hot, first, through),
+                    _ => Vec::new(),
+                };
+                let ranges = candidates
+                    .into_iter()
+                    .filter(|r| !done.contains(&r.key()))
+                    .take(hot.max_ranges_per_sweep)
+                    .collect();
+                (ranges, false)
+            }
+        };
+        let mut reports = Vec::with_capacity(ranges.len());
+        let mut resume_after = None;
+        for range in ranges {
+            if options
+                .deadline
+                .is_some_and(|d| std::time::Instant::now() >= d)
+            {
+                resume_after = reports
+                    .last()
+                    .map(|r: &PartitionReport| r.partition.clone());
+                break;
+            }
+            reports.push(
+                self.plan_range(hot, range, named, final_through, options)
+                    .await?,
+            );
+        }
+        Ok(DatasetPlan {
+            dataset: hot.name.clone(),
+            dry_run: options.dry_run,
+            recovery,
+            partitions: reports,
+            resume_after,
+        })
+    }
+
+    async fn plan_range(
+        &self,
+        hot: &HotDatasetConfig,
+        range: KeyRange,
+        named: bool,
+        final_through: Option<i64>,
+        options: &PlanOptions,
+    ) -> Result<PartitionReport> {
+        let key = range.key();
+        let dir = hot.range_dir(range);
+        let own = read_json::<PartitionManifest>(
+            self.store.as_ref(),
+            &format!("{dir}{PARTITION_MANIFEST}"),
+        )
+        .await?
+        .unwrap_or_default()
+        .compacted_keys();
+        let replaced: Vec<ObjectMeta> = list_all(self.store.as_ref(), &dir, Some('/'))
+            .await?
+            .objects
+            .into_iter()
+            .filter(|o| own.contains(&o.key))
+            .collect();
+        let report = |outcome| PartitionReport {
+            partition: key.clone(),
+            data_files: replaced.len(),
+            data_bytes: replaced.iter().map(|f| f.size).sum(),
+            outcome,
+        };
+        if !final_through.is_some_and(|through| crate::hot::is_final(range, through)) {
+            return Ok(report(PartitionOutcome::Skipped(SkipReason::NotFinal {
+                final_through,
+            })));
+        }
+        let id = PartitionId::new(&hot.name, &key);
+        if let Some(cold) = self.state.get(&id).await?.and_then(|r| r.cold) {
+            if cold.delete.removed_rows() {
+                return Ok(report(PartitionOutcome::Skipped(
+                    SkipReason::AlreadyMoved {
+                        version: cold.version,
+                    },
+                )));
+            }
+            if !named && !options.force {
+                return Ok(report(PartitionOutcome::Skipped(
+                    SkipReason::AlreadyExported {
+                        version: cold.version,
+                    },
+                )));
+            }
+        }
+        let spec = ExportSpec {
+            hot: hot.clone(),
+            range,
+        };
+        let outcome = self
+            .start_round(&id, options, |generation| {
+                vec![MergeTask {
+                    task_id: task_id(generation, 0),
+                    partition: id.clone(),
+                    generation,
+                    dataset: hot.output_dataset(),
+                    staging_prefix: self.settings.staging_prefix.clone(),
+                    memory_budget: self.settings.memory_budget,
+                    inputs: replaced.clone(),
+                    created_at_ms: options.now.timestamp_millis(),
+                    export: Some(spec.clone()),
+                }]
+            })
+            .await?;
+        Ok(report(outcome))
     }
 
     /// Data files of a partition: those in the source directory, plus in sort mode the earlier
@@ -414,12 +591,8 @@ impl Planner {
     }
 
     /// Deals with task directories left in the dataset's staging area by earlier runs.
-    pub async fn recover(
-        &self,
-        dataset: &DatasetConfig,
-        options: &PlanOptions,
-    ) -> Result<RecoveryReport> {
-        let root = dataset_staging_dir(&self.settings.staging_prefix, &dataset.name);
+    pub async fn recover(&self, dataset: &str, options: &PlanOptions) -> Result<RecoveryReport> {
+        let root = dataset_staging_dir(&self.settings.staging_prefix, dataset);
         let listing = list_all(self.store.as_ref(), &root, None).await?;
         let mut dirs: BTreeMap<String, HashSet<String>> = BTreeMap::new();
         for object in listing.objects {
@@ -438,14 +611,14 @@ impl Planner {
             else {
                 continue;
             };
-            let generation = parse_generation(task);
+            let generation = generation_of(task);
             let action = if names.contains(DECISION) || names.contains(SUCCESS) {
                 if !options.dry_run {
                     report.committed.push(self.committer.commit(&dir).await?);
                 }
                 "commit the finished merge"
             } else {
-                let id = PartitionId::new(&dataset.name, partition);
+                let id = PartitionId::new(dataset, partition);
                 let record = self.state.get(&id).await?;
                 let current_generation = record.as_ref().map_or(0, |r| r.generation);
                 let live = record
@@ -486,10 +659,6 @@ impl Planner {
     }
 }
 
-fn parse_generation(task_id: &str) -> Option<u64> {
-    task_id.strip_prefix('g')?.split('-').next()?.parse().ok()
-}
-
 /// The lease owner name of a local process: `local:<host>:<pid>`.
 pub fn local_owner_id() -> String {
     format!("local:{}:{}", host_name(), std::process::id())
@@ -524,8 +693,8 @@ mod tests {
 
     #[test]
     fn owners_and_generations() {
-        assert_eq!(parse_generation("g000012-t0003"), Some(12));
-        assert_eq!(parse_generation("junk"), None);
+        assert_eq!(generation_of("g000012-t0003"), Some(12));
+        assert_eq!(generation_of("junk"), None);
         assert!(
             !is_dead_local_owner(&local_owner_id()),
             "this process is alive"

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::DatasetConfig;
+use crate::hot::export::ExportSpec;
 use crate::state::PartitionId;
 use crate::store::{dir_prefix, join_key, ObjectMeta};
 
@@ -30,15 +31,24 @@ pub struct MergeTask {
     pub dataset: DatasetConfig,
     pub staging_prefix: String,
     pub memory_budget: u64,
+    /// For a merge: the files to merge. For an export: the range's current files, which the
+    /// new ones replace.
     pub inputs: Vec<ObjectMeta>,
     pub created_at_ms: i64,
+    /// Set for an export of a hot dataset's range from Postgres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<ExportSpec>,
 }
 
 pub fn task_id(generation: u64, index: usize) -> String {
     format!("g{generation:06}-t{index:04}")
 }
 
-/// `<staging>/<dataset>/<partition>/`
+/// The lease generation a task id was planned under.
+pub fn generation_of(task_id: &str) -> Option<u64> {
+    task_id.strip_prefix('g')?.split('-').next()?.parse().ok()
+}
+
 /// Is `name` a task id as [`task_id`] writes them (`g<6 digits>-t<4 digits>`)?
 pub fn is_task_id(name: &str) -> bool {
     let b = name.as_bytes();
@@ -49,6 +59,7 @@ pub fn is_task_id(name: &str) -> bool {
         && b[1..7].iter().chain(&b[9..]).all(u8::is_ascii_digit)
 }
 
+/// `<staging>/<dataset>/<partition>/`
 pub fn partition_staging_dir(staging_prefix: &str, partition: &PartitionId) -> String {
     dir_prefix(&join_key(&[
         staging_prefix,
@@ -118,6 +129,7 @@ mod tests {
             memory_budget: 1 << 30,
             inputs: vec![],
             created_at_ms: 0,
+            export: None,
         }
     }
 

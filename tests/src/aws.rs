@@ -153,6 +153,7 @@ pub async fn deployment(config: compaction::config::Config) -> compaction::funct
         bucket,
         state,
         sdk,
+        hot: None,
     }
 }
 

@@ -3,6 +3,8 @@
 //! data before and after compaction.
 
 pub mod aws;
+pub mod hot;
+pub mod pg;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,6 +71,7 @@ impl Env {
             config,
             Arc::clone(&self.store),
             Arc::clone(&self.state),
+            None,
             Arc::new(NoProgress),
             &run_options(false),
         )

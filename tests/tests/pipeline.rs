@@ -595,6 +595,7 @@ async fn run_local_dry(env: &Env) -> compaction::pipeline::RunSummary {
         &small_config(),
         Arc::clone(&env.store),
         Arc::clone(&env.state),
+        None,
         Arc::new(NoProgress),
         &run_options(true),
     )

@@ -20,6 +20,7 @@ use parquet::file::metadata::SortingColumn;
 use crate::config::Mode;
 use crate::error::{Error, Result};
 use crate::faults::crash_point;
+use crate::hot::HotSource;
 use crate::manifest::{
     from_json, to_json, ColumnDesc, Decision, OutputFile, SkipKind, SkippedInput, TaskManifest,
     Verdict, FORMAT_VERSION,
@@ -31,7 +32,8 @@ use crate::task::{MergeTask, DECISION, MANIFEST, SUCCESS};
 
 pub use inputs::{check_versions, current_versions, InputInfo, ReadBudget};
 use inputs::{input_stream, scan_footers, skipped, InputEvent, ReadFailure};
-use output::{writer_properties, RollingWriter};
+use output::writer_properties;
+pub(crate) use output::RollingWriter;
 use sort::{with_seq_column, BatchSink, ExternalSorter, SeqNumbering};
 
 #[derive(Debug)]
@@ -57,6 +59,8 @@ pub struct Merger {
     store: Arc<dyn ObjectStore>,
     scratch: PathBuf,
     progress: Arc<dyn Progress>,
+    /// Where export tasks read their range from (hot datasets only).
+    hot: Option<Arc<dyn HotSource>>,
 }
 
 /// Reads a small JSON object, `None` if it does not exist.
@@ -89,7 +93,14 @@ impl Merger {
             store,
             scratch,
             progress,
+            hot: None,
         }
+    }
+
+    /// Lets the merger run export tasks of hot datasets.
+    pub fn with_hot_source(mut self, hot: Option<Arc<dyn HotSource>>) -> Self {
+        self.hot = hot;
+        self
     }
 
     pub async fn run(&self, task: Arc<MergeTask>) -> Result<MergeOutcome> {
@@ -105,63 +116,10 @@ impl Merger {
             self.mark_success(&task).await?;
             return Ok(MergeOutcome::AlreadyStaged(manifest));
         }
-        let mut attempt = self.next_attempt(&task).await?;
-        let mut skipped_inputs: Vec<SkippedInput> = Vec::new();
-
-        let current = current_versions(store, &task.inputs).await?;
-        let (unchanged, changed) = check_versions(&task.inputs, &current);
-        skipped_inputs.extend(changed);
-        let (mut infos, corrupt) = scan_footers(Arc::clone(&self.store), unchanged).await?;
-        skipped_inputs.extend(corrupt);
-
-        let (schema, outputs) = loop {
-            let schema = self.unified_schema(&task, &infos)?;
-            match self.merge_attempt(&task, attempt, &infos, &schema).await {
-                Ok(outputs) => break (schema, outputs),
-                Err(AttemptFailure::Corrupt { index, reason }) => {
-                    let info = infos.remove(index);
-                    tracing::warn!(task = %task.task_id, key = %info.meta.key, %reason, "input is corrupt; skipping it and merging the rest again");
-                    skipped_inputs.push(skipped(&info.meta, SkipKind::Unreadable, reason));
-                    attempt += 1;
-                }
-                Err(AttemptFailure::Failed(e)) => return Err(e),
-            }
-        };
-
-        let merged: Vec<_> = infos.iter().map(|i| i.meta.clone()).collect();
-        let after = current_versions(store, &merged).await?;
-        let (_, changed_during) = check_versions(&merged, &after);
-        if let Some(changed) = changed_during.first() {
-            self.discard(&outputs).await;
-            return Err(Error::Other(format!(
-                "input {} changed while task {} was merging ({}); the task must be planned again",
-                changed.key, task.task_id, changed.reason
-            )));
-        }
-
-        let output_schema = outputs_schema(&task, &schema);
-        let manifest = TaskManifest {
-            format_version: FORMAT_VERSION,
-            task_id: task.task_id.clone(),
-            dataset: task.partition.dataset.clone(),
-            partition: task.partition.partition.clone(),
-            generation: task.generation,
-            attempt,
-            mode: task.dataset.mode,
-            rows: outputs.iter().map(|o| o.rows).sum(),
-            inputs: merged,
-            skipped: skipped_inputs,
-            outputs,
-            schema: output_schema
-                .fields()
-                .iter()
-                .map(|f| ColumnDesc {
-                    name: f.name().clone(),
-                    data_type: f.data_type().to_string(),
-                    nullable: f.is_nullable(),
-                })
-                .collect(),
-            created_at_ms: crate::state::now_ms(),
+        let attempt = self.next_attempt(&task).await?;
+        let manifest = match &task.export {
+            Some(spec) => self.export(&task, spec, attempt).await?,
+            None => self.merge(&task, attempt).await?,
         };
         match self
             .store
@@ -189,6 +147,102 @@ impl Merger {
         self.mark_success(&task).await?;
         crash_point("after-merge");
         Ok(MergeOutcome::Staged(manifest))
+    }
+
+    /// Merges the task's input files into staged outputs.
+    async fn merge(&self, task: &Arc<MergeTask>, first_attempt: u32) -> Result<TaskManifest> {
+        let store = self.store.as_ref();
+        let mut attempt = first_attempt;
+        let mut skipped_inputs: Vec<SkippedInput> = Vec::new();
+
+        let current = current_versions(store, &task.inputs).await?;
+        let (unchanged, changed) = check_versions(&task.inputs, &current);
+        skipped_inputs.extend(changed);
+        let (mut infos, corrupt) = scan_footers(Arc::clone(&self.store), unchanged).await?;
+        skipped_inputs.extend(corrupt);
+
+        let (schema, outputs) = loop {
+            let schema = self.unified_schema(task, &infos)?;
+            match self.merge_attempt(task, attempt, &infos, &schema).await {
+                Ok(outputs) => break (schema, outputs),
+                Err(AttemptFailure::Corrupt { index, reason }) => {
+                    let info = infos.remove(index);
+                    tracing::warn!(task = %task.task_id, key = %info.meta.key, %reason, "input is corrupt; skipping it and merging the rest again");
+                    skipped_inputs.push(skipped(&info.meta, SkipKind::Unreadable, reason));
+                    attempt += 1;
+                }
+                Err(AttemptFailure::Failed(e)) => return Err(e),
+            }
+        };
+
+        let merged: Vec<_> = infos.iter().map(|i| i.meta.clone()).collect();
+        let after = current_versions(store, &merged).await?;
+        let (_, changed_during) = check_versions(&merged, &after);
+        if let Some(changed) = changed_during.first() {
+            self.discard(&outputs).await;
+            return Err(Error::Other(format!(
+                "input {} changed while task {} was merging ({}); the task must be planned again",
+                changed.key, task.task_id, changed.reason
+            )));
+        }
+
+        let output_schema = outputs_schema(task, &schema);
+        Ok(task_manifest(
+            task,
+            attempt,
+            merged,
+            skipped_inputs,
+            outputs,
+            &output_schema,
+            None,
+        ))
+    }
+
+    /// Exports the task's range from Postgres into staged outputs; the range's current files
+    /// (the task's inputs) are what the commit replaces.
+    async fn export(
+        &self,
+        task: &Arc<MergeTask>,
+        spec: &crate::hot::export::ExportSpec,
+        attempt: u32,
+    ) -> Result<TaskManifest> {
+        let source = self.hot.as_deref().ok_or_else(|| {
+            Error::config(
+                "COMPACTOR_PG_DSN",
+                format!(
+                    "task {} exports hot dataset {:?} but this merger has no Postgres connection; \
+                     configure the DSN (environment variable, or COMPACTOR_PG_SECRET_ARN / \
+                     COMPACTOR_PG_DSN_PARAMETER on Lambda)",
+                    task.task_id, spec.hot.name
+                ),
+            )
+        })?;
+        let current = current_versions(self.store.as_ref(), &task.inputs).await?;
+        let (replaced, changed) = check_versions(&task.inputs, &current);
+        let props = writer_properties(&task.dataset, None)?;
+        let (outputs, record, schema) =
+            crate::hot::export::export_range(source, spec, task.memory_budget / 4, |schema| {
+                RollingWriter::new(
+                    Arc::clone(&self.store),
+                    Arc::clone(task),
+                    attempt,
+                    schema,
+                    props,
+                )
+                .with_rows_per_file(spec.hot.chunk_size)
+            })
+            .await?;
+        self.progress
+            .input_read(outputs.iter().map(|o| o.size).sum());
+        Ok(task_manifest(
+            task,
+            attempt,
+            replaced,
+            changed,
+            outputs,
+            &schema,
+            Some(record),
+        ))
     }
 
     fn unified_schema(&self, task: &MergeTask, infos: &[InputInfo]) -> Result<SchemaRef> {
@@ -359,6 +413,42 @@ impl Merger {
         if let Err(e) = self.store.delete_many(&requests).await {
             tracing::warn!(error = %e, "could not delete discarded outputs; the committer removes staging later");
         }
+    }
+}
+
+/// The manifest of a staged task.
+fn task_manifest(
+    task: &MergeTask,
+    attempt: u32,
+    inputs: Vec<crate::store::ObjectMeta>,
+    skipped: Vec<SkippedInput>,
+    outputs: Vec<OutputFile>,
+    output_schema: &SchemaRef,
+    export: Option<crate::hot::export::ExportRecord>,
+) -> TaskManifest {
+    TaskManifest {
+        format_version: FORMAT_VERSION,
+        task_id: task.task_id.clone(),
+        dataset: task.partition.dataset.clone(),
+        partition: task.partition.partition.clone(),
+        generation: task.generation,
+        attempt,
+        mode: task.dataset.mode,
+        rows: outputs.iter().map(|o| o.rows).sum(),
+        inputs,
+        skipped,
+        outputs,
+        schema: output_schema
+            .fields()
+            .iter()
+            .map(|f| ColumnDesc {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+                nullable: f.is_nullable(),
+            })
+            .collect(),
+        created_at_ms: crate::state::now_ms(),
+        export,
     }
 }
 

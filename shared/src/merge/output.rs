@@ -70,6 +70,8 @@ pub struct RollingWriter {
     schema: SchemaRef,
     props: WriterProperties,
     target_size: u64,
+    /// Rows after which a file is closed whatever its size (exports' `chunk_size`).
+    rows_per_file: Option<u64>,
     current: Option<OpenFile>,
     done: Vec<OutputFile>,
 }
@@ -90,9 +92,16 @@ impl RollingWriter {
             schema,
             props,
             target_size,
+            rows_per_file: None,
             current: None,
             done: Vec::new(),
         }
+    }
+
+    /// Closes each file after exactly `rows` rows (the last may hold fewer).
+    pub fn with_rows_per_file(mut self, rows: u64) -> Self {
+        self.rows_per_file = Some(rows.max(1));
+        self
     }
 
     async fn open(&mut self) -> Result<&mut OpenFile> {
@@ -119,18 +128,23 @@ impl RollingWriter {
     }
 
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
-        let target = self.target_size;
-        let file = self.open().await?;
-        file.writer
-            .write(batch)
-            .await
-            .map_err(|e| Error::parquet(&file.staging_key, e))?;
-        file.rows += batch.num_rows() as u64;
-        if projected_size(&file.writer) >= target {
-            self.close_current().await?;
+        let (target, rows_per_file) = (self.target_size, self.rows_per_file);
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let file = self.open().await?;
+            let room = rows_per_file.map_or(u64::MAX, |max| max - file.rows);
+            let take = room.min((batch.num_rows() - offset) as u64) as usize;
+            let part = batch.slice(offset, take);
+            file.writer
+                .write(&part)
+                .await
+                .map_err(|e| Error::parquet(&file.staging_key, e))?;
+            file.rows += take as u64;
+            offset += take;
+            let full = rows_per_file.is_some_and(|max| file.rows >= max);
+            if full || projected_size(&file.writer) >= target {
+                self.close_current().await?;
+            }
         }
         Ok(())
     }

@@ -236,6 +236,59 @@ pub async fn sweep_cursor_is_saved_and_cleared(store: Arc<dyn StateStore>, ds: &
     assert_eq!(store.sweep_cursor(ds).await.unwrap(), None);
 }
 
+pub async fn cold_ranges_survive_new_rounds_and_flag(store: Arc<dyn StateStore>, ds: &str) {
+    use crate::hot::{ColdRange, DeleteState};
+    let pid = id(ds, "1000-2000");
+    let now = 1_000;
+    let lease = store
+        .acquire_lease(&pid, "a", now, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let cold = |version, delete| ColdRange {
+        version,
+        rows: 42,
+        delete,
+        at_ms: now,
+    };
+    store
+        .record_cold_range(&pid, &cold(lease.generation, DeleteState::Deleting), now)
+        .await
+        .unwrap();
+    let mismatch = DeleteState::Mismatch {
+        detail: "late insert".into(),
+        deleted: 0,
+    };
+    store
+        .record_cold_range(&pid, &cold(lease.generation, mismatch.clone()), now)
+        .await
+        .unwrap();
+    // An older version never overwrites a newer record.
+    store
+        .record_cold_range(&pid, &cold(lease.generation - 1, DeleteState::Kept), now)
+        .await
+        .unwrap();
+    assert!(store
+        .finish_round(&pid, lease.generation, PartitionStatus::Flagged, None, now)
+        .await
+        .unwrap());
+    let flagged = store
+        .list_by_status(ds, PartitionStatus::Flagged)
+        .await
+        .unwrap();
+    assert_eq!(flagged.len(), 1);
+    assert_eq!(flagged[0].cold, Some(cold(lease.generation, mismatch)));
+    // A new round keeps the cold record until a new commit replaces it.
+    store
+        .acquire_lease(&pid, "b", now + 1, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let record = store.get(&pid).await.unwrap().unwrap();
+    assert_eq!(record.status, PartitionStatus::Compacting);
+    assert_eq!(record.cold.map(|c| c.version), Some(lease.generation));
+}
+
 /// Runs the whole suite; `dataset` must be unique to this run (every test uses its own records).
 pub async fn run_all(store: Arc<dyn StateStore>, dataset: &str) {
     missing_partition_reads_as_none(Arc::clone(&store), dataset).await;
@@ -244,5 +297,6 @@ pub async fn run_all(store: Arc<dyn StateStore>, dataset: &str) {
     expired_lease_is_taken_over_and_stale_holder_fenced(Arc::clone(&store), dataset).await;
     commits_count_once_and_finish_the_round(Arc::clone(&store), dataset).await;
     sweep_cursor_is_saved_and_cleared(Arc::clone(&store), &format!("{dataset}-cursor")).await;
+    cold_ranges_survive_new_rounds_and_flag(Arc::clone(&store), &format!("{dataset}-cold")).await;
     partitions_are_queried_by_status(store, &format!("{dataset}-status")).await;
 }

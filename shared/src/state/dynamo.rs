@@ -27,6 +27,7 @@ use super::{
 };
 use crate::aws::ErrorInfo;
 use crate::error::{Error, Result};
+use crate::hot::ColdRange;
 
 pub const STATUS_INDEX: &str = "by-status";
 const CURSOR_SORT_KEY: &str = "\u{1f}sweep-cursor";
@@ -390,6 +391,19 @@ impl StateStore for DynamoState {
     ) -> Result<bool> {
         self.modify(id, now_ms, |r| {
             Ok(r.apply_finish_round(generation, status, error.clone(), now_ms))
+        })
+        .await
+    }
+
+    async fn record_cold_range(
+        &self,
+        id: &PartitionId,
+        cold: &ColdRange,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.modify(id, now_ms, |r| {
+            r.apply_cold_range(cold, now_ms);
+            Ok(())
         })
         .await
     }

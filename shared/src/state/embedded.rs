@@ -12,6 +12,7 @@ use super::{
     CommitProgress, Counters, Lease, PartitionId, PartitionRecord, PartitionStatus, StateStore,
 };
 use crate::error::{Error, Result};
+use crate::hot::ColdRange;
 
 const PARTITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("partitions");
 const SWEEP_CURSORS: TableDefinition<&str, &str> = TableDefinition::new("sweep_cursors");
@@ -177,6 +178,18 @@ impl StateStore for EmbeddedState {
     ) -> Result<bool> {
         self.modify(id, now_ms, |r| {
             Ok(r.apply_finish_round(generation, status, error, now_ms))
+        })
+    }
+
+    async fn record_cold_range(
+        &self,
+        id: &PartitionId,
+        cold: &ColdRange,
+        now_ms: i64,
+    ) -> Result<()> {
+        self.modify(id, now_ms, |r| {
+            r.apply_cold_range(cold, now_ms);
+            Ok(())
         })
     }
 

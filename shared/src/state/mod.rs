@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
+use crate::hot::ColdRange;
 
 pub use dynamo::DynamoState;
 pub use embedded::EmbeddedState;
@@ -51,6 +52,9 @@ pub enum PartitionStatus {
     Compacted,
     /// The last round failed; `last_error` says why. The next sweep retries.
     Failed,
+    /// A hot range whose cold copy is committed but whose Postgres rows disagree with it;
+    /// `cold` says how. Nothing more is deleted until the range is re-exported.
+    Flagged,
 }
 
 impl PartitionStatus {
@@ -60,6 +64,7 @@ impl PartitionStatus {
             PartitionStatus::Compacting => "compacting",
             PartitionStatus::Compacted => "compacted",
             PartitionStatus::Failed => "failed",
+            PartitionStatus::Flagged => "flagged",
         }
     }
 }
@@ -116,6 +121,10 @@ pub struct PartitionRecord {
     pub last_error: Option<String>,
     pub last_compacted_ms: Option<i64>,
     pub updated_at_ms: i64,
+    /// For a hot range: its committed cold copy and what became of its Postgres rows. Kept
+    /// across rounds, so a range whose rows left Postgres is never replaced by a re-export.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold: Option<ColdRange>,
 }
 
 impl PartitionRecord {
@@ -131,6 +140,7 @@ impl PartitionRecord {
             last_error: None,
             last_compacted_ms: None,
             updated_at_ms: now_ms,
+            cold: None,
         }
     }
 
@@ -209,6 +219,15 @@ pub trait StateStore: Send + Sync + Debug {
         error: Option<String>,
         now_ms: i64,
     ) -> Result<bool>;
+
+    /// Records the cold copy of a hot range (see [`PartitionRecord::cold`]); an older version
+    /// than the one recorded changes nothing.
+    async fn record_cold_range(
+        &self,
+        id: &PartitionId,
+        cold: &ColdRange,
+        now_ms: i64,
+    ) -> Result<()>;
 
     /// Records of one dataset with the given status.
     async fn list_by_status(
@@ -322,6 +341,14 @@ impl PartitionRecord {
         }
     }
 
+    pub fn apply_cold_range(&mut self, cold: &ColdRange, now_ms: i64) {
+        if self.cold.as_ref().is_some_and(|c| c.version > cold.version) {
+            return;
+        }
+        self.cold = Some(cold.clone());
+        self.updated_at_ms = now_ms;
+    }
+
     pub fn apply_finish_round(
         &mut self,
         generation: u64,
@@ -391,6 +418,28 @@ mod tests {
         assert!(r.apply_finish_round(lease.generation, PartitionStatus::Compacted, None, 5));
         assert!(r.lease.is_none());
         assert_eq!(r.status, PartitionStatus::Compacted);
+    }
+
+    #[test]
+    fn cold_ranges_keep_the_newest_version() {
+        let mut r = record();
+        let cold = |version, delete| ColdRange {
+            version,
+            rows: 10,
+            delete,
+            at_ms: 0,
+        };
+        r.apply_cold_range(&cold(2, crate::hot::DeleteState::Deleting), 1);
+        r.apply_cold_range(&cold(1, crate::hot::DeleteState::Kept), 2);
+        assert_eq!(r.cold.as_ref().unwrap().version, 2);
+        r.apply_cold_range(&cold(2, crate::hot::DeleteState::Deleted { rows: 10 }), 3);
+        assert_eq!(
+            r.cold.as_ref().unwrap().delete,
+            crate::hot::DeleteState::Deleted { rows: 10 }
+        );
+        // A new lease keeps the record of the cold copy.
+        r.try_acquire("a", 10, 10).unwrap();
+        assert!(r.cold.is_some());
     }
 
     #[test]
