@@ -294,3 +294,119 @@ async fn compacts_an_s3_location_with_dynamodb_state() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--state dynamodb://TABLE"));
 }
+
+/// A hot range's commit killed after its files went live (before any Postgres delete) and
+/// between two bounded deletes: the rerun finishes the delete, exactly once per row, and the
+/// cold copy holds every row exactly once.
+#[test]
+fn a_hot_export_killed_around_the_postgres_delete_resumes_and_deletes_once() {
+    use compaction::faults::POSTGRES_POINTS;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for point in POSTGRES_POINTS {
+        let dir = tempfile::tempdir().unwrap();
+        let (pg, schema) = rt.block_on(async {
+            let pg = e2e_tests::pg::connect().await;
+            let schema = e2e_tests::pg::schema(&pg).await;
+            pg.batch_execute(&format!(
+                "CREATE TABLE {schema}.tx (chain_id int8, block_number int8, v text);
+                 INSERT INTO {schema}.tx SELECT c, g, c || ':' || g FROM generate_series(0, 2009) g, generate_series(1, 2) c;
+                 CREATE TABLE {schema}.deleted (chain_id int8, block_number int8);
+                 CREATE FUNCTION {schema}.log() RETURNS trigger LANGUAGE plpgsql AS
+                   $$ BEGIN INSERT INTO {schema}.deleted VALUES (OLD.chain_id, OLD.block_number); RETURN OLD; END $$;
+                 CREATE TRIGGER log AFTER DELETE ON {schema}.tx FOR EACH ROW EXECUTE FUNCTION {schema}.log();"
+            ))
+            .await
+            .unwrap();
+            (pg, schema)
+        });
+        let count = |sql: String| rt.block_on(e2e_tests::pg::count(&pg, &sql));
+        let config = dir.path().join("hot.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[hot_dataset]]\nname = \"tx\"\ntable = \"{schema}.tx\"\nchain_id = 1\nrange_size = 1000\n\
+                 finality_depth_blocks = 5\nchunk_size = 300\ndelete_after_compact = true\ndelete_batch_rows = 100\n"
+            ),
+        )
+        .unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let args: Vec<String> = [
+            "compact",
+            data.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let with_dsn = |crash: Option<&str>| {
+            let mut cmd = Command::new(BIN);
+            cmd.args(&args)
+                .env_remove(CRASH_ENV)
+                .env("RUST_LOG", "error")
+                .env("COMPACTOR_PG_DSN", e2e_tests::pg::dsn())
+                .env("COMPACTOR_CRASH_AT", crash.unwrap_or(""));
+            cmd.output().expect("run compactor")
+        };
+
+        let crashed = with_dsn(Some(point));
+        assert!(
+            crashed.status.code().is_none(),
+            "{point}: the process should have been killed: {}",
+            String::from_utf8_lossy(&crashed.stderr)
+        );
+        let deleted_before = count(format!("SELECT count(*) FROM {schema}.deleted"));
+        match *point {
+            "after-delete" => assert_eq!(deleted_before, 0, "{point}: no delete before the crash"),
+            _ => assert!(
+                (1..=100).contains(&deleted_before),
+                "{point}: one batch before the crash, got {deleted_before}"
+            ),
+        }
+
+        let rerun = with_dsn(None);
+        assert!(
+            rerun.status.success(),
+            "{point}: rerun failed: {}",
+            String::from_utf8_lossy(&rerun.stderr)
+        );
+        // Exactly the two final ranges of chain 1 left Postgres, each row once.
+        assert_eq!(
+            count(format!(
+                "SELECT count(*) FROM {schema}.tx WHERE chain_id = 1 AND block_number < 2000"
+            )),
+            0
+        );
+        assert_eq!(
+            count(format!("SELECT count(*) FROM {schema}.tx")),
+            4020 - 2000
+        );
+        assert_eq!(
+            count(format!("SELECT count(*) FROM {schema}.deleted")),
+            2000
+        );
+        assert_eq!(
+            count(format!("SELECT count(*) FROM (SELECT 1 FROM {schema}.deleted GROUP BY 1, chain_id, block_number HAVING count(*) > 1) d")),
+            0,
+            "{point}: a row deleted twice"
+        );
+        let cold = parquet_files(&data.join("cold/1/tx"));
+        let rows = row_multiset(&cold, &["block_number", "v"]);
+        assert_eq!(rows.len(), 2000, "{point}: the cold copy");
+        let mut unique = rows.clone();
+        unique.dedup();
+        assert_eq!(unique.len(), 2000, "{point}: duplicates in the cold copy");
+        assert!(
+            staging_leftovers(&data).is_empty(),
+            "{point}: staging not cleaned"
+        );
+
+        let third = json(&with_dsn(None));
+        assert_eq!(
+            third["hot_ranges_exported"], 0,
+            "{point}: a third run found work: {third}"
+        );
+    }
+}

@@ -372,6 +372,7 @@ impl Config {
         for hot in &self.hot_datasets {
             hot.validate()?;
         }
+        self.check_cold_prefixes()?;
         let mut names = std::collections::HashSet::new();
         let all = self
             .datasets
@@ -383,6 +384,42 @@ impl Config {
                 return Err(Error::config(
                     format!("dataset {name:?}: name"),
                     "is used twice; dataset names must be unique across [[dataset]] and [[hot_dataset]]",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A hot dataset's ranges live under a prefix of their own: nested in (or holding) a file
+    /// dataset's source or output, or the staging area, cold files would be taken for data
+    /// files to compact, or S3 events of them would reach the planner.
+    fn check_cold_prefixes(&self) -> Result<()> {
+        let nested =
+            |a: &str, b: &str| a.is_empty() || b.is_empty() || a.starts_with(b) || b.starts_with(a);
+        let staging = crate::store::dir_prefix(&self.staging_prefix);
+        for (i, hot) in self.hot_datasets.iter().enumerate() {
+            let cold = hot.output_dir();
+            let mut others: Vec<(String, String)> =
+                vec![("staging_prefix".into(), staging.clone())];
+            for ds in &self.datasets {
+                others.push((
+                    format!("dataset {:?} source_prefix", ds.name),
+                    ds.source_dir(),
+                ));
+                others.push((format!("dataset {:?} output", ds.name), ds.output_dir()));
+            }
+            for other in &self.hot_datasets[i + 1..] {
+                others.push((
+                    format!("hot_dataset {:?} output", other.name),
+                    other.output_dir(),
+                ));
+            }
+            if let Some((what, prefix)) = others.iter().find(|(_, p)| nested(&cold, p)) {
+                return Err(Error::config(
+                    format!("hot_dataset {:?}: output_prefix", hot.name),
+                    format!(
+                        "{cold:?} and the {what} {prefix:?} contain one another; give the cold ranges a prefix of their own"
+                    ),
                 ));
             }
         }
@@ -529,6 +566,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("colour"), "{e}");
+        let nested = format!(
+            "{}{hot_only}output_prefix = \"events/cold\"\n",
+            MINIMAL.replace("events/", "events")
+        );
+        let e = parse(&nested).unwrap_err().to_string();
+        assert!(
+            e.contains("output_prefix") && e.contains("source_prefix"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -206,3 +206,10 @@ fn url_encode(key: &str) -> String {
         })
         .collect()
 }
+
+/// The EventBridge scheduled event of `events/planner-scheduled.json`, as the schedule sends it.
+pub fn scheduled_event() -> serde_json::Value {
+    let path = workspace_root().join("events/planner-scheduled.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("events/planner-scheduled.json"))
+        .expect("a JSON event")
+}

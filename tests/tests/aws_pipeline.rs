@@ -29,7 +29,10 @@ struct Pipeline {
 
 impl Pipeline {
     async fn new(config: Config) -> Self {
-        let deployment = aws::deployment(config).await;
+        Self::with_deployment(aws::deployment(config).await)
+    }
+
+    fn with_deployment(deployment: Deployment) -> Self {
         let scratch = tempfile::tempdir().unwrap();
         let dispatcher = Arc::new(CollectingDispatcher::default());
         Self {
@@ -160,6 +163,11 @@ async fn s3_events_drive_one_compaction_with_identical_rows() {
         );
         let again = p.commit(task).await;
         assert_eq!(again["results"][0]["committed"], Value::Null, "{again}");
+        assert_eq!(
+            again["results"][0]["already_committed"],
+            json!(true),
+            "a replayed _SUCCESS says what happened: {again}"
+        );
     }
 
     let after = tempfile::tempdir().unwrap();
@@ -323,4 +331,117 @@ async fn a_task_too_big_for_the_time_left_is_refused_before_it_starts() {
             .all(|o| o.key.ends_with("_task.json")),
         "nothing staged"
     );
+}
+
+/// A hot range through the three functions: the DSN from moto's Secrets Manager, the export
+/// into S3, the committer's delete from the real Postgres, the state in DynamoDB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_range_moves_from_postgres_to_s3_through_the_functions() {
+    use compaction::hot::{DeleteState, DsnSource, HotDatasetConfig, PostgresSource};
+
+    let pg = e2e_tests::pg::connect().await;
+    let schema = e2e_tests::pg::schema(&pg).await;
+    pg.batch_execute(&format!(
+        "CREATE TABLE {schema}.tx (chain_id int8, block_number int8, amount numeric(20,2));
+         INSERT INTO {schema}.tx SELECT c, g, g / 4.0 FROM generate_series(0, 1499) g, generate_series(1, 2) c;"
+    ))
+    .await
+    .unwrap();
+    let sdk = aws::sdk_config().await;
+    let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
+    let secret_id = aws::unique_name("pg-dsn");
+    secrets
+        .create_secret()
+        .name(&secret_id)
+        .secret_string(e2e_tests::pg::dsn())
+        .send()
+        .await
+        .expect("creating the DSN secret in moto");
+    let hot = HotDatasetConfig {
+        chain_id: Some(1),
+        range_size: 1000,
+        chunk_size: 400,
+        delete_after_compact: true,
+        ..HotDatasetConfig::new("tx", &format!("{schema}.tx"))
+    };
+    let config = Config {
+        hot_datasets: vec![hot.clone()],
+        ..Config::default()
+    };
+    let mut deployment = aws::deployment(config).await;
+    deployment.hot = Some(Arc::new(PostgresSource::new(DsnSource::SecretsManager {
+        client: secrets,
+        secret_id,
+    })));
+    let p = Pipeline::with_deployment(deployment);
+
+    let planned = p
+        .plan(&json!({"command": "plan", "dataset": "tx", "partition_key": "0-1000"}))
+        .await;
+    let tasks = p.take_tasks().await;
+    assert_eq!(tasks.len(), 1, "{planned}");
+    assert!(tasks[0].export.is_some());
+    let merged = p.merge(&tasks[0], true).await;
+    assert_eq!(merged["rows"], json!(1000), "{merged}");
+    let committed = p.commit(&tasks[0]).await;
+    assert_eq!(
+        committed["results"][0]["committed"],
+        json!(true),
+        "{committed}"
+    );
+    let again = p.commit(&tasks[0]).await;
+    assert_eq!(
+        again["results"][0]["already_committed"],
+        json!(true),
+        "{again}"
+    );
+
+    let cold = tempfile::tempdir().unwrap();
+    let keys = aws::mirror(
+        p.store(),
+        &hot.range_dir(compaction::hot::KeyRange {
+            start: 0,
+            end: 1000,
+        }),
+        cold.path(),
+    )
+    .await;
+    assert_eq!(
+        keys.iter().filter(|k| k.ends_with(".parquet")).count(),
+        3,
+        "{keys:?}"
+    );
+    let rows = e2e_tests::row_multiset(&parquet_files(cold.path()), &["block_number", "amount"]);
+    assert_eq!(rows.len(), 1000);
+    let left = |sql: String| {
+        let pg = &pg;
+        async move { e2e_tests::pg::count(pg, &sql).await }
+    };
+    assert_eq!(
+        left(format!(
+            "SELECT count(*) FROM {schema}.tx WHERE chain_id = 1 AND block_number < 1000"
+        ))
+        .await,
+        0
+    );
+    assert_eq!(
+        left(format!("SELECT count(*) FROM {schema}.tx")).await,
+        3000 - 1000
+    );
+    let record = p
+        .deployment
+        .state
+        .get(&PartitionId::new("tx", "0-1000"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.status, PartitionStatus::Compacted);
+    assert_eq!(
+        record.cold.map(|c| c.delete),
+        Some(DeleteState::Deleted { rows: 1000 })
+    );
+
+    // The schedule finds no other final range ([1000,2000) is not whole yet) and no repeat.
+    let swept = p.plan(&aws::scheduled_event()).await;
+    assert!(p.take_tasks().await.is_empty(), "{swept}");
 }

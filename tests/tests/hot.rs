@@ -1,7 +1,7 @@
 //! Hot datasets against a real PostgreSQL: export of finalized ranges into cold Parquet, the
 //! replace commit, and the bounded delete — with the local pipeline (directory + embedded state).
 
-use compaction::hot::{DeleteState, HotDatasetConfig};
+use compaction::hot::{DeleteState, HotDatasetConfig, UnboundedNumeric};
 use compaction::plan::SkipReason;
 use compaction::planner::PartitionOutcome;
 use compaction::state::{PartitionId, PartitionStatus};
@@ -112,6 +112,7 @@ async fn every_supported_type_round_trips_and_the_range_is_deleted() {
     let hot = HotDatasetConfig {
         delete_after_compact: true,
         delete_batch_rows: 150,
+        unbounded_numeric: UnboundedNumeric::Decimal256,
         ..blocks(&env, "blocks")
     };
     let before = expected_rows(&env, "blocks", 1, 0, 1000).await;
@@ -551,4 +552,72 @@ async fn an_unsupported_column_is_refused_before_any_file_is_written() {
     };
     let summary = env.run(&hot_config(subset), None).await;
     assert_eq!(summary.commits.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numerics_without_a_parquet_decimal_are_refused_or_exported_as_exact_text() {
+    let env = HotEnv::new().await;
+    let t = env.table("amounts");
+    env.sql(&format!(
+        "CREATE TABLE {t} (chain_id int8, block_number int8, plain numeric, wide numeric(78,0), small numeric(6,2));
+         INSERT INTO {t} SELECT 1, g,
+             CASE g % 5 WHEN 0 THEN 'NaN' WHEN 1 THEN 'Infinity' WHEN 2 THEN NULL ELSE (g * 1.000000000000000000001)::numeric END,
+             (2::numeric ^ 255 + g)::numeric(78,0) * (CASE WHEN g % 2 = 0 THEN -1 ELSE 1 END),
+             g / 100.0
+           FROM generate_series(0, 1999) g;"
+    ))
+    .await;
+    let hot = blocks(&env, "amounts");
+    let e = env
+        .try_run(&hot_config(hot.clone()), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"plain\"") && e.contains("unbounded_numeric"),
+        "{e}"
+    );
+    assert!(parquet_files(env.env.root()).is_empty());
+
+    let text = HotDatasetConfig {
+        unbounded_numeric: UnboundedNumeric::Text,
+        ..hot
+    };
+    let summary = env
+        .run(&hot_config(text.clone()), Some(vec!["0-1000".into()]))
+        .await;
+    assert_eq!(summary.commits.len(), 1, "{:?}", summary.failures);
+    let files = env.range_files(&text, "0-1000");
+    let schema = read_batches(&files[0])[0].schema();
+    assert_eq!(
+        schema
+            .field_with_name("plain")
+            .unwrap()
+            .data_type()
+            .to_string(),
+        "Utf8"
+    );
+    assert_eq!(
+        schema
+            .field_with_name("small")
+            .unwrap()
+            .data_type()
+            .to_string(),
+        "Decimal128(6, 2)"
+    );
+    let hex = "encode(convert_to({c}::text, 'UTF8'), 'hex')";
+    let expected = pg_rows(
+        &env.pg,
+        &format!(
+            "SELECT block_number::text AS b, {}, {}, small::text FROM {t} WHERE block_number < 1000 ORDER BY {t}.block_number",
+            hex.replace("{c}", "plain"),
+            hex.replace("{c}", "wide")
+        ),
+    )
+    .await;
+    let got = parquet_rows(&files, &["block_number", "plain", "wide", "small"]);
+    assert_eq!(got.len(), 1000);
+    for (row, (want, got)) in expected.iter().zip(&got).enumerate() {
+        assert_eq!(want, got, "row {row} differs");
+    }
 }

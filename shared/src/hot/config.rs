@@ -9,8 +9,9 @@ use crate::config::{DatasetConfig, Mode};
 use crate::error::{Error, Result};
 use crate::units::ByteSize;
 
-/// What to do with a `numeric` column that has no precision and scale (or more than 76 digits),
-/// which no Parquet decimal can hold exactly.
+/// What to do with a `numeric` column that no widely read Parquet decimal holds: one without
+/// precision and scale, with a negative scale, or with more than 38 digits (Spark, Trino and
+/// Athena, and polars read at most `decimal(38)`; DuckDB reads wider ones as DOUBLE).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UnboundedNumeric {
@@ -19,6 +20,9 @@ pub enum UnboundedNumeric {
     Error,
     /// Write the exact decimal text as a string column.
     Text,
+    /// Write `numeric(39..76, s)` as a 256-bit decimal (exact in pyarrow and arrow-rs); other
+    /// unbounded numerics are still refused.
+    Decimal256,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -58,8 +58,8 @@ pub enum DsnSource {
 #[derive(Debug)]
 pub struct PostgresSource {
     dsn: DsnSource,
-    /// The secret's value, fetched once per process.
-    secret: tokio::sync::OnceCell<String>,
+    /// The secret's value, fetched once per process (again after an authentication failure).
+    secret: tokio::sync::Mutex<Option<String>>,
     /// Idle connections by DSN source key.
     idle: Mutex<Vec<(String, Client)>>,
 }
@@ -82,6 +82,14 @@ fn describe_pg_error(e: &tokio_postgres::Error) -> String {
         source = s.source();
     }
     text
+}
+
+/// Wrong password or user: what a rotated secret looks like from a warm function.
+fn is_auth_failure(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        *c == tokio_postgres::error::SqlState::INVALID_PASSWORD
+            || *c == tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+    })
 }
 
 fn pg_err(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
@@ -283,7 +291,7 @@ impl PostgresSource {
     pub fn new(dsn: DsnSource) -> Self {
         Self {
             dsn,
-            secret: tokio::sync::OnceCell::new(),
+            secret: tokio::sync::Mutex::new(None),
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -320,7 +328,60 @@ impl PostgresSource {
         }
     }
 
-    async fn config(&self, hot: &HotDatasetConfig) -> Result<tokio_postgres::Config> {
+    /// The value of the secret or SSM parameter, cached; `refresh` reads it again (after a
+    /// rotation, the cached password no longer works).
+    async fn secret_text(&self, refresh: bool) -> Result<String> {
+        let mut cached = self.secret.lock().await;
+        if let (Some(text), false) = (cached.as_ref(), refresh) {
+            return Ok(text.clone());
+        }
+        let text = match &self.dsn {
+            DsnSource::SecretsManager { client, secret_id } => {
+                let out = client
+                    .get_secret_value()
+                    .secret_id(secret_id)
+                    .send()
+                    .await
+                    .map_err(|e| Error::Postgres {
+                        context: format!("reading secret {secret_id} from Secrets Manager"),
+                        message: crate::aws::ErrorInfo::of(&e).message,
+                    })?;
+                out.secret_string.ok_or_else(|| Error::Postgres {
+                    context: format!("secret {secret_id}"),
+                    message: "has no string value; store the DSN or RDS's JSON as text".into(),
+                })?
+            }
+            DsnSource::Ssm { client, name } => {
+                let out = client
+                    .get_parameter()
+                    .name(name)
+                    .with_decryption(true)
+                    .send()
+                    .await
+                    .map_err(|e| Error::Postgres {
+                        context: format!("reading SSM parameter {name}"),
+                        message: crate::aws::ErrorInfo::of(&e).message,
+                    })?;
+                out.parameter
+                    .and_then(|p| p.value)
+                    .ok_or_else(|| Error::Postgres {
+                        context: format!("SSM parameter {name}"),
+                        message: "has no value".into(),
+                    })?
+            }
+            DsnSource::Env | DsnSource::Fixed(_) => {
+                return Err(Error::Other("the DSN is not in a secret".into()))
+            }
+        };
+        *cached = Some(text.clone());
+        Ok(text)
+    }
+
+    async fn config(
+        &self,
+        hot: &HotDatasetConfig,
+        refresh: bool,
+    ) -> Result<tokio_postgres::Config> {
         let (text, origin) = match &self.dsn {
             DsnSource::Env => {
                 let text = std::env::var(&hot.dsn_env).map_err(|_| {
@@ -336,52 +397,14 @@ impl PostgresSource {
                 (text, format!("${}", hot.dsn_env))
             }
             DsnSource::Fixed(text) => (text.clone(), "the given DSN".into()),
-            DsnSource::SecretsManager { client, secret_id } => {
-                let text = self
-                    .secret
-                    .get_or_try_init(|| async {
-                        let out = client
-                            .get_secret_value()
-                            .secret_id(secret_id)
-                            .send()
-                            .await
-                            .map_err(|e| Error::Postgres {
-                                context: format!("reading secret {secret_id} from Secrets Manager"),
-                                message: crate::aws::ErrorInfo::of(&e).message,
-                            })?;
-                        out.secret_string.ok_or_else(|| Error::Postgres {
-                            context: format!("secret {secret_id}"),
-                            message: "has no string value; store the DSN or RDS's JSON as text"
-                                .into(),
-                        })
-                    })
-                    .await?;
-                (text.clone(), format!("secret {secret_id}"))
-            }
-            DsnSource::Ssm { client, name } => {
-                let text = self
-                    .secret
-                    .get_or_try_init(|| async {
-                        let out = client
-                            .get_parameter()
-                            .name(name)
-                            .with_decryption(true)
-                            .send()
-                            .await
-                            .map_err(|e| Error::Postgres {
-                                context: format!("reading SSM parameter {name}"),
-                                message: crate::aws::ErrorInfo::of(&e).message,
-                            })?;
-                        out.parameter
-                            .and_then(|p| p.value)
-                            .ok_or_else(|| Error::Postgres {
-                                context: format!("SSM parameter {name}"),
-                                message: "has no value".into(),
-                            })
-                    })
-                    .await?;
-                (text.clone(), format!("SSM parameter {name}"))
-            }
+            DsnSource::SecretsManager { secret_id, .. } => (
+                self.secret_text(refresh).await?,
+                format!("secret {secret_id}"),
+            ),
+            DsnSource::Ssm { name, .. } => (
+                self.secret_text(refresh).await?,
+                format!("SSM parameter {name}"),
+            ),
         };
         let mut config = parse_dsn(&text, &origin)?;
         if config.get_application_name().is_none() {
@@ -404,20 +427,38 @@ impl PostgresSource {
         if let Some(client) = reused {
             return Ok(client);
         }
-        let config = self.config(hot).await?;
         let ca_file = crate::functions::env_var(CA_FILE_ENV);
         let connector = tls::connector(ca_file.as_deref())?;
-        let hosts = format!("{:?}", config.get_hosts());
-        let (client, connection) = config.connect(connector).await.map_err(pg_err(format!(
-            "connecting to {hosts} for hot dataset {:?}",
-            hot.name
-        )))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %describe_pg_error(&e), "postgres connection ended with an error");
+        let from_secret = matches!(
+            self.dsn,
+            DsnSource::SecretsManager { .. } | DsnSource::Ssm { .. }
+        );
+        let mut refresh = false;
+        loop {
+            let config = self.config(hot, refresh).await?;
+            let hosts = format!("{:?}", config.get_hosts());
+            match config.connect(connector.clone()).await {
+                Ok((client, connection)) => {
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::warn!(error = %describe_pg_error(&e), "postgres connection ended with an error");
+                        }
+                    });
+                    return Ok(client);
+                }
+                // A rotated secret: read it again, once.
+                Err(e) if from_secret && !refresh && is_auth_failure(&e) => {
+                    tracing::info!(error = %describe_pg_error(&e), "authentication failed; reading the secret again");
+                    refresh = true;
+                }
+                Err(e) => {
+                    return Err(pg_err(format!(
+                        "connecting to {hosts} for hot dataset {:?}",
+                        hot.name
+                    ))(e))
+                }
             }
-        });
-        Ok(client)
+        }
     }
 
     fn checkin(&self, hot: &HotDatasetConfig, client: Client) {

@@ -112,27 +112,32 @@ impl PgType {
             "time" => PgType::Time,
             "timestamp" => PgType::Timestamp,
             "timestamptz" => PgType::Timestamptz,
-            "numeric" => match numeric_typmod(typmod) {
-                Some((precision, scale)) if (1..=76).contains(&precision) && scale >= 0 => {
+            "numeric" => match (numeric_typmod(typmod), unbounded) {
+                (Some((precision @ 1..=38, scale)), _) if scale >= 0 => PgType::Numeric {
+                    precision: precision as u8,
+                    scale: scale as i8,
+                },
+                (Some((precision @ 39..=76, scale)), UnboundedNumeric::Decimal256) if scale >= 0 => {
                     PgType::Numeric {
                         precision: precision as u8,
                         scale: scale as i8,
                     }
                 }
-                _ if unbounded == UnboundedNumeric::Text => PgType::NumericText,
-                Some((precision, scale)) if scale < 0 => {
+                (_, UnboundedNumeric::Text) => PgType::NumericText,
+                (Some((precision, scale)), _) if scale < 0 => {
                     return Err(format!(
                         "numeric({precision},{scale}) has a negative scale, which Parquet decimals \
                          cannot hold; set unbounded_numeric = \"text\" to export its exact text"
                     ))
                 }
-                Some((precision, _)) => {
+                (Some((precision, _)), _) => {
                     return Err(format!(
-                        "numeric with {precision} digits does not fit a Parquet decimal (at most 76); \
-                         set unbounded_numeric = \"text\" to export its exact text"
+                        "numeric with {precision} digits: Spark, Trino/Athena and polars read at most \
+                         decimal(38) and DuckDB reads wider ones as DOUBLE; set unbounded_numeric = \"text\" \
+                         to export its exact text (or \"decimal256\" for a 256-bit decimal, up to 76 digits)"
                     ))
                 }
-                None => {
+                (None, _) => {
                     return Err(
                         "numeric without precision and scale has no Parquet decimal of its own; declare \
                          it numeric(P,S), or set unbounded_numeric = \"text\" to export its exact text"
@@ -654,10 +659,21 @@ mod tests {
             t("numeric", (20 << 16 | 4) + 4, None).unwrap().data_type(),
             DataType::Decimal128(20, 4)
         );
+        assert!(t("numeric", (60 << 16 | 10) + 4, None)
+            .unwrap_err()
+            .contains("decimal(38)"));
         assert_eq!(
-            t("numeric", (60 << 16 | 10) + 4, None).unwrap().data_type(),
+            PgType::from_catalog(
+                "numeric",
+                (60 << 16 | 10) + 4,
+                None,
+                UnboundedNumeric::Decimal256
+            )
+            .unwrap()
+            .data_type(),
             DataType::Decimal256(60, 10)
         );
+        assert!(PgType::from_catalog("numeric", -1, None, UnboundedNumeric::Decimal256).is_err());
         // numeric(5,-2): the scale is an 11-bit two's complement, and negative scales have no
         // Parquet decimal.
         let negative = ((5 << 16) | (0x7ff & -2i32)) + 4;
