@@ -27,11 +27,25 @@ pub fn dsn() -> String {
 }
 
 fn start_private_server() -> String {
+    private_server(false).0
+}
+
+/// A server of this test process's own (stopped when the process exits), optionally with TLS:
+/// its DSN and directory (`ca.pem` signed its certificate, `other-ca.pem` did not).
+pub fn private_server(tls: bool) -> (String, PathBuf) {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let script = workspace_root().join("scripts/postgres");
-    let dir = std::env::temp_dir().join(format!("compactor-pg-{}", std::process::id()));
-    let out = Command::new(&script)
-        .arg("start")
-        .arg(&dir)
+    let dir = std::env::temp_dir().join(format!(
+        "compactor-pg-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let mut command = Command::new(&script);
+    command.arg("start").arg(&dir);
+    if tls {
+        command.arg("--tls");
+    }
+    let out = command
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
     assert!(
@@ -54,7 +68,7 @@ fn start_private_server() -> String {
         .spawn()
         .expect("starting the server's watcher");
     std::thread::spawn(move || child.wait());
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    (String::from_utf8_lossy(&out.stdout).trim().to_string(), dir)
 }
 
 pub async fn connect() -> tokio_postgres::Client {

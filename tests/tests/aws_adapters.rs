@@ -98,3 +98,40 @@ async fn batch_delete_splits_into_requests_of_1000() {
         .unwrap();
     assert!(left.objects.is_empty());
 }
+
+/// The DSN of a hot dataset read from an SSM SecureString (and, for Secrets Manager, see
+/// aws_pipeline): the source connects with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_dsn_is_read_from_an_ssm_secure_string() {
+    use compaction::hot::{DsnSource, HotDatasetConfig, HotSource, PostgresSource};
+    let pg = e2e_tests::pg::connect().await;
+    let schema = e2e_tests::pg::schema(&pg).await;
+    pg.batch_execute(&format!(
+        "CREATE TABLE {schema}.t (chain_id int8, block_number int8);
+         INSERT INTO {schema}.t SELECT 7, g FROM generate_series(10, 42) g;"
+    ))
+    .await
+    .unwrap();
+    let ssm = aws_sdk_ssm::Client::new(&aws::sdk_config().await);
+    let name = format!("/compactor/{}", aws::unique_name("dsn"));
+    ssm.put_parameter()
+        .name(&name)
+        .value(e2e_tests::pg::dsn())
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .expect("putting the DSN into moto's SSM");
+    let source = PostgresSource::new(DsnSource::Ssm { client: ssm, name });
+    let hot = HotDatasetConfig {
+        chain_id: Some(7),
+        ..HotDatasetConfig::new("t", &format!("{schema}.t"))
+    };
+    assert_eq!(source.tip(&hot).await.unwrap(), Some(42));
+    assert_eq!(source.first_value(&hot).await.unwrap(), Some(10));
+    let missing = PostgresSource::new(DsnSource::Ssm {
+        client: aws_sdk_ssm::Client::new(&aws::sdk_config().await),
+        name: "/compactor/no-such-parameter".into(),
+    });
+    let e = missing.tip(&hot).await.unwrap_err().to_string();
+    assert!(e.contains("/compactor/no-such-parameter"), "{e}");
+}

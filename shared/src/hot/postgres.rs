@@ -62,6 +62,8 @@ pub struct PostgresSource {
     secret: tokio::sync::Mutex<Option<String>>,
     /// Idle connections by DSN source key.
     idle: Mutex<Vec<(String, Client)>>,
+    /// A PEM bundle of CA certificates: when set, the server's certificate is verified.
+    ca_file: Option<String>,
 }
 
 fn describe_pg_error(e: &tokio_postgres::Error) -> String {
@@ -293,11 +295,18 @@ impl PostgresSource {
             dsn,
             secret: tokio::sync::Mutex::new(None),
             idle: Mutex::new(Vec::new()),
+            ca_file: None,
         }
     }
 
+    /// Verifies the server's certificate (and host name) against the CAs in this PEM file.
+    pub fn with_ca_file(mut self, path: Option<String>) -> Self {
+        self.ca_file = path;
+        self
+    }
+
     /// `COMPACTOR_PG_SECRET_ARN` (Secrets Manager) or `COMPACTOR_PG_DSN_PARAMETER` (SSM) when
-    /// set, else each dataset's `dsn_env` variable.
+    /// set, else each dataset's `dsn_env` variable; `COMPACTOR_PG_CA_FILE` turns on verification.
     pub fn from_env(sdk: Option<&aws_config::SdkConfig>) -> Self {
         let env = |name| crate::functions::env_var(name);
         let dsn = match (
@@ -315,7 +324,7 @@ impl PostgresSource {
             },
             _ => DsnSource::Env,
         };
-        Self::new(dsn)
+        Self::new(dsn).with_ca_file(env(CA_FILE_ENV))
     }
 
     /// Which DSN a dataset connects with (the key of the connection cache).
@@ -427,8 +436,7 @@ impl PostgresSource {
         if let Some(client) = reused {
             return Ok(client);
         }
-        let ca_file = crate::functions::env_var(CA_FILE_ENV);
-        let connector = tls::connector(ca_file.as_deref())?;
+        let connector = tls::connector(self.ca_file.as_deref())?;
         let from_secret = matches!(
             self.dsn,
             DsnSource::SecretsManager { .. } | DsnSource::Ssm { .. }
