@@ -17,7 +17,7 @@ use crate::events::{
     parse_committer_event, parse_merger_event, parse_planner_event, route_key, CommitterEvent,
     KeyRoute, MergerEvent, PlannerCommand, PlannerEvent,
 };
-use crate::hot::{HotSource, PostgresSource};
+use crate::hot::{DeleteState, HotSource, PostgresSource};
 use crate::merge::{read_json, MergeOutcome, Merger};
 use crate::metrics::Metrics;
 use crate::partition::{coldness, Coldness};
@@ -650,13 +650,18 @@ impl MergerFunction {
         )
         .with_hot_source(self.deployment.hot.clone());
         let task_id = task.task_id.clone();
+        let smaller = if task.export.is_some() {
+            "Lower the hot dataset's range_size (or raise MergerTimeout)"
+        } else {
+            "Lower max_task_bytes"
+        };
         let run = merger.run(Arc::new(task));
         let outcome = tokio::time::timeout(left.saturating_sub(SAFETY_MARGIN / 2), run)
             .await
             .map_err(|_| {
                 Error::Other(format!(
-                    "merge of task {task_id} stopped before the time limit; its uploads were \
-                     aborted and the inputs are untouched. Lower max_task_bytes"
+                    "task {task_id} stopped before the time limit; its uploads were aborted and \
+                     its inputs are untouched. {smaller}"
                 ))
             })??;
         let mut metrics = Metrics::new("merger");
@@ -746,6 +751,22 @@ impl CommitterFunction {
                         .bytes("BytesIn", report.input_bytes)
                         .bytes("BytesOut", report.output_bytes)
                         .count("CorruptFilesSkipped", corrupt as u64);
+                    if let Some(cold) = &report.cold {
+                        metrics
+                            .count("RangesExported", 1)
+                            .count("RowsExported", cold.rows);
+                        match &cold.delete {
+                            DeleteState::Deleted { rows } | DeleteState::Dropped { rows, .. } => {
+                                metrics.count("PostgresRowsDeleted", *rows);
+                            }
+                            DeleteState::Mismatch { deleted, .. } => {
+                                metrics
+                                    .count("PostgresRowsDeleted", *deleted)
+                                    .count("RangesFlagged", 1);
+                            }
+                            DeleteState::Kept | DeleteState::Deleting => {}
+                        }
+                    }
                     self.announce(report).await?;
                     json!({"task_dir": dir, "committed": true, "task_id": report.task_id,
                            "inputs_deleted": report.inputs_deleted, "outputs": report.output_keys,
