@@ -7,6 +7,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Int16Type, Int32Type, Int64Type, Schema, SchemaRef};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
 use super::{HotDatasetConfig, HotSource, KeyRange, RangeCount, RangeHistogram};
 use crate::error::{Error, Result};
@@ -36,9 +37,20 @@ impl ExportRecord {
     }
 }
 
-/// Counts each row's range value, then writes the batch.
+/// What the export sends the writer task.
+enum ToWriter {
+    Batch(RecordBatch),
+    /// Postgres sent this many rows in all: close the files if they hold exactly these.
+    Finish {
+        rows: u64,
+    },
+}
+
+/// Counts each row's range value, then hands the batch to the writer task.
 struct ExportSink {
-    writer: RollingWriter,
+    to_writer: mpsc::Sender<ToWriter>,
+    /// Set when the writer task stopped taking batches (it failed; its error says why).
+    writer_gone: bool,
     histogram: RangeHistogram,
     range_column: usize,
     rows: u64,
@@ -80,8 +92,46 @@ impl BatchSink for ExportSink {
             self.histogram.add(value).map_err(Error::Other)?;
         }
         self.rows += batch.num_rows() as u64;
-        self.writer.write(&batch).await
+        self.to_writer
+            .send(ToWriter::Batch(batch))
+            .await
+            .map_err(|_| {
+                self.writer_gone = true;
+                Error::Other("the Parquet writer stopped".into())
+            })
     }
+}
+
+/// Encodes and uploads what the export sends, on a task of its own: the export decodes the
+/// next rows while the previous ones are compressed. Anything but a matching `Finish` (an
+/// error, the export giving up) discards every file written.
+async fn write_all(
+    mut writer: RollingWriter,
+    mut batches: mpsc::Receiver<ToWriter>,
+) -> Result<Vec<OutputFile>> {
+    let mut rows = 0u64;
+    while let Some(message) = batches.recv().await {
+        match message {
+            ToWriter::Batch(batch) => {
+                rows += batch.num_rows() as u64;
+                if let Err(e) = writer.write(&batch).await {
+                    writer.abort().await;
+                    return Err(e);
+                }
+            }
+            ToWriter::Finish { rows: sent } if sent == rows => return writer.finish().await,
+            ToWriter::Finish { rows: sent } => {
+                writer.abort().await;
+                return Err(Error::Other(format!(
+                    "Postgres sent {sent} rows but {rows} reached the files; nothing was staged"
+                )));
+            }
+        }
+    }
+    writer.abort().await;
+    Err(Error::Other(
+        "the export stopped before its end; nothing was staged".into(),
+    ))
 }
 
 /// Exports `spec.range` through `writer`: the columns are checked first (an unsupported type
@@ -89,7 +139,7 @@ impl BatchSink for ExportSink {
 pub async fn export_range(
     source: &dyn HotSource,
     spec: &ExportSpec,
-    fetch_bytes: u64,
+    batch_bytes: u64,
     make_writer: impl FnOnce(SchemaRef) -> RollingWriter,
 ) -> Result<(Vec<OutputFile>, ExportRecord, SchemaRef)> {
     let hot = &spec.hot;
@@ -106,34 +156,53 @@ pub async fn export_range(
                 "must include the range column",
             )
         })?;
+    let (to_writer, batches) = mpsc::channel(2);
+    let writing = tokio::spawn(write_all(make_writer(Arc::clone(&schema)), batches));
     let mut sink = ExportSink {
-        writer: make_writer(Arc::clone(&schema)),
+        to_writer,
+        writer_gone: false,
         histogram: RangeHistogram::new(spec.range),
         range_column,
         rows: 0,
     };
     let exported = source
-        .export(hot, spec.range, &columns, fetch_bytes, &mut sink)
-        .await;
-    let rows = match exported {
-        Ok(rows) => rows,
-        Err(e) => {
-            sink.writer.abort().await;
-            return Err(e);
-        }
-    };
-    if rows != sink.rows || rows != sink.histogram.total() {
-        sink.writer.abort().await;
-        return Err(Error::Other(format!(
-            "export of {} {}: Postgres sent {rows} rows but {} reached the files; nothing was staged",
-            hot.name, spec.range, sink.rows
-        )));
+        .export(hot, spec.range, &columns, batch_bytes, &mut sink)
+        .await
+        .and_then(|rows| {
+            if rows == sink.rows && rows == sink.histogram.total() {
+                Ok(rows)
+            } else {
+                Err(Error::Other(format!(
+                    "export of {} {}: Postgres sent {rows} rows but {} were counted; nothing was staged",
+                    hot.name, spec.range, sink.rows
+                )))
+            }
+        });
+    if let Ok(rows) = &exported {
+        // A closed channel means the writer failed; its own error says why.
+        let _ = sink.to_writer.send(ToWriter::Finish { rows: *rows }).await;
     }
-    let outputs = sink.writer.finish().await?;
+    let ExportSink {
+        to_writer,
+        writer_gone,
+        histogram,
+        ..
+    } = sink;
+    drop(to_writer);
+    let written = writing
+        .await
+        .map_err(|e| Error::Other(format!("the Parquet writer task failed: {e}")))?;
+    let outputs = match (exported, written) {
+        (Ok(_), Ok(outputs)) => outputs,
+        (Ok(_), Err(e)) => return Err(e),
+        // When the export only saw the writer stop, the writer's error is the cause.
+        (Err(_), Err(e)) if writer_gone => return Err(e),
+        (Err(e), _) => return Err(e),
+    };
     let record = ExportRecord {
         hot: hot.clone(),
         range: spec.range,
-        batches: sink.histogram.delete_batches(hot.delete_batch_rows),
+        batches: histogram.delete_batches(hot.delete_batch_rows),
     };
     Ok((outputs, record, schema))
 }

@@ -8,6 +8,7 @@
 //! the pure rules (range keys, finality, delete batches) and the Postgres port.
 
 pub mod config;
+pub mod copy_binary;
 pub mod delete;
 pub mod export;
 pub mod postgres;
@@ -242,14 +243,14 @@ pub trait HotSource: Send + Sync + std::fmt::Debug {
     async fn first_value(&self, hot: &HotDatasetConfig) -> Result<Option<i64>>;
 
     /// Streams every row of `range` in range-column order, from one snapshot, as record
-    /// batches of about `batch_rows` rows; memory stays bounded by `fetch_bytes` whatever the
-    /// range's size. Returns the number of rows.
+    /// batches of at most `batch_bytes` of values; memory stays bounded whatever the range's
+    /// size. Returns the number of rows.
     async fn export(
         &self,
         hot: &HotDatasetConfig,
         range: KeyRange,
         columns: &[HotColumn],
-        fetch_bytes: u64,
+        batch_bytes: u64,
         sink: &mut dyn BatchSink,
     ) -> Result<u64>;
 

@@ -18,9 +18,10 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use async_trait::async_trait;
 use futures::{pin_mut, TryStreamExt};
-use tokio_postgres::types::{FromSql, ToSql, Type};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, IsolationLevel};
 
+use super::copy_binary::CopyParser;
 use super::sql::{self, QualifiedName};
 use super::types::{ColumnBuilder, PgType};
 use super::{BatchDelete, HotColumn, HotDatasetConfig, HotSource, KeyRange};
@@ -31,8 +32,6 @@ use crate::merge::sort::BatchSink;
 pub const CA_FILE_ENV: &str = "COMPACTOR_PG_CA_FILE";
 /// Rows per Arrow batch handed to the writer (fewer when rows are wide).
 const BATCH_ROWS: usize = 8192;
-const MIN_FETCH_ROWS: u64 = 64;
-const MAX_FETCH_ROWS: u64 = 65_536;
 /// A DELETE or DETACH waits at most this long for locks, then fails (and is retried later).
 const LOCK_TIMEOUT: &str = "30s";
 
@@ -99,26 +98,6 @@ fn pg_err(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> E
     move |e| Error::Postgres {
         context,
         message: describe_pg_error(&e),
-    }
-}
-
-/// A value in Postgres's binary format, undecoded (`None` for NULL).
-struct Raw<'a>(Option<&'a [u8]>);
-
-impl<'a> FromSql<'a> for Raw<'a> {
-    fn from_sql(
-        _: &Type,
-        raw: &'a [u8],
-    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(Raw(Some(raw)))
-    }
-    fn from_sql_null(
-        _: &Type,
-    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(Raw(None))
-    }
-    fn accepts(_: &Type) -> bool {
-        true
     }
 }
 
@@ -704,16 +683,15 @@ pub fn find_exact_partition(
 }
 
 /// Collects rows into Arrow batches and hands them on.
-struct BatchAssembler<'a> {
+struct BatchAssembler {
     schema: SchemaRef,
     builders: Vec<ColumnBuilder>,
-    columns: &'a [HotColumn],
     rows: usize,
     bytes: u64,
     max_bytes: u64,
 }
 
-impl BatchAssembler<'_> {
+impl BatchAssembler {
     async fn flush(&mut self, sink: &mut dyn BatchSink) -> Result<()> {
         if self.rows == 0 {
             return Ok(());
@@ -836,12 +814,12 @@ impl HotSource for PostgresSource {
         hot: &HotDatasetConfig,
         range: KeyRange,
         columns: &[HotColumn],
-        fetch_bytes: u64,
+        batch_bytes: u64,
         sink: &mut dyn BatchSink,
     ) -> Result<u64> {
         let table = hot.table_name()?;
         let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
-        let query = sql::export_query(hot, &table, &names);
+        let copy = sql::export_copy(hot, &table, &names);
         let context = format!("export of {} {range}", table.sql());
         let schema: SchemaRef = Arc::new(Schema::new(
             columns.iter().map(HotColumn::field).collect::<Vec<_>>(),
@@ -862,12 +840,21 @@ impl HotSource for PostgresSource {
         let mut assembler = BatchAssembler {
             schema,
             builders,
-            columns,
             rows: 0,
             bytes: 0,
-            max_bytes: (fetch_bytes / 4).max(1 << 20),
+            max_bytes: batch_bytes.max(1 << 20),
         };
-        self.with_client(hot, async |client| {
+        // A connection of its own, driven by this task beside the stream it feeds: every
+        // wake-up between the two stays on one thread (per-row traffic across threads costs
+        // more than the decoding).
+        let config = self.config(hot, false).await?;
+        let connector = tls::connector(self.ca_file.as_deref())?;
+        let (mut client, connection) = config
+            .connect(connector)
+            .await
+            .map_err(pg_err(format!("connecting for the {context}")))?;
+        let mut connection = std::pin::pin!(connection);
+        let work = async {
             let txn = client
                 .build_transaction()
                 .isolation_level(IsolationLevel::RepeatableRead)
@@ -875,53 +862,63 @@ impl HotSource for PostgresSource {
                 .start()
                 .await
                 .map_err(pg_err(context.clone()))?;
-            let params = range_params(hot, range);
-            let portal = txn
-                .bind_raw(query.as_str(), as_sql(&params))
+            let chain = hot.chain_id.map(|c| c.to_string()).unwrap_or_default();
+            txn.execute(
+                sql::EXPORT_SETTINGS,
+                &[&range.start.to_string(), &range.end.to_string(), &chain],
+            )
+            .await
+            .map_err(pg_err(context.clone()))?;
+            let stream = txn
+                .copy_out(copy.as_str())
                 .await
                 .map_err(pg_err(context.clone()))?;
-            let mut fetch_rows = MIN_FETCH_ROWS * 16;
-            let (mut total_rows, mut total_bytes) = (0u64, 0u64);
-            loop {
-                let stream = txn
-                    .query_portal_raw(&portal, fetch_rows as i32)
-                    .await
-                    .map_err(pg_err(context.clone()))?;
-                pin_mut!(stream);
-                let mut fetched = 0u64;
-                while let Some(row) = stream.try_next().await.map_err(pg_err(context.clone()))? {
-                    for (i, builder) in assembler.builders.iter_mut().enumerate() {
-                        let Raw(value) = row.try_get(i).map_err(pg_err(context.clone()))?;
-                        let len = value.map_or(0, <[u8]>::len) as u64;
-                        assembler.bytes += len;
-                        total_bytes += len;
-                        builder.append(value).map_err(|reason| Error::Postgres {
-                            context: format!(
-                                "{context}: column {} ({})",
-                                assembler.columns[i].name, assembler.columns[i].declared
-                            ),
-                            message: reason,
-                        })?;
-                    }
-                    assembler.rows += 1;
-                    fetched += 1;
-                    if assembler.rows >= BATCH_ROWS || assembler.bytes >= assembler.max_bytes {
-                        assembler.flush(sink).await?;
-                    }
+            pin_mut!(stream);
+            let mut parser = CopyParser::new(columns.len());
+            let mut rows = 0u64;
+            while let Some(chunk) = stream.try_next().await.map_err(pg_err(context.clone()))? {
+                parser
+                    .feed(&chunk, &mut |tuple| {
+                        for (i, builder) in assembler.builders.iter_mut().enumerate() {
+                            let value = tuple.value(i);
+                            assembler.bytes += value.map_or(0, <[u8]>::len) as u64;
+                            builder.append(value).map_err(|reason| {
+                                format!(
+                                    "column {} ({}): {reason}",
+                                    columns[i].name, columns[i].declared
+                                )
+                            })?;
+                        }
+                        assembler.rows += 1;
+                        rows += 1;
+                        Ok(())
+                    })
+                    .map_err(|message| Error::Postgres {
+                        context: context.clone(),
+                        message,
+                    })?;
+                if assembler.rows >= BATCH_ROWS || assembler.bytes >= assembler.max_bytes {
+                    assembler.flush(sink).await?;
                 }
-                total_rows += fetched;
-                if fetched < fetch_rows {
-                    break;
-                }
-                // Size the next fetch to the byte budget from the rows seen so far.
-                let per_row = (total_bytes / total_rows.max(1)).max(1);
-                fetch_rows = (fetch_bytes / 2 / per_row).clamp(MIN_FETCH_ROWS, MAX_FETCH_ROWS);
             }
+            parser.finish().map_err(|message| Error::Postgres {
+                context: context.clone(),
+                message,
+            })?;
             assembler.flush(sink).await?;
             txn.commit().await.map_err(pg_err(context.clone()))?;
-            Ok(total_rows)
-        })
-        .await
+            Ok(rows)
+        };
+        tokio::select! {
+            result = work => result,
+            ended = &mut connection => Err(Error::Postgres {
+                context: context.clone(),
+                message: match ended {
+                    Err(e) => describe_pg_error(&e),
+                    Ok(()) => "the server closed the connection".into(),
+                },
+            }),
+        }
     }
 
     async fn count_batches(

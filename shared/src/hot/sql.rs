@@ -63,15 +63,30 @@ impl QualifiedName {
     }
 }
 
-/// The row filter of a range: `$1` and `$2` are its bounds, `$3` the chain when one is set.
-pub fn range_filter(hot: &HotDatasetConfig) -> String {
+/// The row filter of a range over the given expressions for its bounds and chain.
+fn range_filter_over(hot: &HotDatasetConfig, start: &str, end: &str, chain: &str) -> String {
     let range = quote(&hot.range_column);
-    let mut filter = format!("{range} >= $1::int8 AND {range} < $2::int8");
+    let mut filter = format!("{range} >= {start} AND {range} < {end}");
     if hot.chain_id.is_some() {
-        filter = format!("{} = $3::int8 AND {filter}", quote(&hot.chain_column));
+        filter = format!("{} = {chain} AND {filter}", quote(&hot.chain_column));
     }
     filter
 }
+
+/// The row filter of a range: `$1` and `$2` are its bounds, `$3` the chain when one is set.
+pub fn range_filter(hot: &HotDatasetConfig) -> String {
+    range_filter_over(hot, "$1::int8", "$2::int8", "$3::int8")
+}
+
+/// COPY takes no parameters: the export binds the range into these transaction-local
+/// settings first ([`EXPORT_SETTINGS`]), and its query reads them back.
+const SETTING_START: &str = "compactor.range_start";
+const SETTING_END: &str = "compactor.range_end";
+const SETTING_CHAIN: &str = "compactor.chain_id";
+
+/// Binds `$1`/`$2`/`$3` (start, end, chain as text) for [`export_copy`], for the transaction.
+pub const EXPORT_SETTINGS: &str = "SELECT set_config('compactor.range_start', $1, true), \
+     set_config('compactor.range_end', $2, true), set_config('compactor.chain_id', $3, true)";
 
 /// The chain filter alone (for the tip and the first value), `$1` being the chain.
 fn chain_only_filter(hot: &HotDatasetConfig) -> String {
@@ -81,14 +96,21 @@ fn chain_only_filter(hot: &HotDatasetConfig) -> String {
     }
 }
 
-/// Every row of one range, in range-column order (deterministic files, useful statistics).
-pub fn export_query(hot: &HotDatasetConfig, table: &QualifiedName, columns: &[String]) -> String {
+/// Every row of one range in binary COPY format, in range-column order (deterministic files,
+/// useful statistics), the bounds read from [`EXPORT_SETTINGS`].
+pub fn export_copy(hot: &HotDatasetConfig, table: &QualifiedName, columns: &[String]) -> String {
     let list: Vec<String> = columns.iter().map(|c| quote(c)).collect();
+    let setting = |name: &str| format!("current_setting('{name}')::int8");
     format!(
-        "SELECT {} FROM {} WHERE {} ORDER BY {}",
+        "COPY (SELECT {} FROM {} WHERE {} ORDER BY {}) TO STDOUT (FORMAT binary)",
         list.join(", "),
         table.sql(),
-        range_filter(hot),
+        range_filter_over(
+            hot,
+            &setting(SETTING_START),
+            &setting(SETTING_END),
+            &setting(SETTING_CHAIN)
+        ),
         quote(&hot.range_column)
     )
 }
@@ -180,10 +202,14 @@ mod tests {
         let mut hot = HotDatasetConfig::new("blocks", "public.blocks");
         let table = hot.table_name().unwrap();
         assert_eq!(
-            export_query(&hot, &table, &["block_number".into(), "hash".into()]),
-            "SELECT \"block_number\", \"hash\" FROM \"public\".\"blocks\" WHERE \"block_number\" >= $1::int8 \
-             AND \"block_number\" < $2::int8 ORDER BY \"block_number\""
+            export_copy(&hot, &table, &["block_number".into(), "hash".into()]),
+            "COPY (SELECT \"block_number\", \"hash\" FROM \"public\".\"blocks\" WHERE \
+             \"block_number\" >= current_setting('compactor.range_start')::int8 AND \
+             \"block_number\" < current_setting('compactor.range_end')::int8 ORDER BY \"block_number\") \
+             TO STDOUT (FORMAT binary)"
         );
+        assert!(EXPORT_SETTINGS.contains(SETTING_START) && EXPORT_SETTINGS.contains(SETTING_END));
+        assert!(EXPORT_SETTINGS.contains(SETTING_CHAIN));
         hot.chain_id = Some(1);
         assert_eq!(
             delete_query(&hot, &table),

@@ -138,6 +138,17 @@ pub async fn copy_and_versioned_batch_delete(store: Arc<dyn ObjectStore>) {
     s.copy("d/a", "e/a").await.unwrap();
     assert_eq!(s.get("e/a").await.unwrap().0, Bytes::from("a"));
     assert!(s.copy("d/none", "e/none").await.unwrap_err().is_not_found());
+    // A copy is independent of its source: rewriting or deleting the source leaves it alone.
+    put(s, "d/c", "c1").await;
+    s.copy("d/c", "e/c").await.unwrap();
+    put(s, "d/c", "c2").await;
+    s.delete_many(&[DeleteRequest {
+        key: "d/c".into(),
+        version: None,
+    }])
+    .await
+    .unwrap();
+    assert_eq!(s.get("e/c").await.unwrap().0, Bytes::from("c1"));
     // b is rewritten after we noted its version: a versioned delete keeps it.
     let b_old = s.head("d/b").await.unwrap().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));
