@@ -292,11 +292,8 @@ impl ColumnBuilder {
             Self::Int8(b) => b.append_value(i64::from_be_bytes(be(v, "int8")?)),
             Self::Float4(b) => b.append_value(f32::from_be_bytes(be(v, "float4")?)),
             Self::Float8(b) => b.append_value(f64::from_be_bytes(be(v, "float8")?)),
-            Self::Decimal128(b, scale) => {
-                let scaled = numeric_scaled(v, *scale)?;
-                b.append_value(scaled.to_i128().ok_or("numeric value exceeds 38 digits")?)
-            }
-            Self::Decimal256(b, scale) => b.append_value(numeric_scaled(v, *scale)?),
+            Self::Decimal128(b, scale) => b.append_value(numeric_scaled::<i128>(v, *scale)?),
+            Self::Decimal256(b, scale) => b.append_value(numeric_scaled::<i256>(v, *scale)?),
             Self::NumericText(b) => b.append_value(numeric_text(v)?),
             Self::Text(b) => b.append_value(utf8(v, "text")?),
             Self::Jsonb(b) => match v.split_first() {
@@ -513,14 +510,63 @@ impl Numeric<'_> {
     }
 }
 
+/// The integer types a scaled decimal is computed in: i128 for up to 38 digits (the common,
+/// fast case), i256 beyond.
+trait ScaledInt: Copy {
+    const ZERO: Self;
+    fn small(v: i64) -> Self;
+    fn checked_mul(self, other: Self) -> Option<Self>;
+    fn checked_add(self, other: Self) -> Option<Self>;
+    fn checked_neg(self) -> Option<Self>;
+    fn checked_pow(self, exp: u32) -> Option<Self>;
+}
+
+impl ScaledInt for i128 {
+    const ZERO: Self = 0;
+    fn small(v: i64) -> Self {
+        v as i128
+    }
+    fn checked_mul(self, other: Self) -> Option<Self> {
+        i128::checked_mul(self, other)
+    }
+    fn checked_add(self, other: Self) -> Option<Self> {
+        i128::checked_add(self, other)
+    }
+    fn checked_neg(self) -> Option<Self> {
+        i128::checked_neg(self)
+    }
+    fn checked_pow(self, exp: u32) -> Option<Self> {
+        i128::checked_pow(self, exp)
+    }
+}
+
+impl ScaledInt for i256 {
+    const ZERO: Self = i256::ZERO;
+    fn small(v: i64) -> Self {
+        i256::from_i128(v as i128)
+    }
+    fn checked_mul(self, other: Self) -> Option<Self> {
+        i256::checked_mul(self, other)
+    }
+    fn checked_add(self, other: Self) -> Option<Self> {
+        i256::checked_add(self, other)
+    }
+    fn checked_neg(self) -> Option<Self> {
+        i256::checked_neg(self)
+    }
+    fn checked_pow(self, exp: u32) -> Option<Self> {
+        i256::checked_pow(self, exp)
+    }
+}
+
 /// The value times 10^scale, exactly (digits below the scale must be zero).
-fn numeric_scaled(v: &[u8], scale: i8) -> Result<i256, String> {
+fn numeric_scaled<T: ScaledInt>(v: &[u8], scale: i8) -> Result<T, String> {
     let n = parse_numeric(v)?.map_err(|special| {
         format!("numeric {special} has no Parquet decimal; set unbounded_numeric = \"text\"")
     })?;
     let overflow = || "numeric value overflows its decimal type".to_string();
-    let ten_thousand = i256::from_i128(10_000);
-    let mut acc = i256::ZERO;
+    let below_scale = || format!("numeric value has more than {scale} decimal places");
+    let mut acc = T::ZERO;
     // The decimal exponent of the last digit group folded into `acc`.
     let mut unit_exp: i32 = 0;
     for i in 0..n.ndigits() {
@@ -528,30 +574,25 @@ fn numeric_scaled(v: &[u8], scale: i8) -> Result<i256, String> {
         let exp = 4 * (n.weight - i as i32) + scale as i32;
         if exp >= 0 {
             acc = acc
-                .checked_mul(ten_thousand)
-                .and_then(|a| a.checked_add(i256::from_i128(d as i128)))
+                .checked_mul(T::small(10_000))
+                .and_then(|a| a.checked_add(T::small(d)))
                 .ok_or_else(overflow)?;
             unit_exp = exp;
         } else if exp > -4 {
             let cut = 10i64.pow((-exp) as u32);
             if d % cut != 0 {
-                return Err(format!(
-                    "numeric value has more than {scale} decimal places"
-                ));
+                return Err(below_scale());
             }
-            let keep = i256::from_i128(10i128.pow((4 + exp) as u32));
             acc = acc
-                .checked_mul(keep)
-                .and_then(|a| a.checked_add(i256::from_i128((d / cut) as i128)))
+                .checked_mul(T::small(10i64.pow((4 + exp) as u32)))
+                .and_then(|a| a.checked_add(T::small(d / cut)))
                 .ok_or_else(overflow)?;
             unit_exp = 0;
         } else if d != 0 {
-            return Err(format!(
-                "numeric value has more than {scale} decimal places"
-            ));
+            return Err(below_scale());
         }
     }
-    let factor = i256::from_i128(10)
+    let factor = T::small(10)
         .checked_pow(unit_exp as u32)
         .ok_or_else(overflow)?;
     let value = acc.checked_mul(factor).ok_or_else(overflow)?;
@@ -705,7 +746,8 @@ mod tests {
 
     #[test]
     fn numerics_decode_exactly() {
-        let decimal = |text: &str, scale: i8| numeric_scaled(&numeric_bytes(text), scale).unwrap();
+        let decimal =
+            |text: &str, scale: i8| numeric_scaled::<i256>(&numeric_bytes(text), scale).unwrap();
         assert_eq!(decimal("123.4500", 4), i256::from_i128(1_234_500));
         assert_eq!(decimal("-0.0001", 4), i256::from_i128(-1));
         assert_eq!(decimal("0", 2), i256::ZERO);
@@ -715,13 +757,21 @@ mod tests {
         let big = "1".repeat(38) + "." + &"9".repeat(38);
         let expected = ("1".repeat(38) + &"9".repeat(38)).parse::<i256>().unwrap();
         assert_eq!(decimal(&big, 38), expected);
-        assert!(numeric_scaled(&numeric_bytes("1.25"), 1).is_err());
+        assert!(numeric_scaled::<i256>(&numeric_bytes("1.25"), 1).is_err());
+        // The fast path agrees, and refuses what does not fit 38 digits.
+        assert_eq!(
+            numeric_scaled::<i128>(&numeric_bytes("-98765.4321"), 6).unwrap(),
+            -98_765_432_100
+        );
+        assert!(numeric_scaled::<i128>(&numeric_bytes(&big), 38)
+            .unwrap_err()
+            .contains("overflows"));
         for text in ["0", "12.50", "-0.0001", "100000000.000", "7", "-98765.4321"] {
             assert_eq!(numeric_text(&numeric_bytes(text)).unwrap(), text);
         }
         let nan = [0u8, 0, 0, 0, 0xC0, 0, 0, 0];
         assert_eq!(numeric_text(&nan).unwrap(), "NaN");
-        assert!(numeric_scaled(&nan, 0).unwrap_err().contains("NaN"));
+        assert!(numeric_scaled::<i128>(&nan, 0).unwrap_err().contains("NaN"));
     }
 
     #[test]
