@@ -6,8 +6,9 @@
 //! - TLS uses rustls: `sslmode=require` encrypts (like libpq, without checking the certificate
 //!   unless `COMPACTOR_PG_CA_FILE` names a PEM bundle, e.g. RDS's global bundle, which turns on
 //!   full verification including the host name); `prefer` (the default) falls back to plain.
-//! - An export is one REPEATABLE READ, READ ONLY transaction reading the range through a bound
-//!   portal (a server-side cursor) in fetches sized to a byte budget.
+//! - An export is one REPEATABLE READ, READ ONLY transaction reading the range with a binary
+//!   `COPY (SELECT ...) TO STDOUT`, parsed as it streams into Arrow batches bounded in rows and
+//!   bytes.
 //! - Connections are reused across calls of one process.
 
 use std::str::FromStr;
