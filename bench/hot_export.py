@@ -32,183 +32,15 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-VENV = REPO / ".venv-bench"
-REEXEC_FLAG = "COMPACTOR_BENCH_REEXEC"
-MIB = 1 << 20
+from common import (CheckFailed, MIB, REPO, add_build_options, check, ensure_deps,
+                    format_table, git_description, log, median, newer_sources, parse_size,
+                    release_binaries, run_measured)
+
 # Marks a table this script created: only such a table is ever dropped or reused.
 MARKER = "compactor bench/hot_export.py"
 CHAIN = 1
 OTHER_CHAIN = 10
 DATASET = "bench"
-
-
-# --------------------------------------------------------------------------------------------
-# Environment: venv with duckdb + pyarrow, release binary (as bench/run.py).
-# --------------------------------------------------------------------------------------------
-
-
-def ensure_deps() -> None:
-    """Make duckdb and pyarrow importable: re-exec under .venv-bench (created if needed)."""
-    try:
-        import duckdb  # noqa: F401
-        import pyarrow  # noqa: F401
-
-        return
-    except ImportError:
-        pass
-    if os.environ.get(REEXEC_FLAG):
-        sys.exit(f"error: duckdb/pyarrow still not importable under {sys.executable}")
-    py = VENV / "bin" / "python"
-    if not py.exists():
-        print(f"[bench] creating venv {VENV}", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    try:
-        subprocess.run(
-            [str(py), "-c", "import duckdb, pyarrow"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    except subprocess.CalledProcessError:
-        print("[bench] installing duckdb pyarrow into the venv", file=sys.stderr)
-        subprocess.run(
-            [str(py), "-m", "pip", "install", "--quiet", "duckdb", "pyarrow"], check=True
-        )
-    env = dict(os.environ, **{REEXEC_FLAG: "1"})
-    os.execve(str(py), [str(py), str(Path(__file__).resolve()), *sys.argv[1:]], env)
-
-
-def target_dir() -> Path:
-    """Cargo's target directory (honours CARGO_TARGET_DIR and .cargo/config)."""
-    try:
-        meta = subprocess.run(
-            ["cargo", "metadata", "--format-version", "1", "--no-deps"],
-            cwd=REPO, check=True, capture_output=True, text=True,
-        ).stdout
-        return Path(json.loads(meta)["target_directory"])
-    except (OSError, subprocess.CalledProcessError, ValueError, KeyError) as e:
-        log(f"warning: `cargo metadata` failed ({e}); assuming {REPO / 'target'}")
-        return Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
-
-
-def ensure_binary(args) -> Path:
-    if args.binary:
-        b = Path(args.binary).resolve()
-        if not b.exists():
-            sys.exit(f"error: --binary {b} does not exist")
-        return b
-    b = target_dir() / "release" / "compactor"
-    stale = newer_sources(b)
-    if args.build is None:
-        build = not b.exists() or bool(stale)
-    else:
-        build = args.build
-    if build:
-        why = ("--build" if args.build else "missing" if not b.exists()
-               else f"older than {stale[0].relative_to(REPO)}")
-        log(f"cargo build --release -p compactor (binary {b} {why})")
-        subprocess.run(["cargo", "build", "--release", "-p", "compactor"], cwd=REPO, check=True)
-    elif stale:
-        log(f"warning: {b} is older than {len(stale)} source file(s), e.g. "
-            f"{stale[0].relative_to(REPO)}; measuring it anyway (--no-build)")
-    if not b.exists():
-        sys.exit(f"error: {b} does not exist (--no-build?)")
-    return b
-
-
-def newer_sources(binary: Path) -> list[Path]:
-    """Source files of the compactor modified after the binary was built."""
-    if not binary.exists():
-        return []
-    t = binary.stat().st_mtime
-    candidates = [REPO / "Cargo.toml", REPO / "Cargo.lock"]
-    for crate in ("shared", "cli"):
-        candidates += (REPO / crate).rglob("*.rs")
-        candidates.append(REPO / crate / "Cargo.toml")
-    return [p for p in candidates if p.exists() and p.stat().st_mtime > t]
-
-
-# --------------------------------------------------------------------------------------------
-# Helpers
-# --------------------------------------------------------------------------------------------
-
-
-def parse_size(s: str) -> int:
-    """'1GiB', '512MiB', '64M', '1073741824' -> bytes (binary units, as the compactor does)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", s, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"bad size {s!r}")
-    mult = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
-    return int(float(m.group(1)) * mult)
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class CheckFailed(Exception):
-    pass
-
-
-def check(cond: bool, what: str) -> None:
-    if not cond:
-        raise CheckFailed(what)
-
-
-def median(xs: list[float]) -> float:
-    s = sorted(xs)
-    n = len(s)
-    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
-
-
-# The measured command is started by this small launcher, not by the benchmark process itself:
-# on Linux a child's ru_maxrss includes the memory of the process it was forked from (recorded
-# at exec), and the benchmark process holds DuckDB while verifying. The launcher is a bare
-# interpreter (-I -S) of a few MiB; its size is the measurement floor, which main() prints.
-# (The same launcher as bench/run.py's.)
-LAUNCHER = """
-import json, os, sys, time
-out, err, res, *cmd = sys.argv[1:]
-t0 = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    try:
-        os.dup2(os.open("/dev/null", os.O_RDONLY), 0)
-        os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 1)
-        os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
-        os.execvp(cmd[0], cmd)
-    finally:
-        os._exit(127)
-_, status, ru = os.wait4(pid, 0)
-secs = time.perf_counter() - t0
-with open(res, "w") as f:
-    json.dump({"seconds": secs, "maxrss_kib": ru.ru_maxrss,
-               "utime": ru.ru_utime, "stime": ru.ru_stime,
-               "exit_code": os.waitstatus_to_exitcode(status)}, f)
-"""
-
-
-def run_measured(cmd: list[str], cwd: Path, log_dir: Path, name: str, env: dict,
-                 stdout_to: str | None = None) -> dict:
-    """Run cmd as a fresh child of a small launcher; return wall seconds, peak RSS (KiB,
-    ru_maxrss from wait4), user/system CPU seconds, exit code, stdout and stderr. stdout_to
-    (e.g. /dev/null) replaces the captured stdout."""
-    out_path = Path(stdout_to) if stdout_to else log_dir / f"{name}.stdout"
-    err_path = log_dir / f"{name}.stderr"
-    res_path = log_dir / f"{name}.rusage.json"
-    subprocess.run(
-        [sys.executable, "-I", "-S", "-c", LAUNCHER, str(out_path), str(err_path),
-         str(res_path), *cmd],
-        cwd=cwd, check=True, stdin=subprocess.DEVNULL, env=env,
-    )
-    r = json.loads(res_path.read_text())
-    r.update(
-        cmd=cmd,
-        stdout="" if stdout_to else out_path.read_text(errors="replace"),
-        stderr=err_path.read_text(errors="replace"),
-    )
-    return r
 
 
 def fmt_s(x: float | None) -> str:
@@ -640,14 +472,7 @@ def table(rows: list[dict]) -> str:
         ]
         for r in rows
     ]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-
-    def fmt(cells):
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        )
-
-    return "\n".join([fmt(head), "  ".join("-" * w for w in widths)] + [fmt(b) for b in body])
+    return format_table(head, body)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -709,11 +534,7 @@ def main() -> int:
     ap.add_argument("--compactor-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment for the compactor runs (repeatable), e.g. "
                     "RUST_LOG=debug or MALLOC_ARENA_MAX=1")
-    ap.add_argument("--binary", metavar="PATH", help="compactor binary [default: release/compactor in cargo's "
-                    "target directory (cargo metadata; honours CARGO_TARGET_DIR)]")
-    ap.add_argument("--build", action=argparse.BooleanOptionalAction, default=None,
-                    help="--build: always run `cargo build --release -p compactor`; --no-build: "
-                    "never [default: build if the binary is missing or older than the sources]")
+    add_build_options(ap, "compactor")
     ap.add_argument("--out-dir", metavar="DIR", default=str(REPO / "bench" / "out"),
                     help="scratch space, logs/ and hot_results.json")
     args = ap.parse_args()
@@ -736,7 +557,7 @@ def main() -> int:
     import duckdb
     import pyarrow
 
-    binary = ensure_binary(args)
+    binary = release_binaries(args, ["compactor"])["compactor"]
     out_root = Path(args.out_dir).resolve()
     out_root.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out_root / "hot", ignore_errors=True)
@@ -745,10 +566,7 @@ def main() -> int:
     (out_root / "logs").mkdir()
     stale = newer_sources(binary)
     version = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout
-    git_rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                             capture_output=True, text=True).stdout.strip()
-    git_dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "shared", "cli"],
-                                    cwd=REPO, capture_output=True, text=True).stdout.strip())
+    git = git_description()
     geo = geometry(args.rows, args.txs_per_block)
 
     pg_dir = Path(args.pg_dir).resolve() if args.pg_dir else out_root / "pg"
@@ -868,8 +686,8 @@ def main() -> int:
     print()
     if stale:
         print(f"WARNING: the binary is older than {len(stale)} source file(s); it may not be "
-              f"git {git_rev}.")
-    print(f"{version.strip()} (git {git_rev}{', uncommitted changes' if git_dirty else ''}); "
+              f"git {git}.")
+    print(f"{version.strip()} (git {git}); "
           f"PostgreSQL {info.get('server_version', '?')} ({info.get('server_settings', '')}); "
           f"duckdb {duckdb.__version__}, pyarrow {pyarrow.__version__}; "
           f"{os.cpu_count()} CPUs, {platform.platform()}")
@@ -919,8 +737,7 @@ def main() -> int:
     doc = {
         "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "compactor_version": version.strip(),
-        "git_rev": git_rev,
-        "git_dirty": git_dirty,
+        "git": git,
         "binary": str(binary),
         "binary_older_than_sources": [str(p.relative_to(REPO)) for p in stale],
         "duckdb_version": duckdb.__version__,

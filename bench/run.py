@@ -20,167 +20,21 @@ import datetime as _dt
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-VENV = REPO / ".venv-bench"
-REEXEC_FLAG = "COMPACTOR_BENCH_REEXEC"
-MIB = 1 << 20
-
-
-# --------------------------------------------------------------------------------------------
-# Environment: venv with duckdb + pyarrow, release binary.
-# --------------------------------------------------------------------------------------------
-
-
-def ensure_deps() -> None:
-    """Make duckdb and pyarrow importable: re-exec under .venv-bench (created if needed)."""
-    try:
-        import duckdb  # noqa: F401
-        import pyarrow  # noqa: F401
-
-        return
-    except ImportError:
-        pass
-    if os.environ.get(REEXEC_FLAG):
-        sys.exit(f"error: duckdb/pyarrow still not importable under {sys.executable}")
-    py = VENV / "bin" / "python"
-    if not py.exists():
-        print(f"[bench] creating venv {VENV}", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    try:
-        subprocess.run(
-            [str(py), "-c", "import duckdb, pyarrow"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    except subprocess.CalledProcessError:
-        print("[bench] installing duckdb pyarrow into the venv", file=sys.stderr)
-        subprocess.run(
-            [str(py), "-m", "pip", "install", "--quiet", "duckdb", "pyarrow"], check=True
-        )
-    env = dict(os.environ, **{REEXEC_FLAG: "1"})
-    os.execve(str(py), [str(py), str(Path(__file__).resolve()), *sys.argv[1:]], env)
-
-
-def ensure_binary(args) -> Path:
-    if args.binary:
-        b = Path(args.binary).resolve()
-        if not b.exists():
-            sys.exit(f"error: --binary {b} does not exist")
-        return b
-    b = REPO / "target" / "release" / "compactor"
-    stale = newer_sources(b)
-    if args.build is None:
-        build = not b.exists() or bool(stale)
-    else:
-        build = args.build
-    if build:
-        why = ("--build" if args.build else "missing" if not b.exists()
-               else f"older than {stale[0].relative_to(REPO)}")
-        log(f"cargo build --release -p compactor (binary {why})")
-        subprocess.run(["cargo", "build", "--release", "-p", "compactor"], cwd=REPO, check=True)
-    elif stale:
-        log(f"warning: {b} is older than {len(stale)} source file(s), e.g. "
-            f"{stale[0].relative_to(REPO)}; measuring it anyway (--no-build)")
-    return b
-
-
-def newer_sources(binary: Path) -> list[Path]:
-    """Source files of the compactor modified after the binary was built."""
-    if not binary.exists():
-        return []
-    t = binary.stat().st_mtime
-    candidates = [REPO / "Cargo.toml", REPO / "Cargo.lock"]
-    for crate in ("shared", "cli"):
-        candidates += (REPO / crate).rglob("*.rs")
-        candidates.append(REPO / crate / "Cargo.toml")
-    return [p for p in candidates if p.exists() and p.stat().st_mtime > t]
+from common import (CheckFailed, MIB, REPO, add_build_options, check, ensure_deps,
+                    format_table, git_description, log, median, newer_sources, parse_size,
+                    release_binaries, run_measured)
 
 
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-def parse_size(s: str) -> int:
-    """'1GiB', '512MiB', '64M', '1073741824' -> bytes (binary units, as the compactor does)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", s, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"bad size {s!r}")
-    mult = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
-    return int(float(m.group(1)) * mult)
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-class CheckFailed(Exception):
-    pass
-
-
-def check(cond: bool, what: str) -> None:
-    if not cond:
-        raise CheckFailed(what)
-
-
-# The measured command is started by this small launcher, not by the benchmark process itself:
-# on Linux a child's ru_maxrss includes the memory of the process it was forked from (the forked
-# copy, or with vfork the parent's own high-water mark, is recorded at exec). The benchmark
-# process holds DuckDB and grows to GBs while verifying, so it must not be that process. The
-# launcher is a bare interpreter (-I -S) of a few MiB; its size is the measurement floor, which
-# main() measures and prints.
-LAUNCHER = """
-import json, os, sys, time
-out, err, res, *cmd = sys.argv[1:]
-t0 = time.perf_counter()
-pid = os.fork()
-if pid == 0:
-    try:
-        os.dup2(os.open("/dev/null", os.O_RDONLY), 0)
-        os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 1)
-        os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), 2)
-        os.execvp(cmd[0], cmd)
-    finally:
-        os._exit(127)
-_, status, ru = os.wait4(pid, 0)
-secs = time.perf_counter() - t0
-with open(res, "w") as f:
-    json.dump({"seconds": secs, "maxrss_kib": ru.ru_maxrss,
-               "exit_code": os.waitstatus_to_exitcode(status)}, f)
-"""
-
-
-def run_measured(cmd: list[str], cwd: Path, log_dir: Path, name: str,
-                 extra_env: list[str] | None = None) -> dict:
-    """Run cmd as a fresh child of a small launcher; return wall seconds, peak RSS (KiB,
-    ru_maxrss from wait4, which on Linux covers the child and the descendants it waited for),
-    exit code, stdout and stderr."""
-    out_path = log_dir / f"{name}.stdout"
-    err_path = log_dir / f"{name}.stderr"
-    res_path = log_dir / f"{name}.rusage.json"
-    subprocess.run(
-        [sys.executable, "-I", "-S", "-c", LAUNCHER, str(out_path), str(err_path),
-         str(res_path), *cmd],
-        cwd=cwd, check=True, stdin=subprocess.DEVNULL,
-        env=dict(os.environ, **dict(kv.split("=", 1) for kv in extra_env or [])),
-    )
-    r = json.loads(res_path.read_text())
-    r.update(
-        cmd=cmd,
-        stdout=out_path.read_text(errors="replace"),
-        stderr=err_path.read_text(errors="replace"),
-    )
-    return r
 
 
 def parquet_files(root: Path) -> list[Path]:
@@ -278,7 +132,8 @@ def run_compactor(binary: Path, src: dict, expect: dict, mode: str, args, out_ro
     if args.workers:
         cmd += ["--workers", str(args.workers)]
     log(f"{name}: {' '.join(cmd[1:])}")
-    r = run_measured(cmd, work, out_root / "logs", name, args.compactor_env)
+    r = run_measured(cmd, work, out_root / "logs", name,
+                     dict(os.environ, **dict(kv.split("=", 1) for kv in args.compactor_env)))
     if r["exit_code"] != 0:
         raise CheckFailed(
             f"{name}: compactor exited {r['exit_code']}\ncommand: {' '.join(cmd)}\n"
@@ -336,7 +191,7 @@ def run_duckdb(src: dict, expect: dict, order_by: str | None, out_root: Path, na
     cmd = [sys.executable, "-c", child, str(list_file), str(out_file), order_by or ""]
     log(f"{name}: COPY (SELECT * FROM read_parquet([{len(inputs)} files])"
         f"{' ORDER BY ' + order_by if order_by else ''}) TO ... (FORMAT parquet, COMPRESSION zstd)")
-    r = run_measured(cmd, work, out_root / "logs", name)
+    r = run_measured(cmd, work, out_root / "logs", name, dict(os.environ))
     if r["exit_code"] != 0:
         raise CheckFailed(f"{name}: duckdb child exited {r['exit_code']}\n{r['stderr']}")
     outputs = [out_file]
@@ -350,7 +205,7 @@ def run_duckdb(src: dict, expect: dict, order_by: str | None, out_root: Path, na
 
 def duckdb_baseline(out_root: Path) -> dict:
     r = run_measured([sys.executable, "-c", "import duckdb; duckdb.connect().execute('SELECT 1')"],
-                     out_root, out_root / "logs", "python-duckdb-baseline")
+                     out_root, out_root / "logs", "python-duckdb-baseline", dict(os.environ))
     check(r["exit_code"] == 0, f"baseline python failed: {r['stderr']}")
     return {"seconds": r["seconds"], "peak_rss_mib": r["maxrss_kib"] / 1024}
 
@@ -395,8 +250,7 @@ def repeated(n: int, fn, *a, **kw) -> dict:
     """Run a contender n times (fresh inputs, fresh process, verified each time); report the
     median wall time and the largest peak RSS, and keep every sample."""
     samples = [fn(*a, **kw) for _ in range(n)]
-    secs = sorted(x["seconds"] for x in samples)
-    med = secs[len(secs) // 2] if len(secs) % 2 else (secs[len(secs) // 2 - 1] + secs[len(secs) // 2]) / 2
+    med = median([x["seconds"] for x in samples])
     r = dict(samples[0])
     for k in ("files_out", "output_bytes"):
         vals = [x[k] for x in samples]
@@ -456,15 +310,7 @@ def table(rows: list[dict]) -> str:
         ]
         for r in rows
     ]
-    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
-
-    def fmt(cells):
-        return "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        )
-
-    lines = [fmt(head), "  ".join("-" * w for w in widths)] + [fmt(b) for b in body]
-    return "\n".join(lines)
+    return format_table(head, body)
 
 
 def main() -> int:
@@ -496,11 +342,7 @@ def main() -> int:
     ap.add_argument("--scale-factor", type=int, default=2)
     ap.add_argument("--duckdb", action=argparse.BooleanOptionalAction, default=True,
                     help="run the DuckDB contenders")
-    ap.add_argument("--binary", help="compactor binary [default: target/release/compactor, "
-                    "built with cargo if missing]")
-    ap.add_argument("--build", action=argparse.BooleanOptionalAction, default=None,
-                    help="--build: always run `cargo build --release -p compactor`; --no-build: "
-                    "never [default: build if the binary is missing or older than the sources]")
+    add_build_options(ap, "compactor")
     ap.add_argument("--out-dir", default=str(REPO / "bench" / "out"),
                     help="scratch data, logs and results.json (wiped data subdirs each run)")
     ap.add_argument("--keep", action="store_true", help="keep the generated inputs afterwards")
@@ -521,7 +363,7 @@ def main() -> int:
     import duckdb
     import pyarrow
 
-    binary = ensure_binary(args)
+    binary = release_binaries(args, ["compactor"])["compactor"]
     out_root = Path(args.out_dir).resolve()
     out_root.mkdir(parents=True, exist_ok=True)
     for sub in ("src", "work", "logs"):
@@ -530,13 +372,10 @@ def main() -> int:
     (out_root / "logs").mkdir()
     stale = newer_sources(binary)
     version = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout
-    git_rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                             capture_output=True, text=True).stdout.strip()
-    git_dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "shared", "cli"],
-                                    cwd=REPO, capture_output=True, text=True).stdout.strip())
+    git = git_description()
     con = duckdb.connect()
 
-    floor = run_measured(["true"], out_root, out_root / "logs", "rss-floor")
+    floor = run_measured(["true"], out_root, out_root / "logs", "rss-floor", dict(os.environ))
     check(floor["exit_code"] == 0, "launcher cannot run `true`")
     floor_mib = floor["maxrss_kib"] / 1024
 
@@ -591,8 +430,8 @@ def main() -> int:
     print()
     if stale:
         print(f"WARNING: the binary is older than {len(stale)} source file(s); it may not be "
-              f"git {git_rev}.")
-    print(f"{version.strip()} (git {git_rev}{', uncommitted changes' if git_dirty else ''}); "
+              f"git {git}.")
+    print(f"{version.strip()} (git {git}); "
           f"duckdb {duckdb.__version__}, pyarrow {pyarrow.__version__}; "
           f"{os.cpu_count()} CPUs, {platform.platform()}")
     if results:
@@ -628,8 +467,7 @@ def main() -> int:
     doc = {
         "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "compactor_version": version.strip(),
-        "git_rev": git_rev,
-        "git_dirty": git_dirty,
+        "git": git,
         "binary": str(binary),
         "binary_older_than_sources": [str(p.relative_to(REPO)) for p in stale],
         "duckdb_version": duckdb.__version__,
