@@ -4,7 +4,7 @@
 //! works in a schema of its own.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 pub const DSN_VAR: &str = "DATABASE_URL";
@@ -62,9 +62,14 @@ pub fn private_server(tls: bool) -> (String, PathBuf) {
         script = script.display(),
         dir = dir.display()
     );
+    // Detached from the test's output, which would otherwise stay open until the watcher ends
+    // (nextest reports such a test as leaky).
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(watcher)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .expect("starting the server's watcher");
     std::thread::spawn(move || child.wait());
