@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from common import (REPO, add_build_options, format_table, git_description, log, median,
-                    release_binaries)
+                    newer_sources, release_binaries, target_dir)
 
 FUNCTIONS = ["planner", "merger", "committer"]
 NEXT_PATH = "/2018-06-01/runtime/invocation/next"
@@ -151,14 +151,45 @@ def cold_start(binary: Path, function: str, memory_mb: int, timeout: float,
         listener.close()
 
 
+def arm64_binaries(args) -> dict[str, Path]:
+    """The `bootstrap` of each function as `cargo lambda build --release --arm64` makes it for
+    SAM's arm64 functions (built when missing or stale, unless --no-build)."""
+    lambda_dir = target_dir() / "lambda"
+    binaries = {f: lambda_dir / f / "bootstrap" for f in FUNCTIONS}
+    missing = [b for b in binaries.values() if not b.exists()]
+    stale = [s for b in binaries.values() for s in newer_sources(b)]
+    if args.build or (args.build is None and (missing or stale)):
+        if not shutil.which("cargo-lambda"):
+            sys.exit("error: --arm64 needs cargo-lambda on PATH (pip install cargo-lambda; "
+                     "scripts/test installs it into .venv-aws/bin) and the aarch64 target "
+                     "(rustup target add aarch64-unknown-linux-gnu)")
+        cmd = ["cargo", "lambda", "build", "--release", "--arm64",
+               *[a for f in FUNCTIONS for a in ("-p", f)]]
+        log(" ".join(cmd))
+        subprocess.run(cmd, cwd=REPO, check=True)
+    for b in binaries.values():
+        if not b.exists():
+            sys.exit(f"error: {b} does not exist (--no-build?)")
+    return binaries
+
+
+def can_run(binary: Path) -> bool:
+    """True when this machine runs the binary's architecture (ELF e_machine)."""
+    machine = int.from_bytes(binary.read_bytes()[18:20], "little")
+    host = {"x86_64": 62, "aarch64": 183, "arm64": 183}.get(platform.machine())
+    return machine == host
+
+
 def stripped_size(binary: Path) -> int | None:
-    strip = shutil.which("strip")
-    if not strip:
+    """Size without symbols, as this machine's `strip` leaves it; None if it cannot read the
+    binary (another architecture)."""
+    if not shutil.which("strip"):
         return None
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / binary.name
-        subprocess.run([strip, "-o", str(out), str(binary)], check=True)
-        return out.stat().st_size
+        done = subprocess.run(["strip", "-o", str(out), str(binary)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return out.stat().st_size if done.returncode == 0 else None
 
 
 def main() -> int:
@@ -173,6 +204,9 @@ def main() -> int:
                     help="AWS_LAMBDA_FUNCTION_MEMORY_SIZE the functions see")
     ap.add_argument("--timeout", type=float, default=10.0,
                     help="seconds a function may take to ask for its first event")
+    ap.add_argument("--arm64", action="store_true",
+                    help="measure the arm64 `bootstrap` binaries `cargo lambda build --release "
+                    "--arm64` makes, as SAM deploys them (init only where arm64 runs)")
     add_build_options(ap, "functions")
     ap.add_argument("--out-dir", default=str(REPO / "bench" / "out"),
                     help="logs/ (each start's stderr) and functions_results.json")
@@ -180,29 +214,29 @@ def main() -> int:
     if args.repeat < 1:
         ap.error("--repeat must be positive")
 
-    binaries = release_binaries(args, FUNCTIONS)
+    binaries = arm64_binaries(args) if args.arm64 else release_binaries(args, FUNCTIONS)
     out_root = Path(args.out_dir).resolve()
     log_dir = out_root / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
 
     results = []
     for function, binary in binaries.items():
-        samples = [cold_start(binary, function, args.memory_mb, args.timeout, log_dir,
-                              f"{function}-start-{i}") for i in range(1, args.repeat + 1)]
-        init_ms = [s["init_seconds"] * 1000 for s in samples]
-        rss = [s["peak_rss_mib"] for s in samples if s["peak_rss_mib"] is not None]
-        results.append({
-            "function": function,
-            "binary": str(binary),
-            "size_bytes": binary.stat().st_size,
-            "stripped_bytes": stripped_size(binary),
-            "init_ms_median": median(init_ms),
-            "init_ms_min": min(init_ms),
-            "init_ms_max": max(init_ms),
-            "peak_rss_mib_at_ready": max(rss) if rss else None,
-            "samples": samples,
-        })
-        log(f"{function}: init {median(init_ms):.1f} ms (median of {args.repeat})")
+        result = {"function": function, "binary": str(binary),
+                  "size_bytes": binary.stat().st_size, "stripped_bytes": stripped_size(binary),
+                  "init_ms_median": None, "peak_rss_mib_at_ready": None, "samples": []}
+        if can_run(binary):
+            samples = [cold_start(binary, function, args.memory_mb, args.timeout, log_dir,
+                                  f"{function}-start-{i}") for i in range(1, args.repeat + 1)]
+            init_ms = [s["init_seconds"] * 1000 for s in samples]
+            rss = [s["peak_rss_mib"] for s in samples if s["peak_rss_mib"] is not None]
+            result.update(init_ms_median=median(init_ms), init_ms_min=min(init_ms),
+                          init_ms_max=max(init_ms),
+                          peak_rss_mib_at_ready=max(rss) if rss else None, samples=samples)
+            log(f"{function}: init {median(init_ms):.1f} ms (median of {args.repeat})")
+        else:
+            log(f"{function}: {binary} is not for this machine ({platform.machine()}); "
+                "size only")
+        results.append(result)
 
     head = ["function", "release MB", "stripped MB", "init ms (median)", "init ms (min-max)",
             "peak RSS at ready MiB"]
@@ -210,17 +244,21 @@ def main() -> int:
         r["function"],
         f"{r['size_bytes'] / 1e6:.1f}",
         "n/a" if r["stripped_bytes"] is None else f"{r['stripped_bytes'] / 1e6:.1f}",
-        f"{r['init_ms_median']:.1f}",
-        f"{r['init_ms_min']:.1f}-{r['init_ms_max']:.1f}",
+        "n/a" if r["init_ms_median"] is None else f"{r['init_ms_median']:.1f}",
+        "n/a" if r["init_ms_median"] is None else f"{r['init_ms_min']:.1f}-{r['init_ms_max']:.1f}",
         "n/a" if r["peak_rss_mib_at_ready"] is None else f"{r['peak_rss_mib_at_ready']:.1f}",
     ] for r in results]
     git = git_description()
-    print(f"\nrelease binaries of git {git} ({platform.machine()}, {platform.platform()}; "
+    arch = "arm64 (cargo lambda build --arm64)" if args.arm64 else platform.machine()
+    print(f"\nrelease binaries of git {git} ({arch}; host {platform.platform()}; "
           f"{os.cpu_count()} CPUs); {args.repeat} cold starts each, "
           f"AWS_LAMBDA_FUNCTION_MEMORY_SIZE={args.memory_mb}\n")
     print(format_table(head, body))
     print("\ninit = exec until the first GET of the Runtime API's invocation/next; MB = 1e6 "
           "bytes; peak RSS = VmHWM when that request arrives.")
+    if args.arm64:
+        print("cargo lambda build strips the bootstrap it makes: its release size is the "
+              "deployed size; n/a = not measurable on this machine.")
     doc = {"git": git, "platform": platform.platform(), "machine": platform.machine(),
            "cpus": os.cpu_count(), "params": vars(args), "results": results,
            "config": CONFIG}
