@@ -128,6 +128,41 @@ def git_description() -> str:
     return rev + (", uncommitted changes" if dirty else "")
 
 
+def identity(binary: Path) -> dict:
+    """What a run measured and where: the binary, its version and git revision (and whether
+    sources changed after it was built), the readers' versions, this machine. Call after
+    ensure_deps()."""
+    import datetime
+    import platform
+
+    import duckdb
+    import pyarrow
+
+    version = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout
+    return {
+        "generated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "compactor_version": version.strip(),
+        "git": git_description(),
+        "binary": str(binary),
+        "binary_older_than_sources": [str(p.relative_to(REPO)) for p in newer_sources(binary)],
+        "duckdb_version": duckdb.__version__,
+        "pyarrow_version": pyarrow.__version__,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+
+
+def identity_lines(ident: dict, server: str = "") -> str:
+    """The header a results table is printed under; `server` names the database, if any."""
+    stale = ident["binary_older_than_sources"]
+    warning = (f"WARNING: the binary is older than {len(stale)} source file(s); it may not be "
+               f"git {ident['git']}.\n" if stale else "")
+    return (f"{warning}{ident['compactor_version']} (git {ident['git']}); "
+            + (f"{server}; " if server else "")
+            + f"duckdb {ident['duckdb_version']}, pyarrow {ident['pyarrow_version']}; "
+            f"{ident['cpus']} CPUs, {ident['platform']}")
+
+
 def parse_size(s: str) -> int:
     """'1GiB', '512MiB', '64M', '1073741824' -> bytes (binary units, as the compactor does)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", s, re.IGNORECASE)

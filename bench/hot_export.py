@@ -19,11 +19,9 @@ See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -32,9 +30,9 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-from common import (CheckFailed, MIB, REPO, add_build_options, check, ensure_deps,
-                    format_table, git_description, log, median, newer_sources, parse_size,
-                    release_binaries, run_measured)
+from common import (CheckFailed, MIB, REPO, add_build_options, check, ensure_deps, format_table,
+                    identity, identity_lines, log, median, parse_size, release_binaries,
+                    run_measured)
 
 # Marks a table this script created: only such a table is ever dropped or reused.
 MARKER = "compactor bench/hot_export.py"
@@ -555,7 +553,6 @@ def main() -> int:
     if args.rows < 5_000_000:
         log(f"warning: --rows {args.rows:,} is below the 5,000,000 rows the benchmark is meant for")
     import duckdb
-    import pyarrow
 
     binary = release_binaries(args, ["compactor"])["compactor"]
     out_root = Path(args.out_dir).resolve()
@@ -564,9 +561,7 @@ def main() -> int:
     (out_root / "hot").mkdir()
     shutil.rmtree(out_root / "logs", ignore_errors=True)
     (out_root / "logs").mkdir()
-    stale = newer_sources(binary)
-    version = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout
-    git = git_description()
+    ident = identity(binary)
     geo = geometry(args.rows, args.txs_per_block)
 
     pg_dir = Path(args.pg_dir).resolve() if args.pg_dir else out_root / "pg"
@@ -684,13 +679,9 @@ def main() -> int:
 
     verdict = {}
     print()
-    if stale:
-        print(f"WARNING: the binary is older than {len(stale)} source file(s); it may not be "
-              f"git {git}.")
-    print(f"{version.strip()} (git {git}); "
-          f"PostgreSQL {info.get('server_version', '?')} ({info.get('server_settings', '')}); "
-          f"duckdb {duckdb.__version__}, pyarrow {pyarrow.__version__}; "
-          f"{os.cpu_count()} CPUs, {platform.platform()}")
+    print(identity_lines(ident,
+                         f"PostgreSQL {info.get('server_version', '?')} "
+                         f"({info.get('server_settings', '')})"))
     if "table_rows" in info:
         print(f"table {args.table}: {info['table_rows']:,} rows, "
               f"{info['table_total_bytes'] / 1e6:.0f} MB with index "
@@ -735,15 +726,7 @@ def main() -> int:
     print(f"\ntotal benchmark time {time.perf_counter() - t_start:.0f} s")
 
     doc = {
-        "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "compactor_version": version.strip(),
-        "git": git,
-        "binary": str(binary),
-        "binary_older_than_sources": [str(p.relative_to(REPO)) for p in stale],
-        "duckdb_version": duckdb.__version__,
-        "pyarrow_version": pyarrow.__version__,
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
+        **ident,
         "dsn": redact(dsn),
         "params": {k: v for k, v in vars(args).items() if k != "dsn"},
         "rss_floor_mib": floor_mib,

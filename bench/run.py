@@ -16,10 +16,8 @@ See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,9 +25,9 @@ import textwrap
 import time
 from pathlib import Path
 
-from common import (CheckFailed, MIB, REPO, add_build_options, check, ensure_deps,
-                    format_table, git_description, log, median, newer_sources, parse_size,
-                    release_binaries, run_measured)
+from common import (CheckFailed, MIB, REPO, add_build_options, check, ensure_deps, format_table,
+                    identity, identity_lines, log, median, parse_size, release_binaries,
+                    run_measured)
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,7 +359,6 @@ def main() -> int:
     if args.files < 2000:
         log(f"warning: --files {args.files} is below the 2,000 files the benchmark is meant for")
     import duckdb
-    import pyarrow
 
     binary = release_binaries(args, ["compactor"])["compactor"]
     out_root = Path(args.out_dir).resolve()
@@ -370,9 +367,7 @@ def main() -> int:
         shutil.rmtree(out_root / sub, ignore_errors=True)
     (out_root / "work").mkdir()
     (out_root / "logs").mkdir()
-    stale = newer_sources(binary)
-    version = subprocess.run([str(binary), "--version"], capture_output=True, text=True).stdout
-    git = git_description()
+    ident = identity(binary)
     con = duckdb.connect()
 
     floor = run_measured(["true"], out_root, out_root / "logs", "rss-floor", dict(os.environ))
@@ -428,12 +423,7 @@ def main() -> int:
             )
 
     print()
-    if stale:
-        print(f"WARNING: the binary is older than {len(stale)} source file(s); it may not be "
-              f"git {git}.")
-    print(f"{version.strip()} (git {git}); "
-          f"duckdb {duckdb.__version__}, pyarrow {pyarrow.__version__}; "
-          f"{os.cpu_count()} CPUs, {platform.platform()}")
+    print(identity_lines(ident))
     if results:
         r0 = results[0]
         print(f"input: 1 partition, {r0['files_in']} files x {args.rows_per_file} rows "
@@ -465,15 +455,7 @@ def main() -> int:
     print(f"\ntotal benchmark time {time.perf_counter() - t_start:.0f} s")
 
     doc = {
-        "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "compactor_version": version.strip(),
-        "git": git,
-        "binary": str(binary),
-        "binary_older_than_sources": [str(p.relative_to(REPO)) for p in stale],
-        "duckdb_version": duckdb.__version__,
-        "pyarrow_version": pyarrow.__version__,
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
+        **ident,
         "params": {
             "files": args.files,
             "rows_per_file": args.rows_per_file,
