@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -79,25 +80,34 @@ def add_build_options(ap: argparse.ArgumentParser, what: str) -> None:
                     "the sources]")
 
 
-def release_binaries(args, packages: list[str]) -> dict[str, Path]:
+def release_binaries(args, packages: list[str], arm64: bool = False) -> dict[str, Path]:
     """The release binary of each package (named like its package), built first when asked
-    to, or when one is missing or older than the sources."""
+    to, or when one is missing or older than the sources. With arm64: the `bootstrap` files
+    `cargo lambda build --release --arm64` makes for SAM's arm64 functions."""
     if getattr(args, "binary", None):
         b = Path(args.binary).resolve()
         if not b.exists():
             sys.exit(f"error: --binary {b} does not exist")
         return {packages[0]: b}
-    release = target_dir() / "release"
-    binaries = {p: release / p for p in packages}
+    packages_args = [a for p in packages for a in ("-p", p)]
+    if arm64:
+        binaries = {p: target_dir() / "lambda" / p / "bootstrap" for p in packages}
+        cmd = ["cargo", "lambda", "build", "--release", "--arm64", *packages_args]
+    else:
+        binaries = {p: target_dir() / "release" / p for p in packages}
+        cmd = ["cargo", "build", "--release", *packages_args]
     missing = [b for b in binaries.values() if not b.exists()]
     stale = [s for b in binaries.values() for s in newer_sources(b)]
     build = bool(missing or stale) if args.build is None else args.build
-    packages_args = [a for p in packages for a in ("-p", p)]
     if build:
+        if arm64 and not shutil.which("cargo-lambda"):
+            sys.exit("error: the arm64 build needs cargo-lambda on PATH (pip install "
+                     "cargo-lambda; scripts/test installs it into .venv-aws/bin) and the "
+                     "aarch64 target (rustup target add aarch64-unknown-linux-gnu)")
         why = ("--build" if args.build else f"{missing[0]} missing" if missing
                else f"older than {stale[0].relative_to(REPO)}")
-        log(f"cargo build --release {' '.join(packages_args)} ({why})")
-        subprocess.run(["cargo", "build", "--release", *packages_args], cwd=REPO, check=True)
+        log(f"{' '.join(cmd)} ({why})")
+        subprocess.run(cmd, cwd=REPO, check=True)
     elif stale:
         log(f"warning: a binary is older than {len(stale)} source file(s), e.g. "
             f"{stale[0].relative_to(REPO)}; measuring it anyway (--no-build)")
@@ -240,6 +250,16 @@ def run_measured(cmd: list[str], cwd: Path, log_dir: Path, name: str, env: dict,
         stderr=err_path.read_text(errors="replace"),
     )
     return r
+
+
+def exit_code(failures: list[str]) -> int:
+    """Prints the failures, if any, on stderr; the script's exit code."""
+    if not failures:
+        return 0
+    print("\nFAILED:", file=sys.stderr)
+    for f in failures:
+        print("  " + f.replace("\n", "\n    "), file=sys.stderr)
+    return 1
 
 
 def format_table(head: list[str], body: list[list[str]]) -> str:

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from common import (REPO, add_build_options, format_table, git_description, log, median,
-                    newer_sources, release_binaries, target_dir)
+                    release_binaries)
 
 FUNCTIONS = ["planner", "merger", "committer"]
 NEXT_PATH = "/2018-06-01/runtime/invocation/next"
@@ -151,28 +151,6 @@ def cold_start(binary: Path, function: str, memory_mb: int, timeout: float,
         listener.close()
 
 
-def arm64_binaries(args) -> dict[str, Path]:
-    """The `bootstrap` of each function as `cargo lambda build --release --arm64` makes it for
-    SAM's arm64 functions (built when missing or stale, unless --no-build)."""
-    lambda_dir = target_dir() / "lambda"
-    binaries = {f: lambda_dir / f / "bootstrap" for f in FUNCTIONS}
-    missing = [b for b in binaries.values() if not b.exists()]
-    stale = [s for b in binaries.values() for s in newer_sources(b)]
-    if args.build or (args.build is None and (missing or stale)):
-        if not shutil.which("cargo-lambda"):
-            sys.exit("error: --arm64 needs cargo-lambda on PATH (pip install cargo-lambda; "
-                     "scripts/test installs it into .venv-aws/bin) and the aarch64 target "
-                     "(rustup target add aarch64-unknown-linux-gnu)")
-        cmd = ["cargo", "lambda", "build", "--release", "--arm64",
-               *[a for f in FUNCTIONS for a in ("-p", f)]]
-        log(" ".join(cmd))
-        subprocess.run(cmd, cwd=REPO, check=True)
-    for b in binaries.values():
-        if not b.exists():
-            sys.exit(f"error: {b} does not exist (--no-build?)")
-    return binaries
-
-
 def can_run(binary: Path) -> bool:
     """True when this machine runs the binary's architecture (ELF e_machine)."""
     machine = int.from_bytes(binary.read_bytes()[18:20], "little")
@@ -214,7 +192,7 @@ def main() -> int:
     if args.repeat < 1:
         ap.error("--repeat must be positive")
 
-    binaries = arm64_binaries(args) if args.arm64 else release_binaries(args, FUNCTIONS)
+    binaries = release_binaries(args, FUNCTIONS, arm64=args.arm64)
     out_root = Path(args.out_dir).resolve()
     log_dir = out_root / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)

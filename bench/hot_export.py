@@ -30,9 +30,9 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-from common import (CheckFailed, MIB, REPO, add_build_options, check, ensure_deps, format_table,
-                    identity, identity_lines, log, median, parse_size, release_binaries,
-                    run_measured)
+from common import (CheckFailed, MIB, REPO, add_build_options, check, ensure_deps, exit_code,
+                    format_table, identity, identity_lines, log, median, parse_size,
+                    release_binaries, run_measured)
 
 # Marks a table this script created: only such a table is ever dropped or reused.
 MARKER = "compactor bench/hot_export.py"
@@ -654,28 +654,24 @@ def main() -> int:
 
     rows = args.rows
 
-    def cpu(runs: list[dict]) -> dict:
+    def summary(contender: str, runs: list[dict], output_mb, files) -> dict:
+        s = median([x["seconds"] for x in runs])
         server = [x["server_cpu_s"] for x in runs]
-        return {"client_cpu_s": median([x["cpu_user_s"] + x["cpu_sys_s"] for x in runs]),
-                "server_cpu_s": None if None in server else median(server)}
+        return {
+            "contender": contender, "rows": rows, "seconds": s,
+            "rows_per_s": rows / s, "mb_per_s": info["copy_bytes"] / 1e6 / s,
+            "peak_rss_mib": max(x["peak_rss_mib"] for x in runs),
+            "output_mb": output_mb, "files": files,
+            "client_cpu_s": median([x["cpu_user_s"] + x["cpu_sys_s"] for x in runs]),
+            "server_cpu_s": None if None in server else median(server), "samples": runs,
+        }
 
     if copy_runs:
-        s = median([x["seconds"] for x in copy_runs])
-        results.append({
-            "contender": "postgres COPY binary", "rows": rows, "seconds": s,
-            "rows_per_s": rows / s, "mb_per_s": info["copy_bytes"] / 1e6 / s,
-            "peak_rss_mib": max(x["peak_rss_mib"] for x in copy_runs),
-            "output_mb": None, "files": None, **cpu(copy_runs), "samples": copy_runs,
-        })
+        results.append(summary("postgres COPY binary", copy_runs, None, None))
     if comp_runs:
-        s = median([x["seconds"] for x in comp_runs])
-        results.append({
-            "contender": "compactor export", "rows": rows, "seconds": s,
-            "rows_per_s": rows / s, "mb_per_s": info["copy_bytes"] / 1e6 / s,
-            "peak_rss_mib": max(x["peak_rss_mib"] for x in comp_runs),
-            "output_mb": median([x["output_bytes"] for x in comp_runs]) / 1e6,
-            "files": comp_runs[0]["files"], **cpu(comp_runs), "samples": comp_runs,
-        })
+        results.append(summary("compactor export", comp_runs,
+                               median([x["output_bytes"] for x in comp_runs]) / 1e6,
+                               comp_runs[0]["files"]))
 
     verdict = {}
     print()
@@ -751,12 +747,7 @@ def main() -> int:
                                               f"scripts/postgres stop {pg_dir})" if started else ""))
     if not args.keep_output:
         shutil.rmtree(out_root / "hot" / "work", ignore_errors=True)
-    if failures:
-        print("\nFAILED:", file=sys.stderr)
-        for f in failures:
-            print("  " + f.replace("\n", "\n    "), file=sys.stderr)
-        return 1
-    return 0
+    return exit_code(failures)
 
 
 if __name__ == "__main__":

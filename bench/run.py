@@ -25,9 +25,9 @@ import textwrap
 import time
 from pathlib import Path
 
-from common import (CheckFailed, MIB, REPO, add_build_options, check, ensure_deps, format_table,
-                    identity, identity_lines, log, median, parse_size, release_binaries,
-                    run_measured)
+from common import (CheckFailed, MIB, REPO, add_build_options, check, ensure_deps, exit_code,
+                    format_table, identity, identity_lines, log, median, parse_size,
+                    release_binaries, run_measured)
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,12 +479,7 @@ def main() -> int:
     if not args.keep:
         shutil.rmtree(out_root / "src", ignore_errors=True)
         shutil.rmtree(out_root / "work", ignore_errors=True)
-    if failures:
-        print("\nFAILED:", file=sys.stderr)
-        for f in failures:
-            print("  " + f.replace("\n", "\n    "), file=sys.stderr)
-        return 1
-    return 0
+    return exit_code(failures)
 
 
 if __name__ == "__main__":
