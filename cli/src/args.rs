@@ -15,7 +15,9 @@ use compaction::units::{ByteSize, HumanDuration};
     version,
     about = "Compacts the many small Parquet files of cold partitions into few large ones, safely and in bounded memory.",
     after_help = "Exit codes: 0 success; 1 error (nothing or not everything could be done); 2 usage error; \
-3 partial success (some inputs were skipped as unreadable, or some tasks failed or were refused while others committed)."
+3 partial success or an anomaly (some inputs were skipped as unreadable; some tasks failed or were refused while others \
+committed; a hot range was flagged because Postgres held other rows than its cold copy; rows were found in a hot range \
+already moved). The summary says what was done and what to do."
 )]
 pub struct Cli {
     #[command(subcommand)]

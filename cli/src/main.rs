@@ -183,7 +183,8 @@ fn default_workers() -> usize {
 }
 
 fn exit_code(summary: &RunSummary) -> ExitCode {
-    if !summary.failures.is_empty() && summary.commits.is_empty() {
+    if !summary.failures.is_empty() && summary.commits.is_empty() && summary.anomalies().is_empty()
+    {
         ExitCode::FAILURE
     } else if summary.is_partial() {
         ExitCode::from(EXIT_PARTIAL)

@@ -96,14 +96,12 @@ fn totals(summary: &RunSummary) -> Totals {
     for cold in summary.commits.iter().filter_map(|c| c.cold.as_ref()) {
         t.ranges_exported += 1;
         match &cold.delete {
-            DeleteState::Deleted { rows } | DeleteState::Dropped { rows, .. } => {
-                t.postgres_deleted += rows
-            }
-            DeleteState::Mismatch { deleted, .. } => {
+            DeleteState::Moved { deleted, .. } => t.postgres_deleted += deleted,
+            DeleteState::Flagged { deleted, .. } => {
                 t.postgres_deleted += deleted;
                 t.ranges_flagged += 1;
             }
-            DeleteState::Kept | DeleteState::Deleting => {}
+            DeleteState::Kept | DeleteState::Legacy => {}
         }
     }
     for plan in &summary.plans {
@@ -190,11 +188,8 @@ pub fn print(summary: &RunSummary, config: &Config, dry_run: bool) {
     for (dir, reason) in &summary.refused {
         println!("refused {dir}: {reason}");
     }
-    for commit in &summary.commits {
-        if let Some(DeleteState::Mismatch { detail, .. }) = commit.cold.as_ref().map(|c| &c.delete)
-        {
-            println!("flagged {}: {detail}", commit.partition);
-        }
+    for anomaly in summary.anomalies() {
+        println!("{anomaly}");
     }
 }
 
@@ -226,7 +221,7 @@ fn print_plan(summary: &RunSummary, config: &Config) {
                     if config.hot_datasets.iter().any(|h| h.name == plan.dataset) =>
                 {
                     format!(
-                        "export from Postgres, replacing {} file(s)",
+                        "export from Postgres ({} file(s) of the range now)",
                         tasks.iter().map(|t| t.inputs).sum::<usize>()
                     )
                 }
@@ -247,6 +242,9 @@ fn print_plan(summary: &RunSummary, config: &Config) {
         }
     }
     println!("{table}");
+    for anomaly in summary.anomalies() {
+        println!("{anomaly}");
+    }
     println!("dry run: nothing was changed");
 }
 
@@ -269,6 +267,7 @@ pub fn json(summary: &RunSummary, config: &Config) -> serde_json::Value {
         "hot_ranges_exported": t.ranges_exported,
         "postgres_rows_deleted": t.postgres_deleted,
         "hot_ranges_flagged": t.ranges_flagged,
+        "anomalies": summary.anomalies(),
         "events": summary.commits.iter().map(|c| c.event()).collect::<Vec<_>>(),
         "corrupt_skipped": summary.corrupt_inputs().iter().map(|s| json!({"key": s.key, "reason": s.reason})).collect::<Vec<_>>(),
         "failures": summary.failures.iter().map(|f| json!({"task": f.task_id, "partition": f.partition, "error": f.error})).collect::<Vec<_>>(),
@@ -280,6 +279,7 @@ pub fn json(summary: &RunSummary, config: &Config) -> serde_json::Value {
             "files": r.data_files,
             "bytes": r.data_bytes,
             "outcome": format!("{:?}", r.outcome),
+            "anomaly": r.anomaly,
         }))).collect::<Vec<_>>(),
     })
 }
@@ -315,15 +315,21 @@ pub fn print_status(records: &[PartitionRecord]) {
             r.cold.as_ref().map_or_else(
                 || "-".into(),
                 |c| match &c.delete {
-                    DeleteState::Kept => format!("v{}: {} rows, kept", c.version, c.rows),
-                    DeleteState::Deleting => format!("v{}: deleting", c.version),
-                    DeleteState::Deleted { .. } => {
-                        format!("v{}: {} rows, deleted", c.version, c.rows)
-                    }
-                    DeleteState::Dropped { partition, .. } => {
-                        format!("v{}: {} rows, {partition} dropped", c.version, c.rows)
-                    }
-                    DeleteState::Mismatch { .. } => format!("v{}: flagged", c.version),
+                    DeleteState::Kept => format!(
+                        "v{}: {} rows, {} kept in postgres",
+                        c.version,
+                        c.rows,
+                        c.rows_in_postgres()
+                    ),
+                    DeleteState::Moved {
+                        partition: Some(p), ..
+                    } => format!("v{}: {} rows, moved ({p} dropped)", c.version, c.rows),
+                    DeleteState::Moved { .. } => format!("v{}: {} rows, moved", c.version, c.rows),
+                    DeleteState::Flagged { left, .. } => format!(
+                        "v{}: {} rows, flagged ({left} still in postgres)",
+                        c.version, c.rows
+                    ),
+                    DeleteState::Legacy => format!("v{}: {} rows", c.version, c.rows),
                 },
             ),
             r.last_error.clone().unwrap_or_default(),

@@ -18,8 +18,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::faults::crash_point;
-use crate::hot::delete::DeletePlan;
 use crate::hot::export::ExportRecord;
+use crate::hot::ledger::{LedgerFile, RangeLedger};
 use crate::hot::{derived_dataset_uuid, ColdRange, DeleteState, HotSource};
 use crate::manifest::{
     to_json, Decision, PartitionManifest, SkipKind, SkippedInput, TaskManifest, Verdict,
@@ -30,6 +30,35 @@ use crate::plan::is_data_file;
 use crate::state::{now_ms, Counters, PartitionId, PartitionStatus, StateStore};
 use crate::store::{list_all, DeleteFailure, DeleteRequest, ObjectStore, PutMode};
 use crate::task::{DECISION, MANIFEST, PARTITION_MANIFEST, SUCCESS};
+
+/// The ledger of a range after its export `generation` committed: the files whose rows all
+/// left Postgres, the new files from Postgres and their delete batches (none while the rows
+/// stay in Postgres).
+fn new_ledger(
+    generation: u64,
+    export: &ExportRecord,
+    previous: Option<RangeLedger>,
+) -> RangeLedger {
+    let mut moved: Vec<LedgerFile> = export.plan.keep.clone();
+    moved.extend(export.carried.iter().cloned());
+    let batches = if export.hot.delete_after_compact {
+        export.batches.as_slice()
+    } else {
+        &[]
+    };
+    let mut ledger = RangeLedger::new(
+        generation,
+        moved,
+        export.segment.clone(),
+        batches,
+        export.rows_deleted_before,
+    );
+    if let Some(fence) = previous.map(|p| p.fence).filter(|f| *f > generation) {
+        tracing::warn!(range = %export.range, generation, fence, "a newer export began before this commit finished; this one deletes nothing");
+        ledger.fence = fence;
+    }
+    ledger
+}
 
 /// S3's DeleteObjects limit.
 const DELETE_BATCH: usize = 1000;
@@ -393,7 +422,7 @@ impl Committer {
 
         let id = PartitionId::new(&manifest.dataset, &manifest.partition);
         let cold = match &manifest.export {
-            Some(export) => Some(self.settle_export(&id, &manifest, export).await?),
+            Some(export) => self.settle_export(&manifest, export).await?,
             None => None,
         };
         let delta = Counters {
@@ -424,7 +453,7 @@ impl Committer {
         }
         if progress.round_complete {
             let (status, error) = match cold.as_ref().map(|c| &c.delete) {
-                Some(DeleteState::Mismatch { detail, .. }) => {
+                Some(DeleteState::Flagged { detail, .. }) => {
                     (PartitionStatus::Flagged, Some(detail.clone()))
                 }
                 _ => (PartitionStatus::Compacted, None),
@@ -459,35 +488,17 @@ impl Committer {
         })))
     }
 
-    /// After a hot range's files are live: deletes the range from Postgres when configured,
-    /// once. A replay finds the outcome in the state store; a replay of an interrupted delete
-    /// resumes it.
+    /// After a hot range's files are live: deletes its rows from Postgres when configured,
+    /// resuming from the range's ledger (a replay continues where the last attempt stopped).
+    /// `None` when a newer export of the range was committed since.
     async fn settle_export(
         &self,
-        id: &PartitionId,
         manifest: &TaskManifest,
         export: &ExportRecord,
-    ) -> Result<ColdRange> {
-        let cold = |delete| ColdRange {
-            version: manifest.generation,
-            rows: manifest.rows,
-            delete,
-            at_ms: now_ms(),
-        };
-        if !export.hot.delete_after_compact {
-            return Ok(cold(DeleteState::Kept));
+    ) -> Result<Option<ColdRange>> {
+        if export.hot.delete_after_compact {
+            self.verify_live_outputs(manifest).await?;
         }
-        let recorded = self
-            .state
-            .get(id)
-            .await?
-            .and_then(|r| r.cold)
-            .filter(|c| c.version == manifest.generation);
-        let resuming = match recorded {
-            Some(c) if c.delete == DeleteState::Deleting => true,
-            Some(settled) => return Ok(settled),
-            None => false,
-        };
         let source = self.hot.as_deref().ok_or_else(|| {
             Error::config(
                 "COMPACTOR_PG_DSN",
@@ -498,21 +509,29 @@ impl Committer {
                 ),
             )
         })?;
-        self.verify_live_outputs(manifest).await?;
-        let plan = crate::hot::delete::plan(source, export, resuming).await?;
-        if matches!(plan, DeletePlan::Batches(_)) {
-            self.state
-                .record_cold_range(id, &cold(DeleteState::Deleting), now_ms())
-                .await?;
-        }
-        let delete = crate::hot::delete::execute(source, export, plan).await?;
-        match &delete {
-            DeleteState::Mismatch { detail, .. } => {
-                tracing::warn!(%id, detail, "range flagged: Postgres and the cold copy disagree")
+        let Some(settled) =
+            crate::hot::delete::settle(self.store.as_ref(), source, export, manifest.generation)
+                .await?
+        else {
+            tracing::warn!(dataset = export.hot.name, range = %export.range, task = manifest.task_id, "a newer export of the range was committed; this one deletes nothing");
+            return Ok(None);
+        };
+        match &settled.state {
+            DeleteState::Flagged { detail, .. } => {
+                tracing::warn!(dataset = export.hot.name, range = %export.range, anomaly = "range_flagged", detail, "range flagged: Postgres and the cold copy disagree")
             }
-            other => tracing::info!(%id, outcome = ?other, "range settled in Postgres"),
+            other => {
+                tracing::info!(dataset = export.hot.name, range = %export.range, outcome = ?other, "range settled in Postgres")
+            }
         }
-        Ok(cold(delete))
+        Ok(Some(ColdRange {
+            version: manifest.generation,
+            rows: settled.rows,
+            moved_rows: settled.moved_rows,
+            exported: export.rows(),
+            delete: settled.state,
+            at_ms: now_ms(),
+        }))
     }
 
     /// Every output at its final key, with its size and footer row count: what a delete from
@@ -543,13 +562,16 @@ impl Committer {
     }
 
     async fn update_partition_manifest(&self, manifest: &TaskManifest) -> Result<()> {
-        let Some(first) = manifest.outputs.first() else {
-            return Ok(()); // nothing was written, nothing changes for readers
+        let dir = match (&manifest.export, manifest.outputs.first()) {
+            // A range's manifest is written even when it is empty: readers tell "no rows"
+            // from "not exported", and its ledger lives there.
+            (Some(export), _) => export.hot.range_dir(export.range),
+            (None, Some(first)) => first
+                .final_key
+                .rsplit_once('/')
+                .map_or(String::new(), |(d, _)| format!("{d}/")),
+            (None, None) => return Ok(()), // nothing was written, nothing changes for readers
         };
-        let dir = first
-            .final_key
-            .rsplit_once('/')
-            .map_or(String::new(), |(d, _)| format!("{d}/"));
         let key = format!("{dir}{PARTITION_MANIFEST}");
         for _ in 0..MANIFEST_RETRIES {
             let (mut current, mode) = match self.store.get(&key).await {
@@ -570,6 +592,9 @@ impl Committer {
                 .filter(|o| is_data_file(&o.key, ""))
                 .collect();
             current.apply_commit(manifest, &listing, now_ms());
+            if let Some(export) = &manifest.export {
+                current.hot = Some(new_ledger(manifest.generation, export, current.hot.take()));
+            }
             match self.store.put(&key, to_json(&current), mode).await {
                 Ok(_) => return Ok(()),
                 Err(e) if e.is_precondition_failed() => continue,

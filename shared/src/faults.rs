@@ -16,8 +16,16 @@ pub const POINTS: &[&str] = &[
 ];
 
 /// The further points of a hot range's commit: "after-delete" (the cold copy is live, Postgres
-/// untouched) and between two bounded Postgres deletes.
-pub const POSTGRES_POINTS: &[&str] = &["after-delete", "mid-postgres-delete"];
+/// untouched), inside a verified delete between recording its transaction id and committing
+/// it, and after a delete committed but before it is recorded as done.
+pub const POSTGRES_POINTS: &[&str] = &[
+    "after-delete",
+    "before-postgres-commit",
+    "mid-postgres-delete",
+];
+
+/// The same for a partition drop (`drop_partitions`).
+pub const POSTGRES_DROP_POINTS: &[&str] = &["before-partition-drop-commit", "after-partition-drop"];
 
 pub fn crash_point(name: &str) {
     static TARGET: OnceLock<Option<String>> = OnceLock::new();

@@ -518,6 +518,16 @@ pub fn backfill_window(
 fn record_plans(plans: &[DatasetPlan], metrics: &mut Metrics) {
     for plan in plans.iter().filter(|p| !p.dry_run) {
         for p in &plan.partitions {
+            if let Some(anomaly) = &p.anomaly {
+                metrics.count("StrandedRowsFound", 1);
+                tracing::warn!(
+                    anomaly = "stranded_rows",
+                    dataset = plan.dataset,
+                    partition = p.partition,
+                    detail = anomaly,
+                    "rows found in a range already moved"
+                );
+            }
             match &p.outcome {
                 PartitionOutcome::Planned { tasks } => {
                     metrics.count("TasksDispatched", tasks.len() as u64);
@@ -545,6 +555,7 @@ fn plans_json(plans: &[DatasetPlan]) -> Value {
                         "files": p.data_files,
                         "bytes": p.data_bytes,
                         "outcome": outcome_json(&p.outcome),
+                        "anomaly": p.anomaly,
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -754,17 +765,31 @@ impl CommitterFunction {
                     if let Some(cold) = &report.cold {
                         metrics
                             .count("RangesExported", 1)
-                            .count("RowsExported", cold.rows);
+                            .count("RowsExported", cold.exported);
                         match &cold.delete {
-                            DeleteState::Deleted { rows } | DeleteState::Dropped { rows, .. } => {
-                                metrics.count("PostgresRowsDeleted", *rows);
+                            DeleteState::Moved { deleted, .. } => {
+                                metrics.count("PostgresRowsDeleted", *deleted);
                             }
-                            DeleteState::Mismatch { deleted, .. } => {
+                            DeleteState::Flagged {
+                                deleted,
+                                left,
+                                detail,
+                            } => {
                                 metrics
                                     .count("PostgresRowsDeleted", *deleted)
+                                    .count("PostgresRowsLeft", *left)
                                     .count("RangesFlagged", 1);
+                                tracing::warn!(
+                                    anomaly = "range_flagged",
+                                    dataset = report.partition.dataset,
+                                    range = report.partition.partition,
+                                    deleted,
+                                    left,
+                                    detail,
+                                    "range flagged"
+                                );
                             }
-                            DeleteState::Kept | DeleteState::Deleting => {}
+                            DeleteState::Kept | DeleteState::Legacy => {}
                         }
                     }
                     self.announce(report).await?;

@@ -136,6 +136,10 @@ pub struct PartitionManifest {
     /// (another version), so one bad file does not re-trigger compaction on every run.
     #[serde(default)]
     pub quarantined: Vec<SkippedInput>,
+    /// For a hot range: its ledger (which files hold rows that left Postgres, and how far the
+    /// delete of the latest export got).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hot: Option<crate::hot::ledger::RangeLedger>,
 }
 
 /// How many commit records the partition manifest keeps.

@@ -65,8 +65,33 @@ impl RunSummary {
             .collect()
     }
 
+    /// What went wrong without failing: ranges flagged (Postgres held other rows than the
+    /// cold copy) and rows found in ranges already moved, each with what was done about it.
+    pub fn anomalies(&self) -> Vec<String> {
+        let flagged =
+            self.commits
+                .iter()
+                .filter_map(|c| match c.cold.as_ref().map(|c| &c.delete) {
+                    Some(crate::hot::DeleteState::Flagged { detail, .. }) => {
+                        Some(format!("flagged {}: {detail}", c.partition))
+                    }
+                    _ => None,
+                });
+        let found = self.plans.iter().flat_map(|plan| {
+            plan.partitions.iter().filter_map(move |p| {
+                p.anomaly
+                    .as_ref()
+                    .map(|a| format!("found in {}/{}: {a}", plan.dataset, p.partition))
+            })
+        });
+        flagged.chain(found).collect()
+    }
+
     pub fn is_partial(&self) -> bool {
-        !self.failures.is_empty() || !self.refused.is_empty() || !self.corrupt_inputs().is_empty()
+        !self.failures.is_empty()
+            || !self.refused.is_empty()
+            || !self.corrupt_inputs().is_empty()
+            || !self.anomalies().is_empty()
     }
 
     fn absorb(&mut self, outcome: CommitOutcome) {

@@ -35,11 +35,6 @@ pub enum SkipReason {
     /// A hot range with rows that are not final yet (`final_through` is the last final value;
     /// `None` for an empty table).
     NotFinal { final_through: Option<i64> },
-    /// A hot range already exported (version `version`); plan its key by name to replace it.
-    AlreadyExported { version: u64 },
-    /// A hot range whose rows were deleted from Postgres after export: its cold files are the
-    /// only copy, so it is never exported again.
-    AlreadyMoved { version: u64 },
 }
 
 impl std::fmt::Display for SkipReason {
@@ -55,14 +50,6 @@ impl std::fmt::Display for SkipReason {
             SkipReason::NotFinal {
                 final_through: None,
             } => write!(f, "not final: the table has no rows for this chain"),
-            SkipReason::AlreadyExported { version } => write!(
-                f,
-                "already exported (version {version}); plan its partition_key by name to replace it"
-            ),
-            SkipReason::AlreadyMoved { version } => write!(
-                f,
-                "already moved (version {version}): its rows were deleted from Postgres, the cold files are the only copy"
-            ),
         }
     }
 }

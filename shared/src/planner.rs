@@ -13,7 +13,7 @@ use crate::config::{DatasetConfig, Mode};
 use crate::dispatch::Dispatcher;
 use crate::error::{Error, Result};
 use crate::hot::export::ExportSpec;
-use crate::hot::{HotDatasetConfig, HotSource, KeyRange};
+use crate::hot::{DeleteState, HotDatasetConfig, HotSource, KeyRange};
 use crate::manifest::{to_json, PartitionManifest};
 use crate::merge::read_json;
 use crate::partition::{coldness, Coldness, PartitionTemplate};
@@ -100,6 +100,9 @@ pub struct PartitionReport {
     pub data_files: usize,
     pub data_bytes: u64,
     pub outcome: PartitionOutcome,
+    /// Something found that should not happen, and what is done about it (e.g. rows that
+    /// reached a hot range after it was moved).
+    pub anomaly: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -260,6 +263,7 @@ impl Planner {
             data_files: files.len(),
             data_bytes: files.iter().map(|f| f.size).sum(),
             outcome,
+            anomaly: None,
         };
         if let Coldness::Hot { until } = coldness(
             &values,
@@ -390,10 +394,10 @@ impl Planner {
         Ok(PartitionOutcome::Planned { tasks: planned })
     }
 
-    /// Plans a hot dataset: the ranges named in `options.only` (partition keys), or else the
-    /// final ranges not exported yet, at most `max_ranges_per_sweep` of them. Each becomes one
-    /// export task; a range exported before is replaced only when named, and never once its
-    /// rows left Postgres.
+    /// Plans a hot dataset: the ranges named in `options.only` (partition keys), or else every
+    /// final range that needs an export (see [`Planner::hot_candidates`]), at most
+    /// `max_ranges_per_sweep` of them. Each becomes one export task, which keeps whatever
+    /// already left Postgres and takes what Postgres holds now.
     pub async fn plan_hot_dataset(
         &self,
         hot: &HotDatasetConfig,
@@ -420,35 +424,19 @@ impl Planner {
             .tip(hot)
             .await?
             .map(|tip| crate::hot::final_through(tip, hot.finality_depth_blocks));
-        let (ranges, named) = match &options.only {
-            Some(keys) => (
-                keys.iter()
-                    .map(|k| hot.range_of_key(k))
-                    .collect::<Result<Vec<_>>>()?,
-                true,
-            ),
+        let ranges: Vec<(KeyRange, Option<String>)> = match &options.only {
+            Some(keys) => keys
+                .iter()
+                .map(|k| Ok((hot.range_of_key(k)?, None)))
+                .collect::<Result<_>>()?,
             None => {
-                let mut done = HashSet::new();
-                for status in [PartitionStatus::Compacted, PartitionStatus::Flagged] {
-                    for record in self.state.list_by_status(&hot.name, status).await? {
-                        done.insert(record.id.partition);
-                    }
-                }
-                let candidates = match (source.first_value(hot).await?, final_through) {
-                    (Some(first), Some(through)) => crate::hot::final_ranges(hot, first, through),
-                    _ => Vec::new(),
-                };
-                let ranges = candidates
-                    .into_iter()
-                    .filter(|r| !done.contains(&r.key()))
-                    .take(hot.max_ranges_per_sweep)
-                    .collect();
-                (ranges, false)
+                self.hot_candidates(hot, source, final_through, options)
+                    .await?
             }
         };
         let mut reports = Vec::with_capacity(ranges.len());
         let mut resume_after = None;
-        for range in ranges {
+        for (range, anomaly) in ranges {
             if options
                 .deadline
                 .is_some_and(|d| std::time::Instant::now() >= d)
@@ -458,10 +446,12 @@ impl Planner {
                     .map(|r: &PartitionReport| r.partition.clone());
                 break;
             }
-            reports.push(
-                self.plan_range(hot, range, named, final_through, options)
-                    .await?,
-            );
+            let mut report = self.plan_range(hot, range, final_through, options).await?;
+            if let Some(anomaly) = anomaly {
+                tracing::warn!(dataset = hot.name, range = %range, anomaly = "stranded_rows", "{anomaly}");
+                report.anomaly = Some(anomaly);
+            }
+            reports.push(report);
         }
         Ok(DatasetPlan {
             dataset: hot.name.clone(),
@@ -472,11 +462,114 @@ impl Planner {
         })
     }
 
+    /// The final ranges of a hot dataset that need an export, in order, at most
+    /// `max_ranges_per_sweep`: every range holding rows in Postgres that its cold copy does
+    /// not account for (never exported; rows arrived after it was moved; rows kept in Postgres
+    /// that changed in number; `delete_after_compact` turned on since; batches refused), and
+    /// every range without rows above the sweep's watermark (recorded as empty, so readers can
+    /// tell "empty" from "not exported"). Ranges beyond the highest row are left for later.
+    /// Rows that reach a range after it was moved are an anomaly: the finding is returned
+    /// with the range.
+    async fn hot_candidates(
+        &self,
+        hot: &HotDatasetConfig,
+        source: &dyn HotSource,
+        final_through: Option<i64>,
+        options: &PlanOptions,
+    ) -> Result<Vec<(KeyRange, Option<String>)>> {
+        let (Some(through), Some(max)) = (final_through, source.max_value(hot).await?) else {
+            return Ok(Vec::new());
+        };
+        let final_end = hot.range_containing(through.saturating_add(1)).start;
+        let limit = final_end.min(hot.range_containing(max).end);
+        if limit <= hot.range_start {
+            return Ok(Vec::new());
+        }
+        let counts = source.range_counts(hot, hot.range_start, limit).await?;
+        let mut records = std::collections::HashMap::new();
+        for status in [
+            PartitionStatus::Active,
+            PartitionStatus::Compacting,
+            PartitionStatus::Compacted,
+            PartitionStatus::Failed,
+            PartitionStatus::Flagged,
+        ] {
+            for record in self.state.list_by_status(&hot.name, status).await? {
+                records.insert(record.id.partition.clone(), record);
+            }
+        }
+        let size = hot.range_size as i64;
+        let key = |start: i64| KeyRange {
+            start,
+            end: start + size,
+        };
+        // Every range below the watermark has a record; the sweep moves it up past the ranges
+        // recorded since.
+        let cursor = self
+            .state
+            .sweep_cursor(&hot.name)
+            .await?
+            .and_then(|c| c.parse::<i64>().ok());
+        let mut watermark = cursor
+            .or_else(|| counts.first().map(|(start, _)| *start))
+            .unwrap_or(limit);
+        while watermark < limit
+            && records
+                .get(&key(watermark).key())
+                .is_some_and(|r| r.cold.is_some())
+        {
+            watermark += size;
+        }
+        if !options.dry_run && Some(watermark) != cursor {
+            self.state
+                .set_sweep_cursor(&hot.name, Some(&watermark.to_string()))
+                .await?;
+        }
+        let now_ms = options.now.timestamp_millis();
+        let mut out = Vec::new();
+        let mut with_rows = HashSet::new();
+        for &(start, rows) in &counts {
+            with_rows.insert(start);
+            let range = key(start);
+            let record = records.get(&range.key());
+            let Some(cold) = record.and_then(|r| r.cold.as_ref()) else {
+                out.push((range, None));
+                continue;
+            };
+            let busy = record.is_some_and(|r| r.live_lease(now_ms).is_some());
+            match &cold.delete {
+                DeleteState::Kept if !hot.delete_after_compact => {
+                    if rows != cold.rows_in_postgres() {
+                        out.push((range, None));
+                    }
+                }
+                DeleteState::Moved { .. } if !busy => out.push((
+                    range,
+                    Some(format!(
+                        "{rows} row(s) reached Postgres in range {range} after it was moved to                          the cold copy (version {}): they are exported as an additional file and                          then deleted; nothing is lost, and re-running is safe",
+                        cold.version
+                    )),
+                )),
+                _ => out.push((range, None)),
+            }
+        }
+        for start in (watermark.max(hot.range_start)..limit).step_by(size as usize) {
+            let range = key(start);
+            if !with_rows.contains(&start)
+                && records.get(&range.key()).is_none_or(|r| r.cold.is_none())
+            {
+                out.push((range, None));
+            }
+        }
+        out.sort_by_key(|(r, _)| *r);
+        out.truncate(hot.max_ranges_per_sweep);
+        Ok(out)
+    }
+
     async fn plan_range(
         &self,
         hot: &HotDatasetConfig,
         range: KeyRange,
-        named: bool,
         final_through: Option<i64>,
         options: &PlanOptions,
     ) -> Result<PartitionReport> {
@@ -489,7 +582,7 @@ impl Planner {
         .await?
         .unwrap_or_default()
         .compacted_keys();
-        let replaced: Vec<ObjectMeta> = list_all(self.store.as_ref(), &dir, Some('/'))
+        let files: Vec<ObjectMeta> = list_all(self.store.as_ref(), &dir, Some('/'))
             .await?
             .objects
             .into_iter()
@@ -497,9 +590,10 @@ impl Planner {
             .collect();
         let report = |outcome| PartitionReport {
             partition: key.clone(),
-            data_files: replaced.len(),
-            data_bytes: replaced.iter().map(|f| f.size).sum(),
+            data_files: files.len(),
+            data_bytes: files.iter().map(|f| f.size).sum(),
             outcome,
+            anomaly: None,
         };
         if !final_through.is_some_and(|through| crate::hot::is_final(range, through)) {
             return Ok(report(PartitionOutcome::Skipped(SkipReason::NotFinal {
@@ -507,25 +601,16 @@ impl Planner {
             })));
         }
         let id = PartitionId::new(&hot.name, &key);
-        if let Some(cold) = self.state.get(&id).await?.and_then(|r| r.cold) {
-            if cold.delete.removed_rows() {
-                return Ok(report(PartitionOutcome::Skipped(
-                    SkipReason::AlreadyMoved {
-                        version: cold.version,
-                    },
-                )));
-            }
-            if !named && !options.force {
-                return Ok(report(PartitionOutcome::Skipped(
-                    SkipReason::AlreadyExported {
-                        version: cold.version,
-                    },
-                )));
-            }
-        }
+        let legacy_moved = self
+            .state
+            .get(&id)
+            .await?
+            .and_then(|r| r.cold)
+            .is_some_and(|c| c.delete == DeleteState::Legacy);
         let spec = ExportSpec {
             hot: hot.clone(),
             range,
+            legacy_moved,
         };
         let outcome = self
             .start_round(&id, options, |generation| {
@@ -536,7 +621,9 @@ impl Planner {
                     dataset: hot.output_dataset(),
                     staging_prefix: self.settings.staging_prefix.clone(),
                     memory_budget: self.settings.memory_budget,
-                    inputs: replaced.clone(),
+                    // The range's files: the export keeps those whose rows left Postgres
+                    // and replaces the others.
+                    inputs: files.clone(),
                     created_at_ms: options.now.timestamp_millis(),
                     export: Some(spec.clone()),
                 }]

@@ -438,7 +438,10 @@ async fn a_hot_range_moves_from_postgres_to_s3_through_the_functions() {
     assert_eq!(record.status, PartitionStatus::Compacted);
     assert_eq!(
         record.cold.map(|c| c.delete),
-        Some(DeleteState::Deleted { rows: 1000 })
+        Some(DeleteState::Moved {
+            deleted: 1000,
+            partition: None
+        })
     );
 
     // The schedule finds no other final range ([1000,2000) is not whole yet) and no repeat.

@@ -31,7 +31,8 @@ pub struct HotDatasetConfig {
     /// Dataset name (letters, digits, `-`, `_`, `.`); unique across `[[dataset]]` and
     /// `[[hot_dataset]]`. Also the `{dataset}` of the output layout.
     pub name: String,
-    /// The Postgres table, `table` or `schema.table` (names as stored, usually lowercase).
+    /// The Postgres table, `table` or `schema.table` (names as stored, usually lowercase; a
+    /// name holding a dot or a quote is written in double quotes, `"my.schema"."t"`).
     pub table: String,
     /// Export only the rows of this chain (`chain_column = chain_id`); all rows when unset.
     #[serde(default)]
@@ -72,6 +73,10 @@ pub struct HotDatasetConfig {
     pub columns: Vec<String>,
     #[serde(default)]
     pub unbounded_numeric: UnboundedNumeric,
+    /// Numeric columns exported as their exact text whatever their precision: for values no
+    /// Parquet decimal holds (`NaN`, `Infinity`) in a `numeric(p,s)` column.
+    #[serde(default)]
+    pub numeric_as_text: Vec<String>,
     /// Where the range partitions go; `{chain}` and `{dataset}` are replaced. Default
     /// `cold/{chain}/{dataset}/` with a chain, `cold/{dataset}/` without.
     #[serde(default)]
@@ -159,6 +164,7 @@ impl HotDatasetConfig {
             drop_partitions: false,
             columns: Vec::new(),
             unbounded_numeric: UnboundedNumeric::default(),
+            numeric_as_text: Vec::new(),
             output_prefix: None,
             compression: default_compression(),
             row_group_rows: default_row_group_rows(),
@@ -265,10 +271,14 @@ impl HotDatasetConfig {
             ("chain_column", &self.chain_column),
             ("range_column", &self.range_column),
         ] {
-            validate_identifier(value).or_else(|m| fail(field, m))?;
+            validate_identifier(value).or_else(|m| fail(field, format!("the name {m}")))?;
         }
         for column in &self.columns {
-            validate_identifier(column).or_else(|m| fail("columns", m))?;
+            validate_identifier(column).or_else(|m| fail("columns", format!("a name {m}")))?;
+        }
+        for column in &self.numeric_as_text {
+            validate_identifier(column)
+                .or_else(|m| fail("numeric_as_text", format!("a name {m}")))?;
         }
         if !self.columns.is_empty() && !self.columns.contains(&self.range_column) {
             return fail(
@@ -437,7 +447,7 @@ mod tests {
         );
         check(
             HotDatasetConfig {
-                range_column: "x; drop table y".into(),
+                range_column: "".into(),
                 ..blocks()
             },
             "range_column",

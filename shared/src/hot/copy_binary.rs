@@ -11,13 +11,26 @@ const FLAG_OIDS: u32 = 1 << 16;
 /// One complete tuple, its fields borrowed from the stream.
 pub struct Tuple<'a> {
     buf: &'a [u8],
-    spans: &'a [Option<(usize, usize)>],
+    /// Where the tuple's first field (its length word) starts.
+    fields_start: usize,
+    /// Each field's data start and length (-1 for NULL).
+    spans: &'a [(usize, i32)],
 }
 
 impl<'a> Tuple<'a> {
     /// Field `i` in the column type's binary format; `None` for NULL.
     pub fn value(&self, i: usize) -> Option<&'a [u8]> {
-        self.spans[i].map(|(start, len)| &self.buf[start..start + len])
+        let (start, len) = self.spans[i];
+        (len >= 0).then(|| &self.buf[start..start + len as usize])
+    }
+
+    /// The first `n` fields exactly as sent: each one's 32-bit length (-1 for NULL) and bytes.
+    pub fn leading_fields(&self, n: usize) -> &'a [u8] {
+        let end = match n.checked_sub(1).map(|i| self.spans[i]) {
+            Some((start, len)) => start + len.max(0) as usize,
+            None => self.fields_start,
+        };
+        &self.buf[self.fields_start..end]
     }
 }
 
@@ -27,7 +40,7 @@ pub struct CopyParser {
     finished: bool,
     /// The start of a tuple (or of the header) that the last chunk cut off.
     pending: Vec<u8>,
-    spans: Vec<Option<(usize, usize)>>,
+    spans: Vec<(usize, i32)>,
 }
 
 fn be_u32(b: &[u8]) -> u32 {
@@ -131,18 +144,18 @@ impl CopyParser {
                 let len = be_u32(&buf[p..]) as i32;
                 p += 4;
                 if len < 0 {
-                    self.spans.push(None);
+                    self.spans.push((p, -1));
                     continue;
                 }
-                let len = len as usize;
-                if buf.len() - p < len {
+                if buf.len() - p < len as usize {
                     return Ok(pos);
                 }
-                self.spans.push(Some((p, len)));
-                p += len;
+                self.spans.push((p, len));
+                p += len as usize;
             }
             row(Tuple {
                 buf,
+                fields_start: pos + 2,
                 spans: &self.spans,
             })?;
             pos = p;
@@ -181,7 +194,15 @@ mod tests {
         let mut rows = Vec::new();
         for piece in bytes.chunks(chunk) {
             parser.feed(piece, &mut |t| {
-                rows.push((0..2).map(|i| t.value(i).map(<[u8]>::to_vec)).collect());
+                let values: Vec<Option<&[u8]>> = (0..2).map(|i| t.value(i)).collect();
+                // The leading fields are the values in COPY layout, as a digest hashes them.
+                let mut layout = Vec::new();
+                crate::hot::digest::push_field(&mut layout, values[0]);
+                assert_eq!(t.leading_fields(1), &layout[..]);
+                crate::hot::digest::push_field(&mut layout, values[1]);
+                assert_eq!(t.leading_fields(2), &layout[..]);
+                assert!(t.leading_fields(0).is_empty());
+                rows.push(values.iter().map(|v| v.map(<[u8]>::to_vec)).collect());
                 Ok(())
             })?;
         }

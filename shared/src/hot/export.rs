@@ -1,40 +1,84 @@
-//! The merger side of a hot dataset: one range streamed out of Postgres into staged Parquet
-//! files of `chunk_size` rows, with the per-batch row counts the committer's delete checks.
+//! The merger side of a hot dataset: one range's new cold copy, staged.
+//!
+//! 1. An unfinished commit of the range stops the export (it is finished first).
+//! 2. The range's ledger is fenced at this export's generation and every delete in flight is
+//!    resolved, so the snapshot below sees exactly the rows no delete removed.
+//! 3. The range streams out of Postgres from one snapshot into staged Parquet files of
+//!    `chunk_size` rows, hashed row by row into its digest and delete batches.
+//! 4. Rows that already left Postgres but share a file with rows that did not are rewritten
+//!    into files of their own (carried); files whose rows all left stay as they are.
 
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Int16Type, Int32Type, Int64Type, Schema, SchemaRef};
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Schema, SchemaRef};
 use async_trait::async_trait;
+use futures::TryStreamExt;
+use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use super::{HotDatasetConfig, HotSource, KeyRange, RangeCount, RangeHistogram};
+use super::batches::DeleteBatch;
+use super::digest::RowDigest;
+use super::ledger::{CarryPlan, LedgerFile};
+use super::{HotDatasetConfig, HotSource, KeyRange};
 use crate::error::{Error, Result};
-use crate::manifest::OutputFile;
+use crate::manifest::{Decision, OutputFile, SkippedInput, Verdict};
 use crate::merge::sort::BatchSink;
-use crate::merge::RollingWriter;
+use crate::merge::{check_versions, current_versions, read_json, RollingWriter};
+use crate::parquet_io::StoreReader;
+use crate::store::{list_all, ObjectMeta, ObjectStore};
+use crate::task::{partition_staging_dir, MergeTask, DECISION};
 
 /// What an export task exports: carried in the merge task.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportSpec {
     pub hot: HotDatasetConfig,
     pub range: KeyRange,
+    /// The range has files but no ledger, and an earlier version of the product recorded
+    /// that rows left Postgres: its files are kept as they are (never replaced).
+    #[serde(default)]
+    pub legacy_moved: bool,
 }
 
-/// What an export staged, in the task manifest: the committer deletes from Postgres with it.
+/// What an export staged, in the task manifest: the committer writes the range's new ledger
+/// and deletes from Postgres with it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportRecord {
     pub hot: HotDatasetConfig,
     pub range: KeyRange,
-    /// Row counts of consecutive sub-ranges tiling `range`: the delete batches.
-    pub batches: Vec<RangeCount>,
+    /// The exported columns, in order (a delete returns the same ones for its content check).
+    pub columns: Vec<String>,
+    /// What became of the range's earlier files.
+    pub plan: CarryPlan,
+    /// The outputs holding carried rows (final keys): rows that already left Postgres.
+    pub carried: Vec<LedgerFile>,
+    /// The outputs holding what Postgres held (final keys), in export order.
+    pub segment: Vec<LedgerFile>,
+    /// The digest of every row exported from Postgres.
+    pub digest: RowDigest,
+    /// The delete batches of those rows.
+    pub batches: Vec<DeleteBatch>,
+    /// Rows deleted from Postgres over the range's history before this export.
+    pub rows_deleted_before: u64,
 }
 
 impl ExportRecord {
+    /// Rows exported from Postgres.
     pub fn rows(&self) -> u64 {
-        self.batches.iter().map(|b| b.rows).sum()
+        self.digest.rows
     }
+}
+
+/// A staged export: its outputs, the earlier files it replaces, and its record.
+pub struct StagedExport {
+    pub outputs: Vec<OutputFile>,
+    pub replaced: Vec<ObjectMeta>,
+    pub changed: Vec<SkippedInput>,
+    pub record: ExportRecord,
+    pub schema: SchemaRef,
 }
 
 /// What the export sends the writer task.
@@ -46,51 +90,17 @@ enum ToWriter {
     },
 }
 
-/// Counts each row's range value, then hands the batch to the writer task.
+/// Hands each batch to the writer task, counting rows.
 struct ExportSink {
     to_writer: mpsc::Sender<ToWriter>,
     /// Set when the writer task stopped taking batches (it failed; its error says why).
     writer_gone: bool,
-    histogram: RangeHistogram,
-    range_column: usize,
     rows: u64,
-}
-
-fn range_values(array: &dyn Array) -> Result<Vec<i64>> {
-    Ok(match array.data_type() {
-        DataType::Int64 => array.as_primitive::<Int64Type>().values().to_vec(),
-        DataType::Int32 => array
-            .as_primitive::<Int32Type>()
-            .values()
-            .iter()
-            .map(|v| *v as i64)
-            .collect(),
-        DataType::Int16 => array
-            .as_primitive::<Int16Type>()
-            .values()
-            .iter()
-            .map(|v| *v as i64)
-            .collect(),
-        other => {
-            return Err(Error::Other(format!(
-                "range column is {other}, not an integer"
-            )))
-        }
-    })
 }
 
 #[async_trait]
 impl BatchSink for ExportSink {
     async fn push(&mut self, batch: RecordBatch) -> Result<()> {
-        let column = batch.column(self.range_column);
-        if column.null_count() > 0 {
-            return Err(Error::Other(
-                "the range column is NULL in an exported row".into(),
-            ));
-        }
-        for value in range_values(column.as_ref())? {
-            self.histogram.add(value).map_err(Error::Other)?;
-        }
         self.rows += batch.num_rows() as u64;
         self.to_writer
             .send(ToWriter::Batch(batch))
@@ -134,75 +144,277 @@ async fn write_all(
     ))
 }
 
-/// Exports `spec.range` through `writer`: the columns are checked first (an unsupported type
-/// fails before any file is written), then the rows stream out of one snapshot.
-pub async fn export_range(
-    source: &dyn HotSource,
-    spec: &ExportSpec,
-    batch_bytes: u64,
-    make_writer: impl FnOnce(SchemaRef) -> RollingWriter,
-) -> Result<(Vec<OutputFile>, ExportRecord, SchemaRef)> {
-    let hot = &spec.hot;
-    let columns = source.columns(hot).await?;
+/// Everything an export needs from the merger.
+pub struct ExportJob<'a> {
+    pub store: Arc<dyn ObjectStore>,
+    pub source: &'a dyn HotSource,
+    pub task: &'a Arc<MergeTask>,
+    pub spec: &'a ExportSpec,
+    pub attempt: u32,
+    pub props: WriterProperties,
+    /// Bytes of values per Arrow batch.
+    pub batch_bytes: u64,
+}
+
+impl ExportJob<'_> {
+    fn writer(&self, schema: SchemaRef, first_index: usize) -> RollingWriter {
+        RollingWriter::new(
+            Arc::clone(&self.store),
+            Arc::clone(self.task),
+            self.attempt,
+            schema,
+            self.props.clone(),
+        )
+        .with_rows_per_file(self.spec.hot.chunk_size)
+        .with_first_index(first_index)
+    }
+}
+
+/// Exports `job.spec.range` (see the module documentation).
+pub async fn export_range(job: ExportJob<'_>) -> Result<StagedExport> {
+    let hot = &job.spec.hot;
+    let dir = hot.range_dir(job.spec.range);
+    refuse_if_a_commit_is_unfinished(job.store.as_ref(), job.task).await?;
+    let ledger = super::delete::prepare_export(
+        job.store.as_ref(),
+        job.source,
+        hot,
+        &dir,
+        job.task.generation,
+    )
+    .await?;
+    let (plan, rows_deleted_before) = match &ledger {
+        Some(ledger) => (
+            ledger.carry_plan().ok_or_else(|| {
+                Error::Other(format!(
+                    "range {} of {:?} still has a delete in flight after resolving it; retry",
+                    job.spec.range, hot.name
+                ))
+            })?,
+            ledger.rows_deleted,
+        ),
+        None if job.spec.legacy_moved => {
+            tracing::warn!(dataset = hot.name, range = %job.spec.range, "range exported by an earlier version whose rows left Postgres: its files are kept as they are");
+            let mut keep = Vec::new();
+            for input in &job.task.inputs {
+                let footer = crate::parquet_io::read_footer(job.store.as_ref(), &input.key).await?;
+                keep.push(LedgerFile {
+                    key: input.key.clone(),
+                    rows: footer.file_metadata().num_rows().max(0) as u64,
+                });
+            }
+            (
+                CarryPlan {
+                    keep,
+                    ..CarryPlan::default()
+                },
+                0,
+            )
+        }
+        None => (CarryPlan::default(), 0),
+    };
+    let kept: std::collections::HashSet<&str> = plan.keep.iter().map(|f| f.key.as_str()).collect();
+    let replace: Vec<ObjectMeta> = job
+        .task
+        .inputs
+        .iter()
+        .filter(|i| !kept.contains(i.key.as_str()))
+        .cloned()
+        .collect();
+    let current = current_versions(job.store.as_ref(), &replace).await?;
+    let (replaced, changed) = check_versions(&replace, &current);
+    if let Some(c) = changed.first() {
+        return Err(Error::Other(format!(
+            "file {} of range {} changed since it was planned ({}); the range is planned again",
+            c.key, job.spec.range, c.reason
+        )));
+    }
+
+    let (outputs, exported, schema, columns) = export_rows(&job).await?;
+    let segment: Vec<LedgerFile> = outputs
+        .iter()
+        .map(|o| LedgerFile {
+            key: o.final_key.clone(),
+            rows: o.rows,
+        })
+        .collect();
+    let mut all_outputs = outputs;
+    let mut carried = Vec::new();
+    for (key, intervals) in &plan.carry {
+        let meta = replaced.iter().find(|m| &m.key == key).ok_or_else(|| {
+            Error::Other(format!(
+                "file {key} holds rows that left Postgres but is not among the range's files; \
+                 nothing was staged (investigate before re-running)"
+            ))
+        })?;
+        let written = carry_rows(&job, meta, intervals, all_outputs.len()).await?;
+        carried.extend(written.iter().map(|o| LedgerFile {
+            key: o.final_key.clone(),
+            rows: o.rows,
+        }));
+        all_outputs.extend(written);
+    }
+    let record = ExportRecord {
+        hot: hot.clone(),
+        range: job.spec.range,
+        columns,
+        plan,
+        carried,
+        segment,
+        digest: exported.digest,
+        batches: exported.batches,
+        rows_deleted_before,
+    };
+    Ok(StagedExport {
+        outputs: all_outputs,
+        replaced,
+        changed,
+        record,
+        schema,
+    })
+}
+
+/// Another task of the same range that was decided but not finished must be finished (by the
+/// planner's recovery) before a new export may look at the range.
+async fn refuse_if_a_commit_is_unfinished(store: &dyn ObjectStore, task: &MergeTask) -> Result<()> {
+    let dir = partition_staging_dir(&task.staging_prefix, &task.partition);
+    let listing = list_all(store, &dir, None).await?;
+    for object in listing.objects {
+        let Some(task_dir) = object.key.strip_suffix(DECISION) else {
+            continue;
+        };
+        if task_dir == task.task_dir() {
+            continue;
+        }
+        if let Some(decision) = read_json::<Decision>(store, &object.key).await? {
+            if decision.verdict == Verdict::Commit {
+                return Err(Error::Other(format!(
+                    "an earlier commit of {} ({task_dir}) is unfinished; the next run finishes it \
+                     first, then exports the range again (nothing was staged)",
+                    task.partition
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Streams the range out of Postgres into staged files.
+async fn export_rows(
+    job: &ExportJob<'_>,
+) -> Result<(Vec<OutputFile>, super::ExportedRows, SchemaRef, Vec<String>)> {
+    let hot = &job.spec.hot;
+    let columns = job.source.columns(hot).await?;
     let schema: SchemaRef = Arc::new(Schema::new(
         columns.iter().map(|c| c.field()).collect::<Vec<_>>(),
     ));
-    let range_column = columns
-        .iter()
-        .position(|c| c.name == hot.range_column)
-        .ok_or_else(|| {
-            Error::config(
-                format!("hot_dataset {:?}: columns", hot.name),
-                "must include the range column",
-            )
-        })?;
     let (to_writer, batches) = mpsc::channel(2);
-    let writing = tokio::spawn(write_all(make_writer(Arc::clone(&schema)), batches));
+    let writing = tokio::spawn(write_all(job.writer(Arc::clone(&schema), 0), batches));
     let mut sink = ExportSink {
         to_writer,
         writer_gone: false,
-        histogram: RangeHistogram::new(spec.range),
-        range_column,
         rows: 0,
     };
-    let exported = source
-        .export(hot, spec.range, &columns, batch_bytes, &mut sink)
+    let exported = job
+        .source
+        .export(hot, job.spec.range, &columns, job.batch_bytes, &mut sink)
         .await
-        .and_then(|rows| {
-            if rows == sink.rows && rows == sink.histogram.total() {
-                Ok(rows)
+        .and_then(|exported| {
+            if exported.digest.rows == sink.rows {
+                Ok(exported)
             } else {
                 Err(Error::Other(format!(
-                    "export of {} {}: Postgres sent {rows} rows but {} were counted; nothing was staged",
-                    hot.name, spec.range, sink.rows
+                    "export of {} {}: Postgres sent {} rows but {} were counted; nothing was staged",
+                    hot.name, job.spec.range, exported.digest.rows, sink.rows
                 )))
             }
         });
-    if let Ok(rows) = &exported {
+    if let Ok(exported) = &exported {
         // A closed channel means the writer failed; its own error says why.
-        let _ = sink.to_writer.send(ToWriter::Finish { rows: *rows }).await;
+        let _ = sink
+            .to_writer
+            .send(ToWriter::Finish {
+                rows: exported.digest.rows,
+            })
+            .await;
     }
     let ExportSink {
         to_writer,
         writer_gone,
-        histogram,
         ..
     } = sink;
     drop(to_writer);
     let written = writing
         .await
         .map_err(|e| Error::Other(format!("the Parquet writer task failed: {e}")))?;
-    let outputs = match (exported, written) {
-        (Ok(_), Ok(outputs)) => outputs,
+    let (exported, outputs) = match (exported, written) {
+        (Ok(exported), Ok(outputs)) => (exported, outputs),
         (Ok(_), Err(e)) => return Err(e),
         // When the export only saw the writer stop, the writer's error is the cause.
         (Err(_), Err(e)) if writer_gone => return Err(e),
         (Err(e), _) => return Err(e),
     };
-    let record = ExportRecord {
-        hot: hot.clone(),
-        range: spec.range,
-        batches: histogram.delete_batches(hot.delete_batch_rows),
-    };
-    Ok((outputs, record, schema))
+    let names = columns.into_iter().map(|c| c.name).collect();
+    Ok((outputs, exported, schema, names))
+}
+
+/// Rewrites rows `intervals` of `file` (rows that left Postgres) into new staged files, with
+/// the file's own schema, numbered from `first_index`.
+async fn carry_rows(
+    job: &ExportJob<'_>,
+    file: &ObjectMeta,
+    intervals: &[(u64, u64)],
+    first_index: usize,
+) -> Result<Vec<OutputFile>> {
+    let reader = StoreReader::ranged(Arc::clone(&job.store), file);
+    let builder = ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|e| Error::parquet(&file.key, e))?;
+    let total = builder.metadata().file_metadata().num_rows().max(0) as u64;
+    let mut selectors = Vec::new();
+    let mut at = 0;
+    for &(start, end) in intervals {
+        if start < at || end > total || start >= end {
+            return Err(Error::Other(format!(
+                "file {} has {total} rows; its ledger names rows {start}..{end}: nothing was staged",
+                file.key
+            )));
+        }
+        if start > at {
+            selectors.push(RowSelector::skip((start - at) as usize));
+        }
+        selectors.push(RowSelector::select((end - start) as usize));
+        at = end;
+    }
+    let wanted: u64 = intervals.iter().map(|(s, e)| e - s).sum();
+    let schema = Arc::clone(builder.schema());
+    let mut stream = builder
+        .with_row_selection(RowSelection::from(selectors))
+        .build()
+        .map_err(|e| Error::parquet(&file.key, e))?;
+    let mut writer = job.writer(schema, first_index);
+    let mut rows = 0;
+    loop {
+        let batch = match stream.try_next().await {
+            Ok(Some(batch)) => batch,
+            Ok(None) => break,
+            Err(e) => {
+                writer.abort().await;
+                return Err(Error::parquet(&file.key, e));
+            }
+        };
+        rows += batch.num_rows() as u64;
+        if let Err(e) = writer.write(&batch).await {
+            writer.abort().await;
+            return Err(e);
+        }
+    }
+    if rows != wanted {
+        writer.abort().await;
+        return Err(Error::Other(format!(
+            "carrying {wanted} rows of {} read {rows}; nothing was staged",
+            file.key
+        )));
+    }
+    writer.finish().await
 }

@@ -7,10 +7,14 @@
 //! the task's inputs), and the committer then deletes the range from Postgres. This module holds
 //! the pure rules (range keys, finality, delete batches) and the Postgres port.
 
+pub mod batches;
 pub mod config;
 pub mod copy_binary;
 pub mod delete;
+pub mod digest;
 pub mod export;
+pub mod ledger;
+pub mod ledger_store;
 pub mod postgres;
 pub mod sql;
 pub mod types;
@@ -20,6 +24,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::merge::sort::BatchSink;
+
+use batches::DeleteBatch;
+use digest::RowDigest;
+use sql::QualifiedName;
 
 pub use config::{derived_dataset_uuid, HotDatasetConfig, UnboundedNumeric};
 pub use postgres::{DsnSource, PostgresSource};
@@ -107,105 +115,57 @@ pub fn final_ranges(hot: &HotDatasetConfig, first_value: i64, final_through: i64
     out
 }
 
-/// At most this many buckets are counted per range during an export, whatever its width.
-const MAX_BUCKETS: u64 = 4096;
-
-/// Row counts of a range by equal-width buckets of the range column, filled during the export.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RangeHistogram {
-    range: KeyRange,
-    width: u64,
-    counts: Vec<u64>,
-}
-
-impl RangeHistogram {
-    pub fn new(range: KeyRange) -> Self {
-        let width = range.len().div_ceil(MAX_BUCKETS).max(1);
-        Self {
-            range,
-            width,
-            counts: vec![0; range.len().div_ceil(width) as usize],
-        }
-    }
-
-    /// Counts one row; a value outside the range is an error (the query filtered on it).
-    pub fn add(&mut self, value: i64) -> std::result::Result<(), String> {
-        if value < self.range.start || value >= self.range.end {
-            return Err(format!(
-                "range column value {value} is outside the exported range {}",
-                self.range
-            ));
-        }
-        self.counts[((value - self.range.start) as u64 / self.width) as usize] += 1;
-        Ok(())
-    }
-
-    pub fn total(&self) -> u64 {
-        self.counts.iter().sum()
-    }
-
-    /// Cuts the range into consecutive batches of at most `max_rows` rows (a single bucket
-    /// holding more is a batch of its own), covering the whole range so that rows arriving
-    /// later in an empty stretch are counted too.
-    pub fn delete_batches(&self, max_rows: u64) -> Vec<RangeCount> {
-        let mut batches: Vec<RangeCount> = Vec::new();
-        let mut current = RangeCount {
-            range: KeyRange {
-                start: self.range.start,
-                end: self.range.start,
-            },
-            rows: 0,
+/// The grid ranges from `from` (a grid start) up to the last one wholly final and ending at
+/// or before `limit`.
+pub fn grid_ranges(
+    hot: &HotDatasetConfig,
+    from: i64,
+    final_through: i64,
+    limit: i64,
+) -> Vec<KeyRange> {
+    let mut range = hot.range_containing(from.max(hot.range_start));
+    let mut out = Vec::new();
+    while is_final(range, final_through) && range.end <= limit {
+        out.push(range);
+        range = KeyRange {
+            start: range.end,
+            end: range.end + hot.range_size as i64,
         };
-        for (i, &count) in self.counts.iter().enumerate() {
-            let bucket_end =
-                (self.range.start + ((i as u64 + 1) * self.width) as i64).min(self.range.end);
-            if current.rows > 0 && current.rows + count > max_rows {
-                batches.push(current);
-                current = RangeCount {
-                    range: KeyRange {
-                        start: current.range.end,
-                        end: current.range.end,
-                    },
-                    rows: 0,
-                };
-            }
-            current.rows += count;
-            current.range.end = bucket_end;
-        }
-        batches.push(current);
-        batches
     }
+    out
 }
 
-/// What became of a committed range in Postgres.
+/// What an export streamed out of Postgres: its rows' digest and its delete batches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExportedRows {
+    pub digest: RowDigest,
+    pub batches: Vec<DeleteBatch>,
+}
+
+/// What became of a committed range in Postgres (the state store's summary of its ledger).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum DeleteState {
-    /// `delete_after_compact` is off: the rows stay in Postgres.
+    /// `delete_after_compact` is off: the exported rows stay in Postgres.
     Kept,
-    /// Batches are being deleted (an interrupted attempt resumes from here).
-    Deleting,
-    /// Deleted in batches (`rows` by this commit; 0 when an earlier attempt had done it).
-    Deleted { rows: u64 },
-    /// The child partition holding exactly the range was detached and dropped.
-    Dropped { partition: String, rows: u64 },
-    /// Postgres and the cold copy disagree; the range is flagged. `deleted` rows had been
-    /// deleted before the disagreement showed (0 when it was found before any delete).
-    Mismatch { detail: String, deleted: u64 },
-}
-
-impl DeleteState {
-    /// True when some of the range's rows left Postgres: the cold files are then their only
-    /// copy, and re-exporting the range would lose them.
-    pub fn removed_rows(&self) -> bool {
-        match self {
-            DeleteState::Kept => false,
-            DeleteState::Deleting | DeleteState::Deleted { .. } | DeleteState::Dropped { .. } => {
-                true
-            }
-            DeleteState::Mismatch { deleted, .. } => *deleted > 0,
-        }
-    }
+    /// Every exported row left Postgres: `deleted` rows of this export (all of them), in
+    /// batches or with the child partition `partition` dropped.
+    Moved {
+        deleted: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        partition: Option<String>,
+    },
+    /// Some batches held other rows than the cold copy (late inserts, updates, reorgs) and were
+    /// not deleted: `deleted` rows of this export left Postgres, `left` rows stay there, and the
+    /// next sweep exports the range again (keeping the moved rows) and deletes them.
+    Flagged {
+        deleted: u64,
+        left: u64,
+        detail: String,
+    },
+    /// Recorded by an earlier version of the product.
+    #[serde(other)]
+    Legacy,
 }
 
 /// The state of a range's cold copy, kept in the partition record.
@@ -213,21 +173,72 @@ impl DeleteState {
 pub struct ColdRange {
     /// The lease generation that committed it: the range's `dataset_version`.
     pub version: u64,
+    /// Rows in the cold copy.
     pub rows: u64,
+    /// Rows of the cold copy that left Postgres (over the range's history).
+    #[serde(default)]
+    pub moved_rows: u64,
+    /// Rows this version took from Postgres.
+    #[serde(default)]
+    pub exported: u64,
     pub delete: DeleteState,
     pub at_ms: i64,
 }
 
-/// The result of one bounded delete (or a partition drop): done, or rolled back because
-/// Postgres did not hold exactly the expected rows.
+impl ColdRange {
+    /// Rows of the cold copy that Postgres should still hold.
+    pub fn rows_in_postgres(&self) -> u64 {
+        self.rows.saturating_sub(self.moved_rows)
+    }
+
+    pub fn is_flagged(&self) -> bool {
+        matches!(self.delete, DeleteState::Flagged { .. })
+    }
+}
+
+/// The result of one bounded delete (or a partition drop); anything but `Deleted` rolled back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BatchDelete {
     Deleted(u64),
-    Mismatch { found: u64, detail: String },
+    /// Postgres did not hold exactly the batch's rows.
+    Mismatch {
+        found: RowDigest,
+        detail: String,
+    },
+    /// A lock wait timed out, a deadlock or a serialization failure: try again later.
+    Busy {
+        detail: String,
+    },
+    /// The gate refused to let it commit (a newer export of the range has begun).
+    Fenced,
 }
 
-/// The port to a hot table: its columns, its tip, a consistent export of a range, counts, and
-/// the bounded deletes. One adapter, over tokio-postgres.
+/// Whether a transaction committed, as Postgres remembers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XactStatus {
+    Committed,
+    Aborted,
+    InProgress,
+    /// Too old for Postgres to remember.
+    Unknown,
+}
+
+/// Asked right before a verified delete commits, with its transaction id: records it (so an
+/// interrupted commit can be resolved) and says whether the commit may go ahead.
+#[async_trait]
+pub trait CommitGate: Send + Sync {
+    async fn may_commit(&self, xid: &str) -> Result<bool>;
+}
+
+/// A leaf partition and its parent, as catalog names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionPair {
+    pub partition: QualifiedName,
+    pub parent: QualifiedName,
+}
+
+/// The port to a hot table: its columns, its tip, a consistent export of a range, and the
+/// bounded, content-checked deletes. One adapter, over tokio-postgres.
 #[async_trait]
 pub trait HotSource: Send + Sync + std::fmt::Debug {
     fn describe(&self) -> String;
@@ -239,12 +250,21 @@ pub trait HotSource: Send + Sync + std::fmt::Debug {
     /// The chain's tip (the tip query, or the range column's maximum); `None` when empty.
     async fn tip(&self, hot: &HotDatasetConfig) -> Result<Option<i64>>;
 
-    /// The smallest range-column value of the chain; `None` when empty.
-    async fn first_value(&self, hot: &HotDatasetConfig) -> Result<Option<i64>>;
+    /// The range column's largest value of the chain; `None` when empty.
+    async fn max_value(&self, hot: &HotDatasetConfig) -> Result<Option<i64>>;
+
+    /// The rows of each grid range from `from` (a grid start) to `to` (exclusive) that has
+    /// any: `(range start, rows)`, in order.
+    async fn range_counts(
+        &self,
+        hot: &HotDatasetConfig,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(i64, u64)>>;
 
     /// Streams every row of `range` in range-column order, from one snapshot, as record
     /// batches of at most `batch_bytes` of values; memory stays bounded whatever the range's
-    /// size. Returns the number of rows.
+    /// size. Returns the rows' digest and delete batches.
     async fn export(
         &self,
         hot: &HotDatasetConfig,
@@ -252,37 +272,39 @@ pub trait HotSource: Send + Sync + std::fmt::Debug {
         columns: &[HotColumn],
         batch_bytes: u64,
         sink: &mut dyn BatchSink,
-    ) -> Result<u64>;
+    ) -> Result<ExportedRows>;
 
-    /// The rows Postgres holds now in each of `batches` (consecutive, tiling one range).
-    async fn count_batches(&self, hot: &HotDatasetConfig, batches: &[KeyRange])
-        -> Result<Vec<u64>>;
-
-    /// Deletes `batch` in one transaction, committed only if it removed exactly `expected`.
+    /// Deletes one batch in one transaction, committed only if the rows it removed have the
+    /// batch's digest and `gate` agrees.
     async fn delete_batch(
         &self,
         hot: &HotDatasetConfig,
-        batch: KeyRange,
-        expected: u64,
+        columns: &[String],
+        batch: &DeleteBatch,
+        gate: &dyn CommitGate,
     ) -> Result<BatchDelete>;
 
     /// The leaf partition holding exactly `range` (and the chain), if the table is partitioned
-    /// that way: `(partition, its parent)`, both as Postgres quotes them.
+    /// that way.
     async fn exact_partition(
         &self,
         hot: &HotDatasetConfig,
         range: KeyRange,
-    ) -> Result<Option<(String, String)>>;
+    ) -> Result<Option<PartitionPair>>;
 
-    /// Detaches and drops `partition` in one transaction, committed only if it held exactly
-    /// `expected` rows, all inside `range`.
+    /// Detaches and drops `pair.partition` in one transaction, committed only if the rows it
+    /// held have digest `expected` and `gate` agrees.
     async fn drop_partition(
         &self,
         hot: &HotDatasetConfig,
-        partition: &(String, String),
-        range: KeyRange,
-        expected: u64,
+        columns: &[String],
+        pair: &PartitionPair,
+        expected: &RowDigest,
+        gate: &dyn CommitGate,
     ) -> Result<BatchDelete>;
+
+    /// Whether transaction `xid` committed.
+    async fn xact_status(&self, hot: &HotDatasetConfig, xid: &str) -> Result<XactStatus>;
 }
 
 #[cfg(test)]
@@ -327,92 +349,39 @@ mod tests {
         assert!(is_final(r(301, 401), through));
         assert!(!is_final(r(400, 500), through));
         assert_eq!(
-            final_ranges(&hot, 123, through),
+            grid_ranges(&hot, 100, through, i64::MAX),
             vec![r(100, 200), r(200, 300), r(300, 400)]
         );
-        assert!(final_ranges(&hot, 420, through).is_empty());
+        assert_eq!(
+            grid_ranges(&hot, 100, through, 300),
+            vec![r(100, 200), r(200, 300)]
+        );
+        assert!(grid_ranges(&hot, 400, through, i64::MAX).is_empty());
         assert_eq!(final_through(10, 100), -90);
-        assert!(final_ranges(&hot, 0, final_through(10, 100)).is_empty());
+        assert!(grid_ranges(&hot, 0, final_through(10, 100), i64::MAX).is_empty());
     }
 
     #[test]
-    fn delete_batches_tile_the_range_within_the_row_limit() {
-        let range = r(1000, 1100);
-        let mut h = RangeHistogram::new(range);
-        for v in 1000..1100 {
-            for _ in 0..(v % 7) {
-                h.add(v).unwrap();
-            }
-        }
-        // A late stretch with no rows must still be covered.
-        assert!(h.add(1100).is_err());
-        assert!(h.add(999).is_err());
-        let batches = h.delete_batches(40);
-        assert_eq!(batches.first().unwrap().range.start, 1000);
-        assert_eq!(batches.last().unwrap().range.end, 1100);
-        for pair in batches.windows(2) {
-            assert_eq!(pair[0].range.end, pair[1].range.start);
-        }
-        assert!(batches.iter().all(|b| b.rows <= 40 && !b.range.is_empty()));
-        assert_eq!(batches.iter().map(|b| b.rows).sum::<u64>(), h.total());
-    }
-
-    #[test]
-    fn a_bucket_above_the_limit_is_a_batch_of_its_own_and_empty_ranges_are_one_batch() {
-        let mut h = RangeHistogram::new(r(0, 10));
-        for _ in 0..50 {
-            h.add(3).unwrap();
-        }
-        h.add(7).unwrap();
-        let batches = h.delete_batches(10);
-        assert_eq!(
-            batches,
-            vec![
-                RangeCount {
-                    range: r(0, 4),
-                    rows: 50
-                },
-                RangeCount {
-                    range: r(4, 10),
-                    rows: 1
-                },
-            ]
-        );
-        let empty = RangeHistogram::new(r(0, 10));
-        assert_eq!(
-            empty.delete_batches(10),
-            vec![RangeCount {
-                range: r(0, 10),
-                rows: 0
-            }]
-        );
-    }
-
-    #[test]
-    fn wide_ranges_use_bounded_buckets() {
-        let mut h = RangeHistogram::new(r(0, 10_000_000));
-        assert!(h.counts.len() as u64 <= MAX_BUCKETS);
-        h.add(9_999_999).unwrap();
-        h.add(0).unwrap();
-        assert_eq!(h.total(), 2);
-        let batches = h.delete_batches(1);
-        assert_eq!(batches.len(), 2);
-        assert_eq!(batches[1].range.end, 10_000_000);
-    }
-
-    #[test]
-    fn removed_rows_protect_the_cold_copy() {
-        assert!(!DeleteState::Kept.removed_rows());
-        assert!(DeleteState::Deleted { rows: 0 }.removed_rows());
-        assert!(!DeleteState::Mismatch {
-            detail: String::new(),
-            deleted: 0
-        }
-        .removed_rows());
-        assert!(DeleteState::Mismatch {
-            detail: String::new(),
-            deleted: 3
-        }
-        .removed_rows());
+    fn cold_ranges_read_records_of_earlier_versions() {
+        let old = r#"{"version":2,"rows":5,"delete":{"state":"deleted","rows":5},"at_ms":1}"#;
+        let cold: ColdRange = serde_json::from_str(old).unwrap();
+        assert_eq!(cold.delete, DeleteState::Legacy);
+        let flagged = ColdRange {
+            version: 3,
+            rows: 10,
+            moved_rows: 4,
+            exported: 10,
+            delete: DeleteState::Flagged {
+                deleted: 4,
+                left: 6,
+                detail: "x".into(),
+            },
+            at_ms: 0,
+        };
+        let back: ColdRange =
+            serde_json::from_str(&serde_json::to_string(&flagged).unwrap()).unwrap();
+        assert_eq!(back, flagged);
+        assert!(back.is_flagged());
+        assert_eq!(back.rows_in_postgres(), 6);
     }
 }

@@ -1,35 +1,37 @@
-//! The SQL the Postgres adapter sends. Identifiers come from the configuration: each is checked
-//! against a strict pattern and always double-quoted; every value is a bound parameter.
+//! Every SQL statement the Postgres adapter sends. A name (from the configuration or read from
+//! the catalog) reaches SQL only through [`quote_ident`]; every value is a bound parameter (or,
+//! for `COPY`, which takes none, a transaction-local setting the query reads back).
 
 use super::HotDatasetConfig;
 
 /// Postgres truncates identifiers longer than this; refusing them avoids silent aliasing.
 const MAX_IDENTIFIER_BYTES: usize = 63;
 
-/// Accepts plain SQL identifiers: a letter or `_`, then letters, digits, `_` or `$`.
+/// The one way a name becomes SQL: double-quoted, every embedded `"` doubled. Correct for any
+/// name Postgres can hold (quotes, dots, spaces, case, unicode); case is kept as written.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A name from the configuration: anything Postgres can store as an identifier (non-empty, no
+/// NUL, at most 63 bytes, which Postgres would otherwise truncate silently).
 pub fn validate_identifier(name: &str) -> Result<(), String> {
-    let mut chars = name.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    if !first_ok
-        || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
-        || name.len() > MAX_IDENTIFIER_BYTES
-    {
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if name.contains('\0') {
+        return Err(format!("{name:?} contains a NUL character"));
+    }
+    if name.len() > MAX_IDENTIFIER_BYTES {
         return Err(format!(
-            "{name:?} is not a plain SQL identifier (a letter or _, then letters, digits, _ or $; \
-             at most {MAX_IDENTIFIER_BYTES} bytes)"
+            "{name:?} is longer than {MAX_IDENTIFIER_BYTES} bytes, which Postgres would truncate"
         ));
     }
     Ok(())
 }
 
-/// A validated identifier, double-quoted (case is kept as written).
-pub fn quote(name: &str) -> String {
-    format!("\"{name}\"")
-}
-
-/// `table` or `schema.table`, validated.
+/// `table` or `schema.table`; a part in double quotes may hold dots and quotes (`""`), e.g.
+/// `"my.schema"."Odd""Name"`. Unquoted parts are taken as written (case is kept).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QualifiedName {
     pub schema: Option<String>,
@@ -38,37 +40,90 @@ pub struct QualifiedName {
 
 impl QualifiedName {
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let parts: Vec<&str> = raw.split('.').collect();
-        let (schema, table) = match parts.as_slice() {
-            [table] => (None, *table),
-            [schema, table] => (Some(*schema), *table),
-            _ => return Err(format!("{raw:?} must be \"table\" or \"schema.table\"")),
-        };
-        if let Some(schema) = schema {
-            validate_identifier(schema)?;
+        let mut parts = Vec::new();
+        let mut chars = raw.chars().peekable();
+        loop {
+            let mut part = String::new();
+            if chars.peek() == Some(&'"') {
+                chars.next();
+                loop {
+                    match chars.next() {
+                        Some('"') if chars.peek() == Some(&'"') => {
+                            chars.next();
+                            part.push('"');
+                        }
+                        Some('"') => break,
+                        Some(c) => part.push(c),
+                        None => return Err(format!("{raw:?} has an unterminated \"quoted\" name")),
+                    }
+                }
+            } else {
+                while let Some(&c) = chars.peek() {
+                    if c == '.' {
+                        break;
+                    }
+                    if c == '"' {
+                        return Err(format!(
+                            "{raw:?}: a name holding '\"' must be quoted, with the quote doubled"
+                        ));
+                    }
+                    part.push(c);
+                    chars.next();
+                }
+            }
+            validate_identifier(&part).map_err(|m| format!("{raw:?}: a name {m}"))?;
+            parts.push(part);
+            match chars.next() {
+                None => break,
+                Some('.') => continue,
+                Some(c) => {
+                    return Err(format!(
+                        "{raw:?}: unexpected {c:?} after a quoted name (write \"schema\".\"table\")"
+                    ))
+                }
+            }
         }
-        validate_identifier(table)?;
-        Ok(Self {
-            schema: schema.map(str::to_string),
-            table: table.to_string(),
-        })
+        let mut parts = parts.into_iter();
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(table), None, None) => Ok(Self {
+                schema: None,
+                table,
+            }),
+            (Some(schema), Some(table), None) => Ok(Self {
+                schema: Some(schema),
+                table,
+            }),
+            _ => Err(format!(
+                "{raw:?} must be \"table\" or \"schema.table\" (quote a name that holds a dot)"
+            )),
+        }
     }
 
     /// The name as SQL: `"schema"."table"` or `"table"`.
     pub fn sql(&self) -> String {
         match &self.schema {
-            Some(schema) => format!("{}.{}", quote(schema), quote(&self.table)),
-            None => quote(&self.table),
+            Some(schema) => format!("{}.{}", quote_ident(schema), quote_ident(&self.table)),
+            None => quote_ident(&self.table),
         }
     }
 }
 
+/// The select list of an export and of a delete's `RETURNING`: the same expressions, so the
+/// two send every value in the same binary form.
+fn column_list(columns: &[String]) -> String {
+    columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The row filter of a range over the given expressions for its bounds and chain.
 fn range_filter_over(hot: &HotDatasetConfig, start: &str, end: &str, chain: &str) -> String {
-    let range = quote(&hot.range_column);
+    let range = quote_ident(&hot.range_column);
     let mut filter = format!("{range} >= {start} AND {range} < {end}");
     if hot.chain_id.is_some() {
-        filter = format!("{} = {chain} AND {filter}", quote(&hot.chain_column));
+        filter = format!("{} = {chain} AND {filter}", quote_ident(&hot.chain_column));
     }
     filter
 }
@@ -76,6 +131,15 @@ fn range_filter_over(hot: &HotDatasetConfig, start: &str, end: &str, chain: &str
 /// The row filter of a range: `$1` and `$2` are its bounds, `$3` the chain when one is set.
 pub fn range_filter(hot: &HotDatasetConfig) -> String {
     range_filter_over(hot, "$1::int8", "$2::int8", "$3::int8")
+}
+
+/// The first parameter after those of [`range_filter`].
+fn next_param(hot: &HotDatasetConfig) -> usize {
+    if hot.chain_id.is_some() {
+        4
+    } else {
+        3
+    }
 }
 
 /// COPY takes no parameters: the export binds the range into these transaction-local
@@ -88,22 +152,26 @@ const SETTING_CHAIN: &str = "compactor.chain_id";
 pub const EXPORT_SETTINGS: &str = "SELECT set_config('compactor.range_start', $1, true), \
      set_config('compactor.range_end', $2, true), set_config('compactor.chain_id', $3, true)";
 
-/// The chain filter alone (for the tip and the first value), `$1` being the chain.
+/// The chain filter alone, `$1` being the chain.
 fn chain_only_filter(hot: &HotDatasetConfig) -> String {
     match hot.chain_id {
-        Some(_) => format!("WHERE {} = $1::int8", quote(&hot.chain_column)),
+        Some(_) => format!("WHERE {} = $1::int8", quote_ident(&hot.chain_column)),
         None => String::new(),
     }
 }
 
-/// Every row of one range in binary COPY format, in range-column order (deterministic files,
-/// useful statistics), the bounds read from [`EXPORT_SETTINGS`].
+/// The columns an export appends after the exported ones, to find a row again in its table:
+/// the leaf table it lives in and its physical position. Neither is written to Parquet nor
+/// part of a row's digest.
+pub const ROW_LOCATOR_COLUMNS: usize = 2;
+
+/// Every row of one range in binary COPY format, in range-column order, followed by its
+/// [locator](ROW_LOCATOR_COLUMNS); the bounds are read from [`EXPORT_SETTINGS`].
 pub fn export_copy(hot: &HotDatasetConfig, table: &QualifiedName, columns: &[String]) -> String {
-    let list: Vec<String> = columns.iter().map(|c| quote(c)).collect();
     let setting = |name: &str| format!("current_setting('{name}')::int8");
     format!(
-        "COPY (SELECT {} FROM {} WHERE {} ORDER BY {}) TO STDOUT (FORMAT binary)",
-        list.join(", "),
+        "COPY (SELECT {}, tableoid::oid, ctid FROM {} WHERE {} ORDER BY {}) TO STDOUT (FORMAT binary)",
+        column_list(columns),
         table.sql(),
         range_filter_over(
             hot,
@@ -111,46 +179,93 @@ pub fn export_copy(hot: &HotDatasetConfig, table: &QualifiedName, columns: &[Str
             &setting(SETTING_END),
             &setting(SETTING_CHAIN)
         ),
-        quote(&hot.range_column)
+        quote_ident(&hot.range_column)
     )
 }
 
-/// Rows per delete batch in one scan; the parameter after the range filter's holds the
-/// batches' lower bounds, in order.
-pub fn batch_count_query(hot: &HotDatasetConfig, table: &QualifiedName) -> String {
-    let bounds = if hot.chain_id.is_some() { "$4" } else { "$3" };
+/// Deletes at most `$N` rows of one sub-range (parameters as [`range_filter`], then the
+/// limit) and returns each deleted row's exported columns, for the content check.
+pub fn delete_range_batch(
+    hot: &HotDatasetConfig,
+    table: &QualifiedName,
+    columns: &[String],
+) -> String {
+    let filter = range_filter(hot);
     format!(
-        "SELECT width_bucket({}::int8, {bounds}::int8[])::int8 AS batch, count(*)::int8 \
-         FROM {} WHERE {} GROUP BY 1",
-        quote(&hot.range_column),
-        table.sql(),
-        range_filter(hot),
+        "DELETE FROM {t} WHERE {filter} AND (tableoid, ctid) IN \
+         (SELECT tableoid, ctid FROM {t} WHERE {filter} LIMIT ${limit}::int8) RETURNING {cols}",
+        t = table.sql(),
+        limit = next_param(hot),
+        cols = column_list(columns),
     )
 }
 
-pub fn delete_query(hot: &HotDatasetConfig, table: &QualifiedName) -> String {
-    format!("DELETE FROM {} WHERE {}", table.sql(), range_filter(hot))
+/// Deletes the rows of one sub-range found at the given locators (parameters as
+/// [`range_filter`], then the tables' oids and the rows' ctids as text) and returns each
+/// deleted row's exported columns.
+pub fn delete_located_rows(
+    hot: &HotDatasetConfig,
+    table: &QualifiedName,
+    columns: &[String],
+) -> String {
+    let first = next_param(hot);
+    format!(
+        "DELETE FROM {t} WHERE {filter} AND (tableoid, ctid) IN \
+         (SELECT * FROM unnest(${first}::oid[], ${second}::text[]::tid[])) RETURNING {cols}",
+        t = table.sql(),
+        filter = range_filter(hot),
+        second = first + 1,
+        cols = column_list(columns),
+    )
+}
+
+/// Every row of a detached partition, its exported columns (for the content check).
+pub fn partition_rows(partition: &QualifiedName, columns: &[String]) -> String {
+    format!(
+        "SELECT {} FROM ONLY {}",
+        column_list(columns),
+        partition.sql()
+    )
+}
+
+pub fn detach_partition(parent: &QualifiedName, partition: &QualifiedName) -> String {
+    format!(
+        "ALTER TABLE {} DETACH PARTITION {}",
+        parent.sql(),
+        partition.sql()
+    )
+}
+
+pub fn drop_table(table: &QualifiedName) -> String {
+    format!("DROP TABLE {}", table.sql())
+}
+
+/// Rows per grid range from `$2` (inclusive, a grid start) to `$3` (exclusive): `$1` is the
+/// range size, `$4` the chain when one is set. Ranges without rows are absent.
+pub fn range_counts_query(hot: &HotDatasetConfig, table: &QualifiedName) -> String {
+    let column = quote_ident(&hot.range_column);
+    let mut filter = format!("{column} >= $2::int8 AND {column} < $3::int8");
+    if hot.chain_id.is_some() {
+        filter = format!("{} = $4::int8 AND {filter}", quote_ident(&hot.chain_column));
+    }
+    format!(
+        "SELECT $2::int8 + (({column}::int8 - $2::int8) / $1::int8) * $1::int8 AS range_start, \
+         count(*)::int8 FROM {} WHERE {filter} GROUP BY 1 ORDER BY 1",
+        table.sql()
+    )
 }
 
 pub fn max_query(hot: &HotDatasetConfig, table: &QualifiedName) -> String {
     format!(
         "SELECT max({})::int8 FROM {} {}",
-        quote(&hot.range_column),
+        quote_ident(&hot.range_column),
         table.sql(),
         chain_only_filter(hot)
     )
 }
 
-pub fn min_query(hot: &HotDatasetConfig, table: &QualifiedName) -> String {
-    format!(
-        "SELECT min({})::int8 FROM {} {}",
-        quote(&hot.range_column),
-        table.sql(),
-        chain_only_filter(hot)
-    )
-}
-
-/// The configured tip query, its one column read as an integer.
+/// The configured tip query, its one column read as an integer (the query is the user's own
+/// SQL, run read-only; `$1` is declared `int8`, so it compares with any integer column).
 pub fn tip_query(query: &str) -> String {
     format!(
         "SELECT tip::int8 FROM ({}) AS configured_tip(tip)",
@@ -158,79 +273,94 @@ pub fn tip_query(query: &str) -> String {
     )
 }
 
-/// A detached partition's rows: all of them, and those outside the range (must be none).
-/// `$1`/`$2`/`$3` as in [`range_filter`]; `partition` is a name Postgres itself quoted.
-pub fn partition_count_query(hot: &HotDatasetConfig, partition: &str) -> String {
-    format!(
-        "SELECT count(*)::int8, (count(*) FILTER (WHERE NOT ({})))::int8 FROM {partition}",
-        range_filter(hot)
-    )
-}
+/// The transaction id of the current transaction (assigned by then: it has deleted rows),
+/// recorded before COMMIT so that an interrupted attempt can ask whether it committed.
+pub const CURRENT_XID: &str = "SELECT pg_current_xact_id()::text";
+
+/// `committed`, `aborted`, `in progress`, or NULL when the server no longer knows.
+pub const XID_STATUS: &str = "SELECT pg_xact_status($1::text::xid8)";
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn identifiers_are_strict() {
-        for ok in ["blocks", "_x", "Block_Number", "a$1"] {
+    fn any_name_is_quoted_into_one_identifier() {
+        assert_eq!(quote_ident("blocks"), "\"blocks\"");
+        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
+        assert_eq!(
+            quote_ident("x\"||(select 1)||\"x"),
+            "\"x\"\"||(select 1)||\"\"x\""
+        );
+        assert_eq!(quote_ident("a.b"), "\"a.b\"");
+        assert_eq!(quote_ident("Émile"), "\"Émile\"");
+        for ok in ["blocks", "_x", "Block Number", "a$1", "é", "we\"ird", "a.b"] {
             validate_identifier(ok).unwrap();
         }
-        for bad in [
-            "",
-            "1abc",
-            "a b",
-            "a\"b",
-            "a;drop",
-            "é",
-            &"x".repeat(64),
-            "a-b",
-        ] {
+        for bad in ["", "a\0b", &"x".repeat(64)] {
             assert!(validate_identifier(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(
-            QualifiedName::parse("public.blocks").unwrap().sql(),
-            "\"public\".\"blocks\""
-        );
-        assert_eq!(QualifiedName::parse("blocks").unwrap().sql(), "\"blocks\"");
-        assert!(QualifiedName::parse("a.b.c").is_err());
-        assert!(QualifiedName::parse("a.").is_err());
     }
 
     #[test]
-    fn queries_quote_names_and_bind_values() {
-        let mut hot = HotDatasetConfig::new("blocks", "public.blocks");
-        let table = hot.table_name().unwrap();
+    fn qualified_names_parse_quoted_parts() {
+        let q = |raw: &str| QualifiedName::parse(raw).map(|n| n.sql());
+        assert_eq!(q("public.blocks").unwrap(), "\"public\".\"blocks\"");
+        assert_eq!(q("blocks").unwrap(), "\"blocks\"");
+        assert_eq!(q("Mixed.Case").unwrap(), "\"Mixed\".\"Case\"");
         assert_eq!(
-            export_copy(&hot, &table, &["block_number".into(), "hash".into()]),
-            "COPY (SELECT \"block_number\", \"hash\" FROM \"public\".\"blocks\" WHERE \
-             \"block_number\" >= current_setting('compactor.range_start')::int8 AND \
-             \"block_number\" < current_setting('compactor.range_end')::int8 ORDER BY \"block_number\") \
-             TO STDOUT (FORMAT binary)"
+            q("\"my.schema\".\"Odd\"\"Name\"").unwrap(),
+            "\"my.schema\".\"Odd\"\"Name\""
+        );
+        let parsed = QualifiedName::parse("\"a.b\"").unwrap();
+        assert_eq!((parsed.schema, parsed.table.as_str()), (None, "a.b"));
+        for bad in ["a.b.c", "a.", ".b", "\"open", "a\"b", "\"x\"y", ""] {
+            assert!(QualifiedName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn statements_quote_names_and_bind_values() {
+        let mut hot = HotDatasetConfig::new("blocks", "public.blocks");
+        hot.range_column = "block\"number".into();
+        let table = hot.table_name().unwrap();
+        let columns = vec!["block\"number".to_string(), "hash".to_string()];
+        assert_eq!(
+            export_copy(&hot, &table, &columns),
+            "COPY (SELECT \"block\"\"number\", \"hash\", tableoid::oid, ctid FROM \"public\".\"blocks\" \
+             WHERE \"block\"\"number\" >= current_setting('compactor.range_start')::int8 AND \
+             \"block\"\"number\" < current_setting('compactor.range_end')::int8 ORDER BY \
+             \"block\"\"number\") TO STDOUT (FORMAT binary)"
         );
         assert!(EXPORT_SETTINGS.contains(SETTING_START) && EXPORT_SETTINGS.contains(SETTING_END));
         assert!(EXPORT_SETTINGS.contains(SETTING_CHAIN));
         hot.chain_id = Some(1);
-        assert_eq!(
-            delete_query(&hot, &table),
-            "DELETE FROM \"public\".\"blocks\" WHERE \"chain_id\" = $3::int8 AND \"block_number\" >= $1::int8 \
-             AND \"block_number\" < $2::int8"
-        );
-        let counts = batch_count_query(&hot, &table);
+        let delete = delete_range_batch(&hot, &table, &columns);
         assert!(
-            counts.contains("width_bucket(\"block_number\"::int8, $4::int8[])"),
-            "{counts}"
+            delete.starts_with("DELETE FROM \"public\".\"blocks\" WHERE \"chain_id\" = $3::int8"),
+            "{delete}"
         );
-        assert!(counts.contains("\"chain_id\" = $3::int8"), "{counts}");
+        assert!(
+            delete.contains("LIMIT $4::int8) RETURNING \"block\"\"number\", \"hash\""),
+            "{delete}"
+        );
+        let located = delete_located_rows(&hot, &table, &columns);
+        assert!(
+            located.contains("unnest($4::oid[], $5::text[]::tid[])"),
+            "{located}"
+        );
         assert_eq!(
             max_query(&hot, &table),
-            "SELECT max(\"block_number\")::int8 FROM \"public\".\"blocks\" WHERE \"chain_id\" = $1::int8"
+            "SELECT max(\"block\"\"number\")::int8 FROM \"public\".\"blocks\" WHERE \"chain_id\" = $1::int8"
         );
+        assert!(range_counts_query(&hot, &table).contains("\"chain_id\" = $4::int8"));
         hot.chain_id = None;
-        assert!(batch_count_query(&hot, &table).contains("$3::int8[]"));
+        assert!(delete_range_batch(&hot, &table, &columns).contains("LIMIT $3::int8"));
         assert_eq!(
             tip_query("select head from heads where chain = $1;"),
             "SELECT tip::int8 FROM (select head from heads where chain = $1) AS configured_tip(tip)"
         );
+        let leaf = QualifiedName::parse("\"s\".\"p\"\"1\"").unwrap();
+        assert_eq!(drop_table(&leaf), "DROP TABLE \"s\".\"p\"\"1\"");
     }
 }

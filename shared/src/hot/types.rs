@@ -130,11 +130,18 @@ impl PgType {
                          cannot hold; set unbounded_numeric = \"text\" to export its exact text"
                     ))
                 }
+                (Some((precision @ 77.., _)), _) => {
+                    return Err(format!(
+                        "numeric with {precision} digits does not fit a Parquet decimal: a 256-bit \
+                         decimal (unbounded_numeric = \"decimal256\") holds at most 76 digits; set \
+                         unbounded_numeric = \"text\" to export its exact text"
+                    ))
+                }
                 (Some((precision, _)), _) => {
                     return Err(format!(
                         "numeric with {precision} digits: Spark, Trino/Athena and polars read at most \
                          decimal(38) and DuckDB reads wider ones as DOUBLE; set unbounded_numeric = \"text\" \
-                         to export its exact text (or \"decimal256\" for a 256-bit decimal, up to 76 digits)"
+                         to export its exact text (or \"decimal256\" for a 256-bit decimal, which holds up to 76 digits)"
                     ))
                 }
                 (None, _) => {
@@ -562,7 +569,10 @@ impl ScaledInt for i256 {
 /// The value times 10^scale, exactly (digits below the scale must be zero).
 fn numeric_scaled<T: ScaledInt>(v: &[u8], scale: i8) -> Result<T, String> {
     let n = parse_numeric(v)?.map_err(|special| {
-        format!("numeric {special} has no Parquet decimal; set unbounded_numeric = \"text\"")
+        format!(
+            "numeric {special} has no Parquet decimal; list the column in numeric_as_text = [...] \
+             to export its exact text"
+        )
     })?;
     let overflow = || "numeric value overflows its decimal type".to_string();
     let below_scale = || format!("numeric value has more than {scale} decimal places");

@@ -217,31 +217,26 @@ impl Merger {
                 ),
             )
         })?;
-        let current = current_versions(self.store.as_ref(), &task.inputs).await?;
-        let (replaced, changed) = check_versions(&task.inputs, &current);
-        let props = writer_properties(&task.dataset, None)?;
-        let (outputs, record, schema) =
-            crate::hot::export::export_range(source, spec, task.memory_budget / 4, |schema| {
-                RollingWriter::new(
-                    Arc::clone(&self.store),
-                    Arc::clone(task),
-                    attempt,
-                    schema,
-                    props,
-                )
-                .with_rows_per_file(spec.hot.chunk_size)
-            })
-            .await?;
+        let staged = crate::hot::export::export_range(crate::hot::export::ExportJob {
+            store: Arc::clone(&self.store),
+            source,
+            task,
+            spec,
+            attempt,
+            props: writer_properties(&task.dataset, None)?,
+            batch_bytes: task.memory_budget / 4,
+        })
+        .await?;
         self.progress
-            .input_read(outputs.iter().map(|o| o.size).sum());
+            .input_read(staged.outputs.iter().map(|o| o.size).sum());
         Ok(task_manifest(
             task,
             attempt,
-            replaced,
-            changed,
-            outputs,
-            &schema,
-            Some(record),
+            staged.replaced,
+            staged.changed,
+            staged.outputs,
+            &staged.schema,
+            Some(staged.record),
         ))
     }
 

@@ -74,6 +74,8 @@ pub struct RollingWriter {
     rows_per_file: Option<u64>,
     current: Option<OpenFile>,
     done: Vec<OutputFile>,
+    /// The index of the first file (several writers may stage outputs of one task).
+    first_index: usize,
 }
 
 impl RollingWriter {
@@ -95,7 +97,14 @@ impl RollingWriter {
             rows_per_file: None,
             current: None,
             done: Vec::new(),
+            first_index: 0,
         }
+    }
+
+    /// Numbers this writer's files from `index` on.
+    pub fn with_first_index(mut self, index: usize) -> Self {
+        self.first_index = index;
+        self
     }
 
     /// Closes each file after exactly `rows` rows (the last may hold fewer).
@@ -106,7 +115,7 @@ impl RollingWriter {
 
     async fn open(&mut self) -> Result<&mut OpenFile> {
         if self.current.is_none() {
-            let index = self.done.len();
+            let index = self.first_index + self.done.len();
             let key = self.task.staging_output_key(self.attempt, index);
             let sink = self.store.put_stream(&key).await?;
             let writer = AsyncArrowWriter::try_new(

@@ -248,16 +248,29 @@ pub async fn cold_ranges_survive_new_rounds_and_flag(store: Arc<dyn StateStore>,
     let cold = |version, delete| ColdRange {
         version,
         rows: 42,
+        moved_rows: 40,
+        exported: 42,
         delete,
         at_ms: now,
     };
     store
-        .record_cold_range(&pid, &cold(lease.generation, DeleteState::Deleting), now)
+        .record_cold_range(
+            &pid,
+            &cold(
+                lease.generation,
+                DeleteState::Moved {
+                    deleted: 42,
+                    partition: None,
+                },
+            ),
+            now,
+        )
         .await
         .unwrap();
-    let mismatch = DeleteState::Mismatch {
+    let mismatch = DeleteState::Flagged {
         detail: "late insert".into(),
-        deleted: 0,
+        deleted: 40,
+        left: 2,
     };
     store
         .record_cold_range(&pid, &cold(lease.generation, mismatch.clone()), now)

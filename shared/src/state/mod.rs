@@ -426,17 +426,20 @@ mod tests {
         let cold = |version, delete| ColdRange {
             version,
             rows: 10,
+            moved_rows: 0,
+            exported: 10,
             delete,
             at_ms: 0,
         };
-        r.apply_cold_range(&cold(2, crate::hot::DeleteState::Deleting), 1);
-        r.apply_cold_range(&cold(1, crate::hot::DeleteState::Kept), 2);
+        let moved = crate::hot::DeleteState::Moved {
+            deleted: 10,
+            partition: None,
+        };
+        r.apply_cold_range(&cold(2, crate::hot::DeleteState::Kept), 1);
+        r.apply_cold_range(&cold(1, moved.clone()), 2);
         assert_eq!(r.cold.as_ref().unwrap().version, 2);
-        r.apply_cold_range(&cold(2, crate::hot::DeleteState::Deleted { rows: 10 }), 3);
-        assert_eq!(
-            r.cold.as_ref().unwrap().delete,
-            crate::hot::DeleteState::Deleted { rows: 10 }
-        );
+        r.apply_cold_range(&cold(2, moved.clone()), 3);
+        assert_eq!(r.cold.as_ref().unwrap().delete, moved);
         // A new lease keeps the record of the cold copy.
         r.try_acquire("a", 10, 10).unwrap();
         assert!(r.cold.is_some());
