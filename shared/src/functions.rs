@@ -550,6 +550,7 @@ fn plans_json(plans: &[DatasetPlan]) -> Value {
                     "dry_run": plan.dry_run,
                     "resume_after": plan.resume_after,
                     "recovered": plan.recovery.actions.len(),
+                    "recovery_failed": plan.recovery.failed.iter().map(|(d, e)| json!({"task_dir": d, "error": e})).collect::<Vec<_>>(),
                     "partitions": plan.partitions.iter().map(|p| json!({
                         "partition": p.partition,
                         "files": p.data_files,

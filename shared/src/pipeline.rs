@@ -276,6 +276,13 @@ pub async fn run_local(
                 for outcome in recovered {
                     summary.absorb(outcome);
                 }
+                for (dir, error) in &plan.recovery.failed {
+                    summary.failures.push(TaskFailure {
+                        task_id: dir.clone(),
+                        partition: plan.dataset.clone(),
+                        error: format!("finishing the interrupted commit of {dir}: {error}"),
+                    });
+                }
                 summary.plans.push(plan);
             }
             Err(e) => {

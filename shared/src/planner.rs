@@ -110,6 +110,18 @@ pub struct RecoveryReport {
     /// What happened to each interrupted task directory.
     pub actions: Vec<(String, String)>,
     pub committed: Vec<CommitOutcome>,
+    /// Task directories whose commit could not be finished, and why (tried again next time;
+    /// their partitions are not planned anew meanwhile).
+    pub failed: Vec<(String, String)>,
+}
+
+impl RecoveryReport {
+    /// True when the partition has a task whose commit could not be finished.
+    pub fn blocks(&self, staging_dir_of_partition: &str) -> bool {
+        self.failed
+            .iter()
+            .any(|(dir, _)| dir.starts_with(staging_dir_of_partition))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -234,6 +246,13 @@ impl Planner {
                     .map(|r: &PartitionReport| r.partition.clone())
                     .or_else(|| options.after.clone());
                 break;
+            }
+            // A partition whose interrupted commit could not be finished waits for it.
+            if recovery.blocks(&crate::task::partition_staging_dir(
+                &self.settings.staging_prefix,
+                &PartitionId::new(&dataset.name, &partition),
+            )) {
+                continue;
             }
             reports.push(
                 self.plan_partition(dataset, &template, &partition, options)
@@ -446,6 +465,13 @@ impl Planner {
                     .map(|r: &PartitionReport| r.partition.clone());
                 break;
             }
+            let id = PartitionId::new(&hot.name, range.key());
+            if recovery.blocks(&crate::task::partition_staging_dir(
+                &self.settings.staging_prefix,
+                &id,
+            )) {
+                continue;
+            }
             let mut report = self.plan_range(hot, range, final_through, options).await?;
             if let Some(anomaly) = anomaly {
                 tracing::warn!(dataset = hot.name, range = %range, anomaly = "stranded_rows", "{anomaly}");
@@ -486,17 +512,9 @@ impl Planner {
             return Ok(Vec::new());
         }
         let counts = source.range_counts(hot, hot.range_start, limit).await?;
-        let mut records = std::collections::HashMap::new();
-        for status in [
-            PartitionStatus::Active,
-            PartitionStatus::Compacting,
-            PartitionStatus::Compacted,
-            PartitionStatus::Failed,
-            PartitionStatus::Flagged,
-        ] {
-            for record in self.state.list_by_status(&hot.name, status).await? {
-                records.insert(record.id.partition.clone(), record);
-            }
+        let mut records = RangeRecords::new(self.state.as_ref(), &hot.name);
+        if counts.len() > RangeRecords::BULK {
+            records.load_all().await?;
         }
         let size = hot.range_size as i64;
         let key = |start: i64| KeyRange {
@@ -516,6 +534,7 @@ impl Planner {
         while watermark < limit
             && records
                 .get(&key(watermark).key())
+                .await?
                 .is_some_and(|r| r.cold.is_some())
         {
             watermark += size;
@@ -531,7 +550,7 @@ impl Planner {
         for &(start, rows) in &counts {
             with_rows.insert(start);
             let range = key(start);
-            let record = records.get(&range.key());
+            let record = records.get(&range.key()).await?;
             let Some(cold) = record.and_then(|r| r.cold.as_ref()) else {
                 out.push((range, None));
                 continue;
@@ -556,7 +575,10 @@ impl Planner {
         for start in (watermark.max(hot.range_start)..limit).step_by(size as usize) {
             let range = key(start);
             if !with_rows.contains(&start)
-                && records.get(&range.key()).is_none_or(|r| r.cold.is_none())
+                && records
+                    .get(&range.key())
+                    .await?
+                    .is_none_or(|r| r.cold.is_none())
             {
                 out.push((range, None));
             }
@@ -701,7 +723,13 @@ impl Planner {
             let generation = generation_of(task);
             let action = if names.contains(DECISION) || names.contains(SUCCESS) {
                 if !options.dry_run {
-                    report.committed.push(self.committer.commit(&dir).await?);
+                    match self.committer.commit(&dir).await {
+                        Ok(outcome) => report.committed.push(outcome),
+                        Err(e) => {
+                            tracing::error!(task_dir = %dir, error = %e, "could not finish an interrupted commit; the next run tries again");
+                            report.failed.push((dir.clone(), e.to_string()));
+                        }
+                    }
                 }
                 "commit the finished merge"
             } else {
@@ -716,7 +744,14 @@ impl Planner {
                     });
                 if live.is_some() {
                     "leave it: its merge is still running"
-                } else if generation == Some(current_generation) && names.contains(TASK_SPEC) {
+                } else if generation == Some(current_generation)
+                    && names.contains(TASK_SPEC)
+                    && record
+                        .as_ref()
+                        .is_none_or(|r| r.status != PartitionStatus::Failed)
+                {
+                    // Interrupted (not failed): run it again. A failed task is abandoned
+                    // instead; the partition is planned anew, with the current settings.
                     if !options.dry_run {
                         let spec = read_json::<MergeTask>(
                             self.store.as_ref(),
@@ -733,16 +768,66 @@ impl Planner {
                 } else {
                     if !options.dry_run {
                         self.committer
-                            .abandon(&dir, "stale task of an earlier lease generation")
+                            .abandon(&dir, "a failed task, or a stale one of an earlier lease generation; the partition is planned anew")
                             .await?;
                     }
-                    "abandon the stale merge"
+                    "abandon the failed or stale merge"
                 }
             };
             tracing::info!(task_dir = %dir, action, dry_run = options.dry_run, "recovering staged task");
             report.actions.push((dir, action.to_string()));
         }
         Ok(report)
+    }
+}
+
+/// The state records of one hot dataset's ranges, read one by one, or all at once when many
+/// are needed (a dataset whose rows stay in Postgres has a record for every range).
+struct RangeRecords<'a> {
+    state: &'a dyn StateStore,
+    dataset: &'a str,
+    cache: std::collections::HashMap<String, Option<crate::state::PartitionRecord>>,
+    complete: bool,
+}
+
+impl<'a> RangeRecords<'a> {
+    /// Above this many ranges to look at, every record is listed in one go.
+    const BULK: usize = 64;
+
+    fn new(state: &'a dyn StateStore, dataset: &'a str) -> Self {
+        Self {
+            state,
+            dataset,
+            cache: std::collections::HashMap::new(),
+            complete: false,
+        }
+    }
+
+    async fn load_all(&mut self) -> Result<()> {
+        for status in [
+            PartitionStatus::Active,
+            PartitionStatus::Compacting,
+            PartitionStatus::Compacted,
+            PartitionStatus::Failed,
+            PartitionStatus::Flagged,
+        ] {
+            for record in self.state.list_by_status(self.dataset, status).await? {
+                self.cache.insert(record.id.partition.clone(), Some(record));
+            }
+        }
+        self.complete = true;
+        Ok(())
+    }
+
+    async fn get(&mut self, partition: &str) -> Result<Option<&crate::state::PartitionRecord>> {
+        if !self.complete && !self.cache.contains_key(partition) {
+            let record = self
+                .state
+                .get(&PartitionId::new(self.dataset, partition))
+                .await?;
+            self.cache.insert(partition.to_string(), record);
+        }
+        Ok(self.cache.get(partition).and_then(Option::as_ref))
     }
 }
 

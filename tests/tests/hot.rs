@@ -641,3 +641,335 @@ async fn numerics_without_a_parquet_decimal_are_refused_or_exported_as_exact_tex
         assert_eq!(want, got, "row {row} differs");
     }
 }
+
+/// Names that must be quoted, and one that tries to inject SQL: every statement quotes them
+/// through the one quoting function, so the export reads exactly those columns and nothing
+/// else reaches the output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_and_odd_names_are_quoted_in_every_statement() {
+    let env = HotEnv::new().await;
+    let schema = format!("{} we.ird \"s\"", env.schema);
+    let quoted_schema = format!("\"{}\"", schema.replace('"', "\"\""));
+    let injection = "x\"||(select min(rolpassword) from pg_authid)||\"x";
+    let quote = |name: &str| format!("\"{}\"", name.replace('"', "\"\""));
+    env.sql(&format!(
+        "CREATE SCHEMA {quoted_schema};
+         CREATE TABLE {quoted_schema}.\"Odd\"\"Table\" (
+             \"Chain Id\" int4 NOT NULL, \"Block.Number\" int8 NOT NULL, {inj} text,
+             \"we\"\"ird\" text, \"MixedCase\" int8, \"ünï\" text);
+         INSERT INTO {quoted_schema}.\"Odd\"\"Table\"
+           SELECT 1, g, 'v' || g, 'q\"' || g, g * 2, 'ü' || g FROM generate_series(0, 2099) g;
+         ALTER ROLE CURRENT_USER PASSWORD 'secret-never-exported';",
+        inj = quote(injection),
+    ))
+    .await;
+    let hot = HotDatasetConfig {
+        chain_id: Some(1),
+        chain_column: "Chain Id".into(),
+        range_column: "Block.Number".into(),
+        range_size: 1000,
+        finality_depth_blocks: 10,
+        delete_after_compact: true,
+        delete_batch_rows: 300,
+        ..HotDatasetConfig::new("odd", &format!("{quoted_schema}.\"Odd\"\"Table\""))
+    };
+    let summary = env.run(&hot_config(hot.clone()), None).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    assert_eq!(summary.commits.len(), 2);
+    let files = env.range_files(&hot, "0-1000");
+    let schema_of = read_batches(&files[0])[0].schema();
+    let names: Vec<String> = schema_of
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            "Chain Id",
+            "Block.Number",
+            injection,
+            "we\"ird",
+            "MixedCase",
+            "ünï"
+        ]
+    );
+    let rows = parquet_rows(&files, &[injection, "we\"ird", "ünï"]);
+    assert_eq!(rows.len(), 1000);
+    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    assert!(rows.contains(&vec![Some(hex("v7")), Some(hex("q\"7")), Some(hex("ü7"))]));
+    let all: String = rows.iter().flatten().flatten().cloned().collect();
+    assert!(
+        !all.contains(&hex("SCRAM")) && !all.contains(&hex("md5")),
+        "a password hash reached the output"
+    );
+    assert_eq!(
+        env.count(&format!(
+            "SELECT count(*) FROM {quoted_schema}.\"Odd\"\"Table\" WHERE \"Block.Number\" < 2000"
+        ))
+        .await,
+        0
+    );
+    assert_eq!(
+        env.count(&format!(
+            "SELECT count(*) FROM {quoted_schema}.\"Odd\"\"Table\""
+        ))
+        .await,
+        100
+    );
+}
+
+/// Rows that reach a range after it was moved, ranges with no rows, and a tip ahead of the
+/// rows ingested: empty ranges are recorded (a manifest with no files), later rows in any of
+/// them are found by the next sweep, reported, and moved as an additional file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_arriving_in_moved_or_empty_ranges_are_found_and_moved() {
+    let env = HotEnv::new().await;
+    let t = env.table("stranded");
+    env.sql(&format!(
+        "CREATE TABLE {t} (chain_id int8, block_number int8, v text);
+         CREATE TABLE {heads} (chain_id int4, head int8);
+         INSERT INTO {heads} VALUES (1, 5010);
+         INSERT INTO {t} SELECT 1, g, 'a' || g FROM generate_series(0, 999) g;
+         INSERT INTO {t} SELECT 1, g, 'c' || g FROM generate_series(3000, 3499) g;",
+        heads = env.table("heads"),
+    ))
+    .await;
+    let hot = HotDatasetConfig {
+        delete_after_compact: true,
+        // The chain column of the heads table is int4: $1 is compared as an integer of any width.
+        tip_query: Some(format!(
+            "SELECT head FROM {} WHERE chain_id = $1",
+            env.table("heads")
+        )),
+        ..blocks(&env, "stranded")
+    };
+    // Tip 5010 (ahead of the rows), depth 10: [0,5000) is final; rows reach 3499, so ranges
+    // up to [3000,4000) are planned; [1000,2000) and [2000,3000) are empty.
+    let first = env.run(&hot_config(hot.clone()), None).await;
+    assert!(first.failures.is_empty(), "{:?}", first.failures);
+    let mut keys: Vec<String> = first
+        .commits
+        .iter()
+        .map(|c| c.partition.partition.clone())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, vec!["0-1000", "1000-2000", "2000-3000", "3000-4000"]);
+    assert!(first.anomalies().is_empty(), "{:?}", first.anomalies());
+    let manifest = std::fs::read_to_string(env.env.path(&format!(
+        "{}1000-2000/_compactor_manifest.json",
+        hot.output_dir()
+    )))
+    .expect("an empty range has a manifest");
+    let manifest: serde_json::Value = serde_json::from_str(&manifest).unwrap();
+    assert_eq!(manifest["files"], serde_json::json!([]));
+    assert_eq!(manifest["hot"]["version"], serde_json::json!(1));
+    assert!(env.range_files(&hot, "1000-2000").is_empty());
+
+    // Late rows: in a moved range, in an empty one, and the rest of the chain's history.
+    env.sql(&format!(
+        "INSERT INTO {t} VALUES (1, 5, 'late'), (1, 1500, 'gap'), (1, 1501, 'gap2');
+         INSERT INTO {t} SELECT 1, g, 'd' || g FROM generate_series(3500, 4999) g;"
+    ))
+    .await;
+    let second = env.run(&hot_config(hot.clone()), None).await;
+    assert!(second.failures.is_empty(), "{:?}", second.failures);
+    let found = second.anomalies();
+    assert!(
+        found
+            .iter()
+            .any(|a| a.contains("0-1000") && a.contains("1 row(s) reached Postgres")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|a| a.contains("1000-2000") && a.contains("2 row(s)")),
+        "{found:?}"
+    );
+    assert_eq!(
+        env.count(&format!(
+            "SELECT count(*) FROM {t} WHERE block_number < 5000"
+        ))
+        .await,
+        0,
+        "every final row moved"
+    );
+    let rows = |key: &str| parquet_rows(&env.range_files(&hot, key), &["v"]).len();
+    assert_eq!(rows("0-1000"), 1001);
+    assert_eq!(rows("1000-2000"), 2);
+    assert_eq!(rows("3000-4000"), 1000);
+    assert_eq!(rows("4000-5000"), 1000);
+    // The moved files were kept as they were; the late row is an additional file.
+    assert_eq!(env.range_files(&hot, "0-1000").len(), 4);
+    let third = env.run(&hot_config(hot.clone()), None).await;
+    assert!(third.commits.is_empty() && third.anomalies().is_empty());
+}
+
+/// With `delete_after_compact` off the rows stay in Postgres; a sweep sees when a range holds
+/// more or fewer rows than its copy and exports it again, and turning the delete on later
+/// moves every range exported before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_ranges_follow_postgres_and_are_moved_once_delete_is_turned_on() {
+    let env = HotEnv::new().await;
+    let t = env.table("kept");
+    env.sql(&format!(
+        "CREATE TABLE {t} (chain_id int8, block_number int8, v text);
+         INSERT INTO {t} SELECT 1, g, 'k' || g FROM generate_series(0, 2999) g;"
+    ))
+    .await;
+    let kept = blocks(&env, "kept");
+    let first = env.run(&hot_config(kept.clone()), None).await;
+    assert_eq!(first.commits.len(), 2);
+    env.sql(&format!("INSERT INTO {t} VALUES (1, 10, 'late')"))
+        .await;
+    let second = env.run(&hot_config(kept.clone()), None).await;
+    let keys: Vec<&str> = second
+        .commits
+        .iter()
+        .map(|c| c.partition.partition.as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        vec!["0-1000"],
+        "only the changed range is exported again"
+    );
+    assert_eq!(
+        parquet_rows(&env.range_files(&kept, "0-1000"), &["v"]).len(),
+        1001
+    );
+    assert_eq!(env.count(&format!("SELECT count(*) FROM {t}")).await, 3001);
+
+    let moved = HotDatasetConfig {
+        delete_after_compact: true,
+        ..kept.clone()
+    };
+    let third = env.run(&hot_config(moved.clone()), None).await;
+    assert_eq!(third.commits.len(), 2, "{:?}", third.failures);
+    assert!(third
+        .commits
+        .iter()
+        .all(|c| matches!(c.cold.as_ref().unwrap().delete, DeleteState::Moved { .. })));
+    assert_eq!(env.count(&format!("SELECT count(*) FROM {t}")).await, 1000);
+    assert_eq!(
+        parquet_rows(&env.range_files(&moved, "0-1000"), &["v"]).len(),
+        1001
+    );
+    assert_eq!(
+        parquet_rows(&env.range_files(&moved, "1000-2000"), &["v"]).len(),
+        1000
+    );
+}
+
+/// `delete_batch_rows` bounds every DELETE, even when one block holds more rows than that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_delete_removes_more_than_delete_batch_rows() {
+    let env = HotEnv::new().await;
+    let t = env.table("busy");
+    let log = env.table("busy_log");
+    env.sql(&format!(
+        "CREATE TABLE {t} (chain_id int8, block_number int8, v int8);
+         INSERT INTO {t} SELECT 1, g % 1000, g FROM generate_series(0, 1999) g;
+         INSERT INTO {t} SELECT 1, 77, g FROM generate_series(10000, 10349) g;
+         INSERT INTO {t} SELECT 1, 78, 5 FROM generate_series(1, 3);
+         INSERT INTO {t} SELECT 1, g, g FROM generate_series(1000, 1099) g;
+         CREATE TABLE {log} (xid xid8);
+         CREATE FUNCTION {schema}.log_busy() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN INSERT INTO {log} VALUES (pg_current_xact_id()); RETURN OLD; END $$;
+         CREATE TRIGGER log_busy AFTER DELETE ON {t} FOR EACH ROW EXECUTE FUNCTION {schema}.log_busy();",
+        schema = env.schema,
+    ))
+    .await;
+    let hot = HotDatasetConfig {
+        delete_after_compact: true,
+        delete_batch_rows: 100,
+        finality_depth_blocks: 0,
+        ..blocks(&env, "busy")
+    };
+    let summary = env
+        .run(&hot_config(hot.clone()), Some(vec!["0-1000".into()]))
+        .await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    assert_eq!(
+        summary.commits[0].cold.as_ref().unwrap().delete,
+        DeleteState::Moved {
+            deleted: 2353,
+            partition: None
+        }
+    );
+    assert_eq!(
+        env.count(&format!(
+            "SELECT count(*) FROM {t} WHERE block_number < 1000"
+        ))
+        .await,
+        0
+    );
+    let largest = env
+        .count(&format!(
+            "SELECT max(n) FROM (SELECT count(*) AS n FROM {log} GROUP BY xid::text) x"
+        ))
+        .await;
+    assert!(largest <= 100, "a DELETE removed {largest} rows");
+    let mut values: Vec<i64> = parquet_rows(&env.range_files(&hot, "0-1000"), &["v"])
+        .into_iter()
+        .map(|r| r[0].as_deref().unwrap().parse().unwrap())
+        .collect();
+    values.sort();
+    let mut want: Vec<i64> = (0..2000).chain(10000..10350).chain([5, 5, 5]).collect();
+    want.sort();
+    assert_eq!(values, want);
+}
+
+/// A `numeric(p,s)` column holding NaN has no Parquet decimal: the error names the column and
+/// the option that works, and with it the exact text is exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn numeric_nan_is_explained_and_exported_as_text_when_asked() {
+    let env = HotEnv::new().await;
+    let t = env.table("nan");
+    env.sql(&format!(
+        "CREATE TABLE {t} (chain_id int8, block_number int8, price numeric(20,8), amount numeric(78,0));
+         INSERT INTO {t} SELECT 1, g, CASE WHEN g = 5 THEN 'NaN' ELSE g / 3.0 END, 2::numeric ^ 250 + g
+           FROM generate_series(0, 1999) g;"
+    ))
+    .await;
+    let decimal256 = HotDatasetConfig {
+        unbounded_numeric: UnboundedNumeric::Decimal256,
+        ..blocks(&env, "nan")
+    };
+    let e = env
+        .try_run(&hot_config(decimal256.clone()), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("\"amount\"") && e.contains("at most 76 digits") && e.contains("\"text\""),
+        "{e}"
+    );
+    let text_amounts = HotDatasetConfig {
+        unbounded_numeric: UnboundedNumeric::Text,
+        ..decimal256
+    };
+    let summary = env.run(&hot_config(text_amounts.clone()), None).await;
+    let failure = summary
+        .failures
+        .first()
+        .map(|f| f.error.clone())
+        .unwrap_or_default();
+    assert!(
+        failure.contains("price") && failure.contains("NaN") && failure.contains("numeric_as_text"),
+        "{failure}"
+    );
+    let with_text = HotDatasetConfig {
+        numeric_as_text: vec!["price".into()],
+        ..text_amounts
+    };
+    let summary = env.run(&hot_config(with_text.clone()), None).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    let rows = parquet_rows(
+        &env.range_files(&with_text, "0-1000"),
+        &["block_number", "price"],
+    );
+    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    assert!(rows.contains(&vec![Some("5".into()), Some(hex("NaN"))]));
+    assert!(rows.contains(&vec![Some("3".into()), Some(hex("1.00000000"))]));
+}

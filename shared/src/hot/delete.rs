@@ -196,8 +196,17 @@ pub async fn settle(
     }
     if !hot.delete_after_compact || ledger.batches.is_empty() {
         let summary = ledger.summary();
+        let state = if hot.delete_after_compact {
+            // Nothing came from Postgres: nothing is left there.
+            DeleteState::Moved {
+                deleted: 0,
+                partition: None,
+            }
+        } else {
+            DeleteState::Kept
+        };
         return Ok(Some(Settled {
-            state: DeleteState::Kept,
+            state,
             rows: summary.rows,
             moved_rows: summary.moved_rows,
         }));
@@ -261,7 +270,14 @@ pub async fn settle(
                         .await?;
                     }
                     BatchDelete::Busy { detail } => busy.push(detail),
-                    BatchDelete::Fenced => return Ok(None),
+                    BatchDelete::Fenced => {
+                        // Either a newer export owns the range, or another attempt of this
+                        // commit is deleting the same batch: then leave it to that one.
+                        let now = read_ledger(store, &dir).await?.unwrap_or_default();
+                        if now.version != version || now.fence > version {
+                            return Ok(None);
+                        }
+                    }
                 }
             }
         }
