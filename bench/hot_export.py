@@ -360,7 +360,7 @@ def run_copy(pg: Pg, sql: str, out_root: Path, name: str, env: dict) -> dict:
     return r
 
 
-def write_config(path: Path, args, geo: dict) -> str:
+def write_config(path: Path, args, geo: dict, delete: bool = False) -> str:
     lines = [
         "[[hot_dataset]]",
         f'name = "{DATASET}"',
@@ -370,7 +370,8 @@ def write_config(path: Path, args, geo: dict) -> str:
         f"range_size = {geo['range_size']}",
         "finality_depth_blocks = 0",
         f"chunk_size = {args.chunk_size}",
-        "delete_after_compact = false",
+        f"delete_after_compact = {'true' if delete else 'false'}",
+        f"delete_batch_rows = {args.delete_batch_rows}",
     ]
     if args.compression:
         lines.append(f'compression = "{args.compression}"')
@@ -381,7 +382,7 @@ def write_config(path: Path, args, geo: dict) -> str:
 
 
 def run_compactor(binary: Path, cfg: Path, args, geo: dict, expect: dict, out_root: Path,
-                  name: str, env: dict, con) -> dict:
+                  name: str, env: dict, con, delete: bool = False) -> dict:
     work = out_root / "hot" / "work" / name.replace(" ", "-")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -401,9 +402,11 @@ def run_compactor(binary: Path, cfg: Path, args, geo: dict, expect: dict, out_ro
           f"{name}: hot_ranges_exported = {summary.get('hot_ranges_exported')}, expected 1")
     check(summary.get("rows") == expect["rows"],
           f"{name}: summary rows = {summary.get('rows')}, Postgres count {expect['rows']}")
-    check(summary.get("postgres_rows_deleted", 0) == 0,
-          f"{name}: deleted {summary.get('postgres_rows_deleted')} Postgres rows "
-          f"(delete_after_compact = false)")
+    deleted = expect["rows"] if delete else 0
+    check(summary.get("postgres_rows_deleted", 0) == deleted,
+          f"{name}: deleted {summary.get('postgres_rows_deleted')} Postgres rows, expected "
+          f"{deleted} (delete_after_compact = {'true' if delete else 'false'})")
+    check(not summary.get("anomalies"), f"{name}: anomalies {summary.get('anomalies')}")
 
     part = work / "cold" / str(CHAIN) / DATASET / f"{geo['start']}-{geo['end']}"
     files = sorted(p for p in work.rglob("*.parquet") if "_compactor" not in p.parts)
@@ -445,6 +448,56 @@ def run_compactor(binary: Path, cfg: Path, args, geo: dict, expect: dict, out_ro
     if not args.keep_output:
         shutil.rmtree(work)
     return res
+
+
+def run_move(pg: Pg, binary: Path, args, geo: dict, expect: dict, out_root: Path,
+             compactor_env: dict, base_env: dict, con, server_cpu) -> dict:
+    """Moves the range with the compactor (export, then the delete checked by content), then
+    deletes the same rows with plain batched DELETEs from psql; the rows are restored from a
+    copy before and after each (restores are not timed)."""
+    table = args.table
+    backup = f"{table}_bench_backup"
+    where = (f"chain_id = {CHAIN} AND block_number >= {geo['start']} "
+             f"AND block_number < {geo['end']}")
+    log("move: copying the range aside (not timed)")
+    pg.script(f"DROP TABLE IF EXISTS {backup}; CREATE TABLE {backup} AS SELECT * FROM {table} "
+              f"WHERE {where};")
+
+    def remaining() -> int:
+        return int(pg.psql(f"SELECT count(*) FROM {table} WHERE {where}"))
+
+    def restore() -> None:
+        pg.script(f"INSERT INTO {table} SELECT * FROM {backup}; VACUUM ANALYZE {table};")
+        check(remaining() == expect["rows"], "move: the range was not restored")
+
+    cfg = out_root / "hot" / "move.toml"
+    write_config(cfg, args, geo, delete=True)
+    c, server_s = server_cpu.around(run_compactor, binary, cfg, args, geo, expect, out_root,
+                                    "compactor-move", compactor_env, con, True)
+    check(remaining() == 0, "compactor-move: rows of the range are still in Postgres")
+    log(f"compactor-move: {c['seconds']:.2f} s, peak RSS {c['peak_rss_mib']:.0f} MiB, server CPU "
+        f"{fmt_s(server_s)}; every row deleted, the cold copy verified")
+    restore()
+    step = max(1, args.delete_batch_rows // args.txs_per_block)
+    statements = [
+        f"DELETE FROM {table} WHERE chain_id = {CHAIN} AND block_number >= {b} "
+        f"AND block_number < {min(b + step, geo['end'])};"
+        for b in range(geo["start"], geo["end"], step)
+    ]
+    script = out_root / "hot" / "delete.sql"
+    script.write_text("\n".join(statements) + "\n")
+    cmd = ["psql", pg.dsn, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(script)]
+    d, _ = server_cpu.around(run_measured, cmd, out_root, out_root / "logs", "plain-delete",
+                             base_env, stdout_to="/dev/null")
+    if d["exit_code"] != 0:
+        raise CheckFailed(f"plain-delete: psql exited {d['exit_code']}\n{d['stderr']}")
+    check(remaining() == 0, "plain-delete: rows of the range are still in Postgres")
+    log(f"plain-delete: {d['seconds']:.2f} s ({len(statements)} DELETE statements)")
+    restore()
+    pg.script(f"DROP TABLE {backup};")
+    return {"compactor": {"seconds": c["seconds"], "peak_rss_mib": c["peak_rss_mib"],
+                          "server_cpu_s": server_s},
+            "delete": {"seconds": d["seconds"], "statements": len(statements)}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -508,6 +561,11 @@ def main() -> int:
     ap.add_argument("--rss-bound", metavar="SIZE", default=None,
                     help="stated bound on the compactor's peak RSS [default: --memory-budget + "
                     "256MiB, the bound bench/run.py states per merge]")
+    ap.add_argument("--delete-batch-rows", type=int, metavar="ROWS", default=50_000,
+                    help="delete_batch_rows of the move phase")
+    ap.add_argument("--move", action=argparse.BooleanOptionalAction, default=True,
+                    help="also move the range (export + delete checked by content) and delete "
+                    "the same rows with plain batched DELETEs, restoring them after each")
     ap.add_argument("--goal", type=float, metavar="FRACTION", default=0.70,
                     help="required compactor throughput as a fraction of COPY binary's")
     ap.add_argument("--strict", action="store_true",
@@ -587,6 +645,7 @@ def main() -> int:
     info: dict = {"geometry": geo}
     copy_runs: list[dict] = []
     comp_runs: list[dict] = []
+    move_runs: dict = {}
     try:
         server = pg.psql("SHOW server_version")
         settings = pg.psql("SELECT string_agg(name || '=' || setting || coalesce(unit, ''), ', ' "
@@ -643,6 +702,9 @@ def main() -> int:
                 f"{c['peak_rss_mib']:.0f} MiB, CPU user {c['cpu_user_s']:.1f} s sys "
                 f"{c['cpu_sys_s']:.1f} s, server CPU {fmt_s(server_s)}, {c['files']} file(s) "
                 f"{c['output_bytes'] / 1e6:.1f} MB; verified")
+        if args.move:
+            move_runs.update(run_move(pg, binary, args, geo, expect, out_root, compactor_env,
+                                      base_env, duckdb.connect(), server_cpu))
     except CheckFailed as e:
         failures.append(str(e))
     except subprocess.CalledProcessError as e:
@@ -719,6 +781,21 @@ def main() -> int:
                 failures.append(f"throughput ratio {ratio:.2f} < goal {args.goal:.2f} (--strict)")
             if not rss_met:
                 failures.append(f"peak RSS {comp_r['peak_rss_mib']:.0f} MiB > {bound_text} (--strict)")
+    if move_runs:
+        export_s = results[1]["seconds"] if len(results) == 2 else None
+        m, d = move_runs["compactor"], move_runs["delete"]
+        delete_s = m["seconds"] - export_s if export_s else None
+        verdict["move"] = {"move_seconds": m["seconds"], "export_median_seconds": export_s,
+                           "checked_delete_seconds": delete_s,
+                           "plain_delete_seconds": d["seconds"],
+                           "move_peak_rss_mib": m["peak_rss_mib"]}
+        print()
+        print(f"move (export + delete checked by content, delete_batch_rows "
+              f"{args.delete_batch_rows:,}): {m['seconds']:.2f} s, peak RSS "
+              f"{m['peak_rss_mib']:.0f} MiB; minus the export median: the checked delete took "
+              f"{fmt_s(delete_s)} ({rows / delete_s:,.0f} rows/s)" if delete_s else "")
+        print(f"Postgres alone: DELETE of the same rows in batches of {args.delete_batch_rows:,} "
+              f"(no check, psql): {d['seconds']:.2f} s ({rows / d['seconds']:,.0f} rows/s)")
     print(f"\ntotal benchmark time {time.perf_counter() - t_start:.0f} s")
 
     doc = {

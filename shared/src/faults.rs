@@ -1,6 +1,7 @@
 //! Named crash points for crash-safety testing: when the environment variable
-//! `COMPACTOR_CRASH_AT` names a point, the process aborts there (no unwinding, no cleanup), the
-//! way a killed Lambda or a `kill -9` would stop it. Unset, each point is one cached comparison.
+//! `COMPACTOR_CRASH_AT` names a point (`point`, or `point@N` for its N-th passage), the process
+//! aborts there (no unwinding, no cleanup), the way a killed Lambda or a `kill -9` would stop
+//! it. Unset, each point is one cached comparison.
 
 use std::sync::OnceLock;
 
@@ -27,11 +28,22 @@ pub const POSTGRES_POINTS: &[&str] = &[
 /// The same for a partition drop (`drop_partitions`).
 pub const POSTGRES_DROP_POINTS: &[&str] = &["before-partition-drop-commit", "after-partition-drop"];
 
+/// Aborts the process when `COMPACTOR_CRASH_AT` names this point (`point`, or `point@N` for
+/// its N-th passage in this process).
 pub fn crash_point(name: &str) {
-    static TARGET: OnceLock<Option<String>> = OnceLock::new();
-    let target = TARGET.get_or_init(|| std::env::var(ENV).ok().filter(|v| !v.is_empty()));
-    if target.as_deref() == Some(name) {
-        eprintln!("{ENV}={name}: aborting the process here");
-        std::process::abort();
+    static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static PASSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let target = TARGET.get_or_init(|| {
+        let value = std::env::var(ENV).ok().filter(|v| !v.is_empty())?;
+        Some(match value.split_once('@') {
+            Some((point, n)) => (point.to_string(), n.parse().unwrap_or(1)),
+            None => (value, 1),
+        })
+    });
+    if let Some((point, nth)) = target {
+        if point == name && PASSED.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == *nth {
+            eprintln!("{ENV}={name}@{nth}: aborting the process here");
+            std::process::abort();
+        }
     }
 }

@@ -113,14 +113,20 @@ pub struct RecoveryReport {
     /// Task directories whose commit could not be finished, and why (tried again next time;
     /// their partitions are not planned anew meanwhile).
     pub failed: Vec<(String, String)>,
+    /// Task directories whose interrupted merge was dispatched again (their partitions are
+    /// not planned anew in the same sweep).
+    pub redispatched: Vec<String>,
 }
 
 impl RecoveryReport {
-    /// True when the partition has a task whose commit could not be finished.
+    /// True when the partition has a task whose commit could not be finished, or whose merge
+    /// was dispatched again: planning it now would only start a second, stale round.
     pub fn blocks(&self, staging_dir_of_partition: &str) -> bool {
         self.failed
             .iter()
-            .any(|(dir, _)| dir.starts_with(staging_dir_of_partition))
+            .map(|(dir, _)| dir)
+            .chain(&self.redispatched)
+            .any(|dir| dir.starts_with(staging_dir_of_partition))
     }
 }
 
@@ -370,11 +376,29 @@ impl Planner {
             });
         }
         let now_ms = options.now.timestamp_millis();
-        let Some(lease) = self
+        let mut lease = self
             .state
             .acquire_lease(id, &self.settings.owner, now_ms, self.settings.lease_ttl_ms)
-            .await?
-        else {
+            .await?;
+        if lease.is_none() {
+            // A lease held by a local process that is gone cannot be renewed by anyone: take
+            // it over now instead of waiting for it to expire.
+            let holder = self.state.get(id).await?.and_then(|r| r.lease);
+            if let Some(dead) = holder.filter(|l| is_dead_local_owner(&l.owner)) {
+                tracing::info!(%id, owner = dead.owner, generation = dead.generation, "taking over the lease of a process that is gone");
+                lease = self
+                    .state
+                    .take_over_lease(
+                        id,
+                        dead.generation,
+                        &self.settings.owner,
+                        now_ms,
+                        self.settings.lease_ttl_ms,
+                    )
+                    .await?;
+            }
+        }
+        let Some(lease) = lease else {
             let holder = self.state.get(id).await?.and_then(|r| r.lease);
             return Ok(PartitionOutcome::LeaseHeld {
                 owner: holder
@@ -763,6 +787,7 @@ impl Planner {
                             message: "vanished during recovery".into(),
                         })?;
                         self.dispatcher.dispatch(spec).await?;
+                        report.redispatched.push(dir.clone());
                     }
                     "re-run the interrupted merge"
                 } else {
@@ -850,12 +875,23 @@ fn is_dead_local_owner(owner: &str) -> bool {
     match (parts.next(), parts.next(), parts.next()) {
         (Some("local"), Some(host), Some(pid)) => {
             host == host_name()
-                && pid.parse::<u32>().is_ok_and(|pid| {
-                    pid != std::process::id()
-                        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-                })
+                && pid
+                    .parse::<u32>()
+                    .is_ok_and(|pid| pid != std::process::id() && !process_runs(pid))
         }
         _ => false,
+    }
+}
+
+/// True while process `pid` exists and is not a zombie (killed but not yet reaped).
+fn process_runs(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name: `pid (comm) S ...`.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
     }
 }
 
@@ -874,5 +910,11 @@ mod tests {
         assert!(!is_dead_local_owner("lambda:abc"));
         let dead = format!("local:{}:{}", host_name(), u32::MAX - 1);
         assert!(is_dead_local_owner(&dead));
+        // A child that exited but is not reaped yet is a zombie: dead too.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let zombie = format!("local:{}:{}", host_name(), child.id());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(is_dead_local_owner(&zombie));
+        child.wait().unwrap();
     }
 }

@@ -1,6 +1,7 @@
-//! TLS to PostgreSQL: `sslmode=require` encrypts; with a CA bundle the server's certificate and
-//! host name are verified, and a certificate from another CA is refused. Against a server of
-//! its own started with TLS (scripts/postgres start DIR --tls).
+//! TLS to PostgreSQL as libpq's `sslmode` defines it: `require` encrypts (and with a CA bundle
+//! checks the chain, like `verify-ca`); `verify-ca` checks the chain, `verify-full` also the
+//! host name; a certificate from another CA is refused. Against a server of its own started
+//! with TLS (scripts/postgres start DIR --tls).
 
 use compaction::hot::{DsnSource, HotDatasetConfig, HotSource, PostgresSource};
 
@@ -62,4 +63,47 @@ async fn tls_encrypts_and_verifies_the_server_with_a_ca_bundle() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("no-such.pem"), "{e}");
+
+    // verify-full checks the host name too; verify-ca only the chain. The server's
+    // certificate names localhost and 127.0.0.1, not "db.invalid".
+    let ca = dir.join("ca.pem").display().to_string();
+    let port = dsn
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_string();
+    let with_mode = |host: &str, mode: &str| {
+        PostgresSource::new(DsnSource::Fixed(format!(
+            "postgres://postgres@{host}:{port}/postgres?hostaddr=127.0.0.1&sslmode={mode}&sslrootcert={}",
+            ca.replace('/', "%2F")
+        )))
+    };
+    assert_eq!(
+        with_mode("localhost", "verify-full")
+            .tip(&hot)
+            .await
+            .unwrap(),
+        Some(99)
+    );
+    assert_eq!(
+        with_mode("db.invalid", "verify-ca")
+            .tip(&hot)
+            .await
+            .unwrap(),
+        Some(99)
+    );
+    let e = with_mode("db.invalid", "verify-full")
+        .tip(&hot)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    // A verify mode without a CA bundle says where to name one.
+    let e = PostgresSource::new(DsnSource::Fixed(require.replace("require", "verify-full")))
+        .tip(&hot)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("sslrootcert"), "{e}");
 }

@@ -58,10 +58,11 @@ pub struct HotDatasetConfig {
     /// Rows per Parquet file.
     #[serde(default = "default_chunk_size")]
     pub chunk_size: u64,
-    /// Delete the range from Postgres once its cold copy is committed and the counts agree.
+    /// Delete the exported rows from Postgres once the cold copy is committed, each batch only
+    /// if the rows it removes are exactly the cold copy's.
     #[serde(default)]
     pub delete_after_compact: bool,
-    /// Rows per DELETE transaction, so locks and WAL stay small.
+    /// The most rows one DELETE transaction removes, so locks and WAL stay small.
     #[serde(default = "default_delete_batch_rows")]
     pub delete_batch_rows: u64,
     /// When the table is range-partitioned with a child partition holding exactly the range,

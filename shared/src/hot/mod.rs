@@ -1,11 +1,13 @@
 //! Hot datasets: finalized rows of a Postgres table moved into cold Parquet partitions, one per
 //! range of an integer range column (`"start-end"`, end-exclusive), then deleted from Postgres
-//! in bounded batches once the cold copy is committed and the counts agree.
+//! in bounded batches, each only if the rows it removes are exactly the cold copy's.
 //!
 //! The export runs as a merge task (the merger streams the range out of Postgres into staged
-//! Parquet files), the commit is the ordinary replace protocol (the range's previous files are
-//! the task's inputs), and the committer then deletes the range from Postgres. This module holds
-//! the pure rules (range keys, finality, delete batches) and the Postgres port.
+//! Parquet files, keeping the files whose rows already left Postgres), the commit is the
+//! ordinary replace protocol, and the committer then deletes the exported rows from Postgres,
+//! recording its progress in the range's ledger. Pure rules: range keys and finality (here),
+//! [`batches`], [`digest`], [`ledger`]; I/O: [`export`], [`delete`], [`ledger_store`] and the
+//! Postgres port ([`HotSource`], [`postgres`]).
 
 pub mod batches;
 pub mod config;
@@ -99,20 +101,6 @@ pub fn final_through(tip: i64, finality_depth: u64) -> i64 {
 /// True when every value of `range` is final.
 pub fn is_final(range: KeyRange, final_through: i64) -> bool {
     range.end - 1 <= final_through
-}
-
-/// The grid ranges from the one holding `first_value` up to the last wholly final one.
-pub fn final_ranges(hot: &HotDatasetConfig, first_value: i64, final_through: i64) -> Vec<KeyRange> {
-    let mut range = hot.range_containing(first_value.max(hot.range_start));
-    let mut out = Vec::new();
-    while is_final(range, final_through) {
-        out.push(range);
-        range = KeyRange {
-            start: range.end,
-            end: range.end + hot.range_size as i64,
-        };
-    }
-    out
 }
 
 /// The grid ranges from `from` (a grid start) up to the last one wholly final and ending at

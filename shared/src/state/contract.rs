@@ -302,6 +302,34 @@ pub async fn cold_ranges_survive_new_rounds_and_flag(store: Arc<dyn StateStore>,
     assert_eq!(record.cold.map(|c| c.version), Some(lease.generation));
 }
 
+/// The lease of a holder known to be dead is taken over before it expires, only by naming
+/// its generation.
+pub async fn dead_holders_lease_is_taken_over(store: Arc<dyn StateStore>, ds: &str) {
+    let pid = id(ds, "p");
+    let first = store
+        .acquire_lease(&pid, "dead", 0, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store
+        .take_over_lease(&pid, first.generation + 7, "b", 1, 60_000)
+        .await
+        .unwrap()
+        .is_none());
+    let second = store
+        .take_over_lease(&pid, first.generation, "b", 1, 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.generation, first.generation + 1);
+    assert_eq!(second.owner, "b");
+    assert!(store
+        .take_over_lease(&pid, first.generation, "c", 2, 60_000)
+        .await
+        .unwrap()
+        .is_none());
+}
+
 /// Runs the whole suite; `dataset` must be unique to this run (every test uses its own records).
 pub async fn run_all(store: Arc<dyn StateStore>, dataset: &str) {
     missing_partition_reads_as_none(Arc::clone(&store), dataset).await;
@@ -309,6 +337,7 @@ pub async fn run_all(store: Arc<dyn StateStore>, dataset: &str) {
     racing_acquirers_get_one_lease(Arc::clone(&store), dataset).await;
     expired_lease_is_taken_over_and_stale_holder_fenced(Arc::clone(&store), dataset).await;
     commits_count_once_and_finish_the_round(Arc::clone(&store), dataset).await;
+    dead_holders_lease_is_taken_over(Arc::clone(&store), &format!("{dataset}-dead")).await;
     sweep_cursor_is_saved_and_cleared(Arc::clone(&store), &format!("{dataset}-cursor")).await;
     cold_ranges_survive_new_rounds_and_flag(Arc::clone(&store), &format!("{dataset}-cold")).await;
     partitions_are_queried_by_status(store, &format!("{dataset}-status")).await;

@@ -350,6 +350,20 @@ impl StateStore for DynamoState {
             .await
     }
 
+    async fn take_over_lease(
+        &self,
+        id: &PartitionId,
+        generation: u64,
+        owner: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<Lease>> {
+        self.modify(id, now_ms, |r| {
+            Ok(r.try_take_over(generation, owner, now_ms, ttl_ms))
+        })
+        .await
+    }
+
     async fn renew_lease(
         &self,
         id: &PartitionId,

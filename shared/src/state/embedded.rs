@@ -140,6 +140,19 @@ impl StateStore for EmbeddedState {
         self.modify(id, now_ms, |r| Ok(r.try_acquire(owner, now_ms, ttl_ms)))
     }
 
+    async fn take_over_lease(
+        &self,
+        id: &PartitionId,
+        generation: u64,
+        owner: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<Lease>> {
+        self.modify(id, now_ms, |r| {
+            Ok(r.try_take_over(generation, owner, now_ms, ttl_ms))
+        })
+    }
+
     async fn renew_lease(
         &self,
         id: &PartitionId,

@@ -184,6 +184,18 @@ pub trait StateStore: Send + Sync + Debug {
         ttl_ms: i64,
     ) -> Result<Option<Lease>>;
 
+    /// Takes over the lease of generation `generation` even though it has not expired (its
+    /// holder is known to be dead: a local process that no longer runs), or acquires a free
+    /// one. Returns `None` when another live lease holds the partition.
+    async fn take_over_lease(
+        &self,
+        id: &PartitionId,
+        generation: u64,
+        owner: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Result<Option<Lease>>;
+
     /// Extends a lease; fails with [`crate::Error::LeaseLost`] if its generation is no longer
     /// current or it already expired.
     async fn renew_lease(
@@ -269,6 +281,24 @@ impl PartitionRecord {
         self.last_error = None;
         self.updated_at_ms = now_ms;
         Some(lease)
+    }
+
+    /// [`StateStore::take_over_lease`] on a record.
+    pub fn try_take_over(
+        &mut self,
+        generation: u64,
+        owner: &str,
+        now_ms: i64,
+        ttl_ms: i64,
+    ) -> Option<Lease> {
+        if self
+            .lease
+            .as_ref()
+            .is_some_and(|l| l.generation == generation)
+        {
+            self.lease = None;
+        }
+        self.try_acquire(owner, now_ms, ttl_ms)
     }
 
     fn check_holder(&self, lease: &Lease, now_ms: i64) -> Result<()> {
