@@ -104,6 +104,12 @@ fn totals(summary: &RunSummary) -> Totals {
             DeleteState::Kept | DeleteState::Legacy => {}
         }
     }
+    // Deletes that stopped part-way still deleted rows.
+    t.postgres_deleted += summary
+        .failures
+        .iter()
+        .map(|f| f.postgres_rows_deleted)
+        .sum::<u64>();
     for plan in &summary.plans {
         for p in &plan.partitions {
             t.seen += 1;
@@ -270,7 +276,7 @@ pub fn json(summary: &RunSummary, config: &Config) -> serde_json::Value {
         "anomalies": summary.anomalies(),
         "events": summary.commits.iter().map(|c| c.event()).collect::<Vec<_>>(),
         "corrupt_skipped": summary.corrupt_inputs().iter().map(|s| json!({"key": s.key, "reason": s.reason})).collect::<Vec<_>>(),
-        "failures": summary.failures.iter().map(|f| json!({"task": f.task_id, "partition": f.partition, "error": f.error})).collect::<Vec<_>>(),
+        "failures": summary.failures.iter().map(|f| json!({"task": f.task_id, "partition": f.partition, "error": f.error, "postgres_rows_deleted": f.postgres_rows_deleted})).collect::<Vec<_>>(),
         "refused": summary.refused.iter().map(|(d, r)| json!({"task_dir": d, "reason": r})).collect::<Vec<_>>(),
         "recovery": summary.plans.iter().flat_map(|p| p.recovery.actions.iter().map(|(d, a)| json!({"task_dir": d, "action": a}))).collect::<Vec<_>>(),
         "plan": summary.plans.iter().flat_map(|p| p.partitions.iter().map(move |r| json!({

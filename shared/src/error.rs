@@ -67,6 +67,15 @@ pub enum Error {
     #[error("postgres {context} failed: {message}")]
     Postgres { context: String, message: String },
 
+    /// A delete that stopped part-way (a lock wait timed out): `deleted` rows did leave
+    /// Postgres, and the next attempt resumes.
+    #[error("{context} stopped: {message}")]
+    DeleteInterrupted {
+        context: String,
+        message: String,
+        deleted: u64,
+    },
+
     #[error("table {table}: column {column:?} ({declared}) cannot be exported: {reason}. Nothing was written")]
     UnsupportedColumn {
         table: String,
@@ -118,5 +127,13 @@ impl Error {
 
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::NotFound { .. })
+    }
+
+    /// Rows a failed step had already deleted from Postgres (so reports stay truthful).
+    pub fn postgres_rows_deleted(&self) -> u64 {
+        match self {
+            Error::DeleteInterrupted { deleted, .. } => *deleted,
+            _ => 0,
+        }
     }
 }

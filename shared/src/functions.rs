@@ -550,7 +550,7 @@ fn plans_json(plans: &[DatasetPlan]) -> Value {
                     "dry_run": plan.dry_run,
                     "resume_after": plan.resume_after,
                     "recovered": plan.recovery.actions.len(),
-                    "recovery_failed": plan.recovery.failed.iter().map(|(d, e)| json!({"task_dir": d, "error": e})).collect::<Vec<_>>(),
+                    "recovery_failed": plan.recovery.failed.iter().map(|f| json!({"task_dir": f.task_dir, "error": f.error, "postgres_rows_deleted": f.postgres_rows_deleted})).collect::<Vec<_>>(),
                     "partitions": plan.partitions.iter().map(|p| json!({
                         "partition": p.partition,
                         "files": p.data_files,

@@ -42,6 +42,8 @@ pub struct TaskFailure {
     pub task_id: String,
     pub partition: String,
     pub error: String,
+    /// Rows the task deleted from Postgres before it failed (a hot range's interrupted delete).
+    pub postgres_rows_deleted: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -121,6 +123,7 @@ impl Services {
             task_id: task.task_id.clone(),
             partition: task.partition.to_string(),
             error: e.to_string(),
+            postgres_rows_deleted: e.postgres_rows_deleted(),
         };
         let merged = self.merger.run(Arc::clone(&task)).await;
         let result = match merged {
@@ -276,11 +279,15 @@ pub async fn run_local(
                 for outcome in recovered {
                     summary.absorb(outcome);
                 }
-                for (dir, error) in &plan.recovery.failed {
+                for failed in &plan.recovery.failed {
                     summary.failures.push(TaskFailure {
-                        task_id: dir.clone(),
+                        task_id: failed.task_dir.clone(),
                         partition: plan.dataset.clone(),
-                        error: format!("finishing the interrupted commit of {dir}: {error}"),
+                        error: format!(
+                            "finishing the interrupted commit of {}: {}",
+                            failed.task_dir, failed.error
+                        ),
+                        postgres_rows_deleted: failed.postgres_rows_deleted,
                     });
                 }
                 summary.plans.push(plan);

@@ -110,12 +110,21 @@ pub struct RecoveryReport {
     /// What happened to each interrupted task directory.
     pub actions: Vec<(String, String)>,
     pub committed: Vec<CommitOutcome>,
-    /// Task directories whose commit could not be finished, and why (tried again next time;
-    /// their partitions are not planned anew meanwhile).
-    pub failed: Vec<(String, String)>,
+    /// Task directories whose commit could not be finished (tried again next time; their
+    /// partitions are not planned anew meanwhile).
+    pub failed: Vec<RecoveryFailure>,
     /// Task directories whose interrupted merge was dispatched again (their partitions are
     /// not planned anew in the same sweep).
     pub redispatched: Vec<String>,
+}
+
+/// An interrupted commit that recovery could not finish.
+#[derive(Clone, Debug)]
+pub struct RecoveryFailure {
+    pub task_dir: String,
+    pub error: String,
+    /// Rows it deleted from Postgres before it stopped (again).
+    pub postgres_rows_deleted: u64,
 }
 
 impl RecoveryReport {
@@ -124,7 +133,7 @@ impl RecoveryReport {
     pub fn blocks(&self, staging_dir_of_partition: &str) -> bool {
         self.failed
             .iter()
-            .map(|(dir, _)| dir)
+            .map(|f| &f.task_dir)
             .chain(&self.redispatched)
             .any(|dir| dir.starts_with(staging_dir_of_partition))
     }
@@ -751,7 +760,11 @@ impl Planner {
                         Ok(outcome) => report.committed.push(outcome),
                         Err(e) => {
                             tracing::error!(task_dir = %dir, error = %e, "could not finish an interrupted commit; the next run tries again");
-                            report.failed.push((dir.clone(), e.to_string()));
+                            report.failed.push(RecoveryFailure {
+                                task_dir: dir.clone(),
+                                error: e.to_string(),
+                                postgres_rows_deleted: e.postgres_rows_deleted(),
+                            });
                         }
                     }
                 }

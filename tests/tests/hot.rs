@@ -973,3 +973,78 @@ async fn numeric_nan_is_explained_and_exported_as_text_when_asked() {
     assert!(rows.contains(&vec![Some("5".into()), Some(hex("NaN"))]));
     assert!(rows.contains(&vec![Some("3".into()), Some(hex("1.00000000"))]));
 }
+
+/// A batch that cannot get its locks in time is rolled back while the others go on; the run
+/// fails saying how many rows left Postgres (and counts them), and the next run resumes the
+/// same delete without exporting again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_timeout_stops_one_batch_reports_the_truth_and_resumes() {
+    let env = HotEnv::new().await;
+    let t = env.table("locked");
+    env.sql(&format!(
+        "CREATE TABLE {t} (chain_id int8, block_number int8, v text);
+         CREATE INDEX ON {t} (chain_id, block_number);
+         INSERT INTO {t} SELECT 1, g, 'v' || g FROM generate_series(0, 1999) g;"
+    ))
+    .await;
+    let hot = HotDatasetConfig {
+        delete_after_compact: true,
+        delete_batch_rows: 100,
+        lock_timeout: "300ms".parse().unwrap(),
+        ..blocks(&env, "locked")
+    };
+    // Another session holds a row of the range's third batch.
+    let holder = e2e_tests::pg::connect().await;
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT * FROM {t} WHERE block_number = 250 FOR UPDATE;"
+        ))
+        .await
+        .unwrap();
+    let first = env
+        .run(&hot_config(hot.clone()), Some(vec!["0-1000".into()]))
+        .await;
+    assert_eq!(first.commits.len(), 0);
+    let failure = &first.failures[0];
+    assert_eq!(failure.postgres_rows_deleted, 900, "{failure:?}");
+    assert!(
+        failure
+            .error
+            .contains("So far 900 of the 1000 exported rows left Postgres")
+            && failure.error.contains("100 are still there")
+            && failure.error.contains("resumes"),
+        "{}",
+        failure.error
+    );
+    assert_eq!(
+        env.count(&format!(
+            "SELECT count(*) FROM {t} WHERE block_number < 1000"
+        ))
+        .await,
+        100
+    );
+    let files = env.range_files(&hot, "0-1000");
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    let second = env.run(&hot_config(hot.clone()), None).await;
+    assert!(second.failures.is_empty(), "{:?}", second.failures);
+    let resumed = second
+        .commits
+        .iter()
+        .find(|c| c.partition.partition == "0-1000")
+        .expect("the interrupted commit is finished");
+    assert_eq!(
+        resumed.cold.as_ref().unwrap().delete,
+        DeleteState::Moved {
+            deleted: 1000,
+            partition: None
+        }
+    );
+    assert_eq!(env.range_files(&hot, "0-1000"), files, "not exported again");
+    assert_eq!(
+        env.count(&format!(
+            "SELECT count(*) FROM {t} WHERE block_number < 1000"
+        ))
+        .await,
+        0
+    );
+}

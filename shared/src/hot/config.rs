@@ -7,7 +7,7 @@ use super::sql::{validate_identifier, QualifiedName};
 use super::KeyRange;
 use crate::config::{DatasetConfig, Mode};
 use crate::error::{Error, Result};
-use crate::units::ByteSize;
+use crate::units::{ByteSize, HumanDuration};
 
 /// What to do with a `numeric` column that no widely read Parquet decimal holds: one without
 /// precision and scale, with a negative scale, or with more than 38 digits (Spark, Trino and
@@ -65,6 +65,10 @@ pub struct HotDatasetConfig {
     /// The most rows one DELETE transaction removes, so locks and WAL stay small.
     #[serde(default = "default_delete_batch_rows")]
     pub delete_batch_rows: u64,
+    /// How long one DELETE (or partition detach) waits for locks before it is rolled back and
+    /// left for the next run.
+    #[serde(default = "default_lock_timeout")]
+    pub lock_timeout: HumanDuration,
     /// When the table is range-partitioned with a child partition holding exactly the range,
     /// detach and drop that partition instead of deleting rows.
     #[serde(default)]
@@ -118,6 +122,9 @@ fn default_chunk_size() -> u64 {
 fn default_delete_batch_rows() -> u64 {
     50_000
 }
+fn default_lock_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
+}
 /// Exports default to zstd level 1, not the level 3 of file datasets: zstd is most of an
 /// export's CPU, and at level 1 an export keeps pace with the database (bench/hot_export.py:
 /// about 7% larger files, a quarter less CPU). Set `compression = "zstd"` for level 3.
@@ -162,6 +169,7 @@ impl HotDatasetConfig {
             chunk_size: default_chunk_size(),
             delete_after_compact: false,
             delete_batch_rows: default_delete_batch_rows(),
+            lock_timeout: default_lock_timeout(),
             drop_partitions: false,
             columns: Vec::new(),
             unbounded_numeric: UnboundedNumeric::default(),
@@ -312,6 +320,13 @@ impl HotDatasetConfig {
             return fail(
                 "delete_batch_rows",
                 "must be at least 1 (e.g. 50000)".into(),
+            );
+        }
+        let lock_ms = self.lock_timeout.0.as_millis();
+        if lock_ms == 0 || lock_ms > 3_600_000 {
+            return fail(
+                "lock_timeout",
+                "must be between 1ms and 1h (e.g. \"30s\")".into(),
             );
         }
         if self.max_ranges_per_sweep == 0 {

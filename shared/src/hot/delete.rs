@@ -292,7 +292,8 @@ pub async fn settle(
         .sum();
     let left = summary.pending_rows + summary.refused_rows;
     if !busy.is_empty() {
-        return Err(Error::Postgres {
+        return Err(Error::DeleteInterrupted {
+            deleted: segment_deleted,
             context: format!(
                 "deleting range {} of hot dataset {:?}",
                 record.range, hot.name

@@ -12,8 +12,14 @@ use crate::hot::batches::{BatchScope, DeleteBatch};
 use crate::hot::digest::{push_field, row_hash, RowDigest};
 use crate::hot::{sql, BatchDelete, CommitGate, HotDatasetConfig, KeyRange, PartitionPair};
 
-/// A DELETE or DETACH waits at most this long for locks, then rolls back (tried again later).
-const LOCK_TIMEOUT: &str = "30s";
+/// Makes a DELETE or DETACH wait at most `lock_timeout` for locks, then roll back (it is tried
+/// again later).
+fn lock_timeout(hot: &HotDatasetConfig) -> String {
+    format!(
+        "SET LOCAL lock_timeout = {}",
+        hot.lock_timeout.0.as_millis().max(1)
+    )
+}
 
 /// Any value, as the raw bytes of its binary form (the same bytes a binary COPY sends).
 struct RawValue<'a>(Option<&'a [u8]>);
@@ -122,7 +128,7 @@ impl PostgresSource {
                 .transaction()
                 .await
                 .map_err(pg_err(context.clone()))?;
-            txn.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+            txn.batch_execute(&lock_timeout(hot))
                 .await
                 .map_err(pg_err(context.clone()))?;
             let range = batch.scope.range();
@@ -181,7 +187,7 @@ impl PostgresSource {
                 .transaction()
                 .await
                 .map_err(pg_err(context.clone()))?;
-            txn.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+            txn.batch_execute(&lock_timeout(hot))
                 .await
                 .map_err(pg_err(context.clone()))?;
             if let Step::Busy(detail) = step(
