@@ -1,10 +1,12 @@
 //! The committer side of a hot dataset: once a range's cold copy is committed, delete from
 //! Postgres exactly the rows it holds, batch by batch, each batch checked by content.
 //!
-//! Every batch is one transaction: `DELETE ... RETURNING` the exported columns (at most the
-//! batch's row count, or exactly its located rows), hashed into a [`RowDigest`] and compared
-//! with the export's. A batch whose rows differ in any value, in number, or by a swapped row
-//! is rolled back and recorded as refused; the next sweep exports the range again. A batch that
+//! Every batch is one REPEATABLE READ transaction: the batch's sub-range is counted (a count
+//! other than the export's refuses the batch before anything is deleted), then
+//! `DELETE ... RETURNING` the exported columns (of the sub-range, or of exactly its located
+//! rows), hashed into a [`RowDigest`] and compared with the export's. A batch whose rows
+//! differ in any value, in number, or by a swapped row is rolled back and recorded as
+//! refused; the next sweep exports the range again. A batch that
 //! matches records its transaction id in the range's ledger, then commits, then is recorded as
 //! deleted; an attempt interrupted in between is resolved by asking Postgres whether that
 //! transaction committed. With `drop_partitions`, a child partition holding exactly the range

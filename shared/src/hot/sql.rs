@@ -183,20 +183,24 @@ pub fn export_copy(hot: &HotDatasetConfig, table: &QualifiedName, columns: &[Str
     )
 }
 
-/// Deletes at most `$N` rows of one sub-range (parameters as [`range_filter`], then the
-/// limit) and returns each deleted row's exported columns, for the content check.
-pub fn delete_range_batch(
-    hot: &HotDatasetConfig,
-    table: &QualifiedName,
-    columns: &[String],
-) -> String {
-    let filter = range_filter(hot);
+/// The rows of one sub-range (parameters as [`range_filter`]); run in the delete's snapshot
+/// before [`delete_range`], so the delete removes exactly that many rows.
+pub fn count_range(hot: &HotDatasetConfig, table: &QualifiedName) -> String {
     format!(
-        "DELETE FROM {t} WHERE {filter} AND (tableoid, ctid) IN \
-         (SELECT tableoid, ctid FROM {t} WHERE {filter} LIMIT ${limit}::int8) RETURNING {cols}",
-        t = table.sql(),
-        limit = next_param(hot),
-        cols = column_list(columns),
+        "SELECT count(*)::int8 FROM {} WHERE {}",
+        table.sql(),
+        range_filter(hot)
+    )
+}
+
+/// Deletes the rows of one sub-range (parameters as [`range_filter`]) and returns each one's
+/// exported columns, for the content check.
+pub fn delete_range(hot: &HotDatasetConfig, table: &QualifiedName, columns: &[String]) -> String {
+    format!(
+        "DELETE FROM {} WHERE {} RETURNING {}",
+        table.sql(),
+        range_filter(hot),
+        column_list(columns),
     )
 }
 
@@ -335,15 +339,14 @@ mod tests {
         assert!(EXPORT_SETTINGS.contains(SETTING_START) && EXPORT_SETTINGS.contains(SETTING_END));
         assert!(EXPORT_SETTINGS.contains(SETTING_CHAIN));
         hot.chain_id = Some(1);
-        let delete = delete_range_batch(&hot, &table, &columns);
-        assert!(
-            delete.starts_with("DELETE FROM \"public\".\"blocks\" WHERE \"chain_id\" = $3::int8"),
-            "{delete}"
+        assert_eq!(
+            delete_range(&hot, &table, &columns),
+            "DELETE FROM \"public\".\"blocks\" WHERE \"chain_id\" = $3::int8 AND \
+             \"block\"\"number\" >= $1::int8 AND \"block\"\"number\" < $2::int8 RETURNING \
+             \"block\"\"number\", \"hash\""
         );
-        assert!(
-            delete.contains("LIMIT $4::int8) RETURNING \"block\"\"number\", \"hash\""),
-            "{delete}"
-        );
+        assert!(count_range(&hot, &table)
+            .starts_with("SELECT count(*)::int8 FROM \"public\".\"blocks\""));
         let located = delete_located_rows(&hot, &table, &columns);
         assert!(
             located.contains("unnest($4::oid[], $5::text[]::tid[])"),
@@ -355,7 +358,7 @@ mod tests {
         );
         assert!(range_counts_query(&hot, &table).contains("\"chain_id\" = $4::int8"));
         hot.chain_id = None;
-        assert!(delete_range_batch(&hot, &table, &columns).contains("LIMIT $3::int8"));
+        assert!(delete_located_rows(&hot, &table, &columns).contains("unnest($3::oid[]"));
         assert_eq!(
             tip_query("select head from heads where chain = $1;"),
             "SELECT tip::int8 FROM (select head from heads where chain = $1) AS configured_tip(tip)"

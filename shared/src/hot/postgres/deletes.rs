@@ -4,7 +4,7 @@
 
 use futures::{pin_mut, TryStreamExt};
 use tokio_postgres::types::{FromSql, ToSql, Type};
-use tokio_postgres::Transaction;
+use tokio_postgres::{IsolationLevel, Transaction};
 
 use super::{describe_pg_error, pg_err, PostgresSource};
 use crate::error::Result;
@@ -124,8 +124,12 @@ impl PostgresSource {
         let table = hot.table_name()?;
         let context = format!("deleting {} {}", table.sql(), batch.scope);
         self.with_client(hot, async |client| {
+            // One snapshot for the count and the delete: the delete removes exactly the rows
+            // counted (a concurrent change to them is a serialization failure: tried later).
             let txn = client
-                .transaction()
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .start()
                 .await
                 .map_err(pg_err(context.clone()))?;
             txn.batch_execute(&lock_timeout(hot))
@@ -135,7 +139,6 @@ impl PostgresSource {
             let params = range_params(hot, range);
             let mut values: Vec<&(dyn ToSql + Sync)> =
                 params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-            let limit = batch.rows() as i64;
             let (oids, ctids): (Vec<u32>, Vec<String>) = match &batch.scope {
                 BatchScope::Located { rows, .. } => {
                     rows.iter().map(|l| (l.0, l.ctid_text())).unzip()
@@ -144,8 +147,27 @@ impl PostgresSource {
             };
             let query = match &batch.scope {
                 BatchScope::Range(_) => {
-                    values.push(&limit);
-                    sql::delete_range_batch(hot, &table, columns)
+                    // Never more than the batch: a sub-range holding more rows now is refused
+                    // before anything is deleted.
+                    let counted = match step(
+                        txn.query_one(&sql::count_range(hot, &table), &values).await,
+                        &context,
+                    )? {
+                        Step::Done(row) => row.get::<_, i64>(0) as u64,
+                        Step::Busy(detail) => return Ok(BatchDelete::Busy { detail }),
+                    };
+                    if counted != batch.rows() {
+                        txn.rollback().await.map_err(pg_err(context.clone()))?;
+                        let found = RowDigest {
+                            rows: counted,
+                            sum: 0,
+                        };
+                        return Ok(BatchDelete::Mismatch {
+                            detail: difference(&batch.scope.to_string(), &found, &batch.digest),
+                            found,
+                        });
+                    }
+                    sql::delete_range(hot, &table, columns)
                 }
                 BatchScope::Located { .. } => {
                     values.push(&oids);
