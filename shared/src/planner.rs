@@ -544,9 +544,9 @@ impl Planner {
         if limit <= hot.range_start {
             return Ok(Vec::new());
         }
-        let counts = source.range_counts(hot, hot.range_start, limit).await?;
+        let starts = source.ranges_with_rows(hot, hot.range_start, limit).await?;
         let mut records = RangeRecords::new(self.state.as_ref(), &hot.name);
-        if counts.len() > RangeRecords::BULK {
+        if starts.len() > RangeRecords::BULK {
             records.load_all().await?;
         }
         let size = hot.range_size as i64;
@@ -561,9 +561,7 @@ impl Planner {
             .sweep_cursor(&hot.name)
             .await?
             .and_then(|c| c.parse::<i64>().ok());
-        let mut watermark = cursor
-            .or_else(|| counts.first().map(|(start, _)| *start))
-            .unwrap_or(limit);
+        let mut watermark = cursor.or_else(|| starts.first().copied()).unwrap_or(limit);
         while watermark < limit
             && records
                 .get(&key(watermark).key())
@@ -578,11 +576,37 @@ impl Planner {
                 .await?;
         }
         let now_ms = options.now.timestamp_millis();
+        // Row counts, only where they matter: a range kept in Postgres is compared with its
+        // copy, and rows found in a moved range are reported.
+        let mut counted = Vec::new();
+        for &start in &starts {
+            let record = records.get(&key(start).key()).await?;
+            let busy = record.is_some_and(|r| r.live_lease(now_ms).is_some());
+            match record.and_then(|r| r.cold.as_ref()).map(|c| &c.delete) {
+                Some(DeleteState::Kept) if !hot.delete_after_compact => counted.push(start),
+                Some(DeleteState::Moved { .. }) if !busy => counted.push(start),
+                _ => {}
+            }
+        }
+        let counts: std::collections::HashMap<i64, u64> = if counted.len() > 16 {
+            source
+                .range_counts(hot, hot.range_start, limit)
+                .await?
+                .into_iter()
+                .collect()
+        } else {
+            let mut counts = std::collections::HashMap::new();
+            for &start in &counted {
+                counts.extend(source.range_counts(hot, start, start + size).await?);
+            }
+            counts
+        };
         let mut out = Vec::new();
         let mut with_rows = HashSet::new();
-        for &(start, rows) in &counts {
+        for &start in &starts {
             with_rows.insert(start);
             let range = key(start);
+            let rows = counts.get(&start).copied().unwrap_or_default();
             let record = records.get(&range.key()).await?;
             let Some(cold) = record.and_then(|r| r.cold.as_ref()) else {
                 out.push((range, None));
@@ -598,7 +622,9 @@ impl Planner {
                 DeleteState::Moved { .. } if !busy => out.push((
                     range,
                     Some(format!(
-                        "{rows} row(s) reached Postgres in range {range} after it was moved to                          the cold copy (version {}): they are exported as an additional file and                          then deleted; nothing is lost, and re-running is safe",
+                        "{rows} row(s) reached Postgres in range {range} after it was moved to \
+                         the cold copy (version {}): they are exported as an additional file and \
+                         then deleted; nothing is lost, and re-running is safe",
                         cold.version
                     )),
                 )),

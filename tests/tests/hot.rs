@@ -659,6 +659,7 @@ async fn hostile_and_odd_names_are_quoted_in_every_statement() {
              \"we\"\"ird\" text, \"MixedCase\" int8, \"ünï\" text);
          INSERT INTO {quoted_schema}.\"Odd\"\"Table\"
            SELECT 1, g, 'v' || g, 'q\"' || g, g * 2, 'ü' || g FROM generate_series(0, 2099) g;
+         CREATE INDEX ON {quoted_schema}.\"Odd\"\"Table\" (\"Chain Id\", \"Block.Number\");
          ALTER ROLE CURRENT_USER PASSWORD 'secret-never-exported';",
         inj = quote(injection),
     ))

@@ -241,6 +241,16 @@ pub trait HotSource: Send + Sync + std::fmt::Debug {
     /// The range column's largest value of the chain; `None` when empty.
     async fn max_value(&self, hot: &HotDatasetConfig) -> Result<Option<i64>>;
 
+    /// The starts of the grid ranges from `from` (a grid start) to `to` (exclusive) that hold
+    /// any row, in order: one index lookup per range when an index leads with the range
+    /// column (or the chain and range columns), else one scan.
+    async fn ranges_with_rows(
+        &self,
+        hot: &HotDatasetConfig,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<i64>>;
+
     /// The rows of each grid range from `from` (a grid start) to `to` (exclusive) that has
     /// any: `(range start, rows)`, in order.
     async fn range_counts(

@@ -259,6 +259,44 @@ pub fn range_counts_query(hot: &HotDatasetConfig, table: &QualifiedName) -> Stri
     )
 }
 
+/// The starts of the grid ranges holding rows, one index lookup per range (a loose index
+/// scan): `$1` range size, `$2` from (a grid start), `$3` to, `$4` the chain when one is set.
+pub fn ranges_with_rows_query(hot: &HotDatasetConfig, table: &QualifiedName) -> String {
+    let column = quote_ident(&hot.range_column);
+    let chain = match hot.chain_id {
+        Some(_) => format!("{} = $4::int8 AND ", quote_ident(&hot.chain_column)),
+        None => String::new(),
+    };
+    let first_from = |from: &str| {
+        format!(
+            "(SELECT min({column})::int8 FROM {} WHERE {chain}{column} >= {from} AND {column} < $3::int8)",
+            table.sql()
+        )
+    };
+    // The CTE's column is always qualified: the table may have a column of the same name.
+    let v = "compactor_found.compactor_v";
+    format!(
+        "WITH RECURSIVE compactor_found(compactor_v) AS (SELECT {} UNION ALL SELECT {} \
+         FROM compactor_found WHERE {v} IS NOT NULL) \
+         SELECT $2::int8 + (({v} - $2::int8) / $1::int8) * $1::int8 FROM compactor_found \
+         WHERE {v} IS NOT NULL",
+        first_from("$2::int8"),
+        first_from(&format!(
+            "$2::int8 + (({v} - $2::int8) / $1::int8 + 1) * $1::int8"
+        )),
+    )
+}
+
+/// Whether an index leads with the range column, or with the chain then the range column:
+/// `$1` the table's oid, `$2` the range column, `$3` the chain column (or NULL).
+pub const RANGE_INDEX_QUERY: &str = "\
+SELECT EXISTS (
+  SELECT 1 FROM pg_index i
+  JOIN pg_attribute r ON r.attrelid = i.indrelid AND r.attname = $2
+  LEFT JOIN pg_attribute c ON c.attrelid = i.indrelid AND c.attname = $3
+  WHERE i.indrelid = $1 AND i.indisvalid
+    AND (i.indkey[0] = r.attnum OR (i.indkey[0] = c.attnum AND i.indkey[1] = r.attnum)))";
+
 pub fn max_query(hot: &HotDatasetConfig, table: &QualifiedName) -> String {
     format!(
         "SELECT max({})::int8 FROM {} {}",

@@ -231,6 +231,51 @@ impl HotSource for PostgresSource {
         self.table_value(hot, sql::max_query(hot, &table)).await
     }
 
+    async fn ranges_with_rows(
+        &self,
+        hot: &HotDatasetConfig,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<i64>> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        let table = hot.table_name()?;
+        let indexed = self
+            .with_client(hot, async |client| {
+                let oid = catalog::table_oid(client, &table).await?;
+                let chain = hot.chain_id.map(|_| hot.chain_column.clone());
+                let row = client
+                    .query_one(sql::RANGE_INDEX_QUERY, &[&oid, &hot.range_column, &chain])
+                    .await
+                    .map_err(pg_err(format!("reading the indexes of {}", table.sql())))?;
+                Ok(row.get::<_, bool>(0))
+            })
+            .await?;
+        if !indexed {
+            // Without such an index one scan that counts beats a scan per range.
+            return Ok(self
+                .range_counts(hot, from, to)
+                .await?
+                .into_iter()
+                .map(|(start, _)| start)
+                .collect());
+        }
+        self.with_client(hot, async |client| {
+            let mut params = vec![hot.range_size as i64, from, to];
+            params.extend(hot.chain_id);
+            let rows = client
+                .query(&sql::ranges_with_rows_query(hot, &table), &as_sql(&params))
+                .await
+                .map_err(pg_err(format!(
+                    "finding the ranges of {} with rows",
+                    table.sql()
+                )))?;
+            Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect())
+        })
+        .await
+    }
+
     async fn range_counts(
         &self,
         hot: &HotDatasetConfig,
