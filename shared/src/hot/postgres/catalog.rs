@@ -102,66 +102,42 @@ pub fn select_columns(
         reason,
     };
     let find = |name: &str| catalog.iter().find(|c| c.name == name);
-    let mut keys = vec![&hot.range_column];
+    let missing = |name: &str, field: &str| Error::Postgres {
+        context: format!("table {}", table.sql()),
+        message: format!(
+            "has no column {name:?} (hot dataset {:?}: {field})",
+            hot.name
+        ),
+    };
+    // A column a setting names must exist and be of a type that setting accepts.
+    let require =
+        |name: &str, field: &str, accepts: &dyn Fn(&CatalogColumn) -> bool, why: &str| match find(
+            name,
+        ) {
+            Some(c) if accepts(c) => Ok(()),
+            Some(c) => Err(unsupported(name, &c.declared, why.to_string())),
+            None => Err(missing(name, field)),
+        };
+    let integer = |c: &CatalogColumn| is_integer(&c.type_name) && c.element.is_none();
+    let integers = "ranges and chains must be integer columns (int2, int4, int8)";
+    require(&hot.range_column, "range_column", &integer, integers)?;
     if hot.chain_id.is_some() {
-        keys.push(&hot.chain_column);
-    }
-    for key in keys {
-        match find(key) {
-            Some(c) if is_integer(&c.type_name) && c.element.is_none() => {}
-            Some(c) => {
-                return Err(unsupported(
-                    key,
-                    &c.declared,
-                    "ranges and chains must be integer columns (int2, int4, int8)".into(),
-                ))
-            }
-            None => {
-                return Err(Error::Postgres {
-                    context: format!("table {}", table.sql()),
-                    message: format!(
-                        "has no column {key:?} (hot dataset {:?}: range_column / chain_column)",
-                        hot.name
-                    ),
-                })
-            }
-        }
+        require(&hot.chain_column, "chain_column", &integer, integers)?;
     }
     for name in &hot.numeric_as_text {
-        match find(name) {
-            Some(c) if c.type_name == "numeric" => {}
-            Some(c) => {
-                return Err(unsupported(
-                    name,
-                    &c.declared,
-                    "numeric_as_text lists only numeric columns".into(),
-                ))
-            }
-            None => {
-                return Err(Error::Postgres {
-                    context: format!("table {}", table.sql()),
-                    message: format!(
-                        "has no column {name:?} (hot dataset {:?}: numeric_as_text)",
-                        hot.name
-                    ),
-                })
-            }
-        }
+        require(
+            name,
+            "numeric_as_text",
+            &|c| c.type_name == "numeric",
+            "numeric_as_text lists only numeric columns",
+        )?;
     }
     let chosen: Vec<&CatalogColumn> = if hot.columns.is_empty() {
         catalog.iter().collect()
     } else {
         hot.columns
             .iter()
-            .map(|name| {
-                find(name).ok_or_else(|| Error::Postgres {
-                    context: format!("table {}", table.sql()),
-                    message: format!(
-                        "has no column {name:?} (hot dataset {:?}: columns)",
-                        hot.name
-                    ),
-                })
-            })
+            .map(|name| find(name).ok_or_else(|| missing(name, "columns")))
             .collect::<Result<_>>()?
     };
     chosen
