@@ -95,7 +95,13 @@ async fn open_store(dir: &Path) -> Result<Arc<dyn ObjectStore>> {
 
 /// `dynamodb://TABLE`, or an embedded state file (default `DIR/_compactor/state.redb`; S3
 /// locations must name their state explicitly).
-async fn open_state(dir: &Path, explicit: &Option<PathBuf>) -> Result<Arc<dyn StateStore>> {
+/// `read_only` opens an existing embedded state file for reading only, so `status` and `plan`
+/// work while a compaction writes it.
+async fn open_state(
+    dir: &Path,
+    explicit: &Option<PathBuf>,
+    read_only: bool,
+) -> Result<Arc<dyn StateStore>> {
     let explicit = explicit.as_ref().map(|p| p.to_string_lossy().to_string());
     if let Some(table) = explicit
         .as_deref()
@@ -112,16 +118,19 @@ async fn open_state(dir: &Path, explicit: &Option<PathBuf>) -> Result<Arc<dyn St
     let path = explicit
         .map(PathBuf::from)
         .unwrap_or_else(|| dir.join("_compactor").join("state.redb"));
-    Ok(Arc::new(
-        EmbeddedState::open(&path).context("opening the state store")?,
-    ))
+    let state = if read_only && path.exists() {
+        EmbeddedState::open_read_only(&path)
+    } else {
+        EmbeddedState::open(&path)
+    };
+    Ok(Arc::new(state.context("opening the state store")?))
 }
 
 async fn compact(args: CompactArgs, dry_run: bool) -> Result<ExitCode> {
     let dry_run = dry_run || args.dry_run;
     let config = args.config()?;
     let store = open_store(&args.dir).await?;
-    let state = open_state(&args.dir, &args.state).await?;
+    let state = open_state(&args.dir, &args.state, dry_run).await?;
     let summary = execute(&config, store, state, &args, dry_run).await?;
     let exit = exit_code(&summary);
     if args.json {
@@ -251,7 +260,7 @@ async fn demo(args: DemoArgs) -> Result<ExitCode> {
     let compact_args = args.compact_args();
     let config = compact_args.config()?;
     println!("2/2 compacting (mode {:?}) ...", config.datasets[0].mode);
-    let state = open_state(dir, &None).await?;
+    let state = open_state(dir, &None, false).await?;
     let summary = execute(&config, store, state, &compact_args, false).await?;
     report::print(&summary, &config, false);
     println!(
@@ -262,7 +271,7 @@ async fn demo(args: DemoArgs) -> Result<ExitCode> {
 }
 
 async fn status(args: StatusArgs) -> Result<ExitCode> {
-    let state = open_state(&args.dir, &args.state).await?;
+    let state = open_state(&args.dir, &args.state, true).await?;
     let statuses = [
         PartitionStatus::Compacting,
         PartitionStatus::Flagged,

@@ -380,23 +380,7 @@ impl Committer {
 
     async fn roll_forward(&self, task_dir: &str, manifest: TaskManifest) -> Result<CommitOutcome> {
         for output in &manifest.outputs {
-            let in_place = self.store.head(&output.final_key).await?;
-            if in_place.is_some_and(|m| m.size == output.size) {
-                continue;
-            }
-            match self.store.copy(&output.staging_key, &output.final_key).await {
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => {
-                    return Err(Error::Manifest {
-                        key: output.staging_key.clone(),
-                        message: format!(
-                            "committed output is neither staged nor at {}; the inputs are kept. Investigate before deleting {task_dir}",
-                            output.final_key
-                        ),
-                    })
-                }
-                Err(e) => return Err(e),
-            }
+            self.install_output(task_dir, output).await?;
         }
         crash_point("after-copy");
 
@@ -486,6 +470,54 @@ impl Committer {
             ),
             cold,
         })))
+    }
+
+    /// Puts one staged output at its final key: a copy that never replaces anything. An object
+    /// already there is this output only if its checksum is the staged one's (a replayed
+    /// commit); anything else stops the commit and is left alone.
+    async fn install_output(
+        &self,
+        task_dir: &str,
+        output: &crate::manifest::OutputFile,
+    ) -> Result<()> {
+        let copied = match self.store.head(&output.final_key).await? {
+            Some(_) => Err(Error::PreconditionFailed {
+                key: output.final_key.clone(),
+                reason: "already exists".into(),
+            }),
+            None => {
+                self.store
+                    .copy(&output.staging_key, &output.final_key)
+                    .await
+            }
+        };
+        match copied {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_precondition_failed() => {
+                let found = self.store.crc32c(&output.final_key).await?;
+                if found == output.crc32c {
+                    return Ok(()); // copied by an earlier attempt of this commit
+                }
+                Err(Error::Manifest {
+                    key: output.final_key.clone(),
+                    message: format!(
+                        "holds another object (CRC32C {found}, the staged output's is {}); nothing \
+                         was overwritten and the inputs are kept. Move that object away, then \
+                         replay {task_dir}",
+                        output.crc32c
+                    ),
+                })
+            }
+            Err(e) if e.is_not_found() => Err(Error::Manifest {
+                key: output.staging_key.clone(),
+                message: format!(
+                    "committed output is neither staged nor at {}; the inputs are kept. \
+                     Investigate before deleting {task_dir}",
+                    output.final_key
+                ),
+            }),
+            Err(e) => Err(e),
+        }
     }
 
     /// After a hot range's files are live: deletes its rows from Postgres when configured,

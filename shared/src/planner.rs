@@ -353,6 +353,7 @@ impl Planner {
                         inputs: inputs.clone(),
                         created_at_ms: options.now.timestamp_millis(),
                         export: None,
+                        nonce: crate::task::new_nonce(),
                     })
                     .collect()
             })
@@ -707,6 +708,7 @@ impl Planner {
                     inputs: files.clone(),
                     created_at_ms: options.now.timestamp_millis(),
                     export: Some(spec.clone()),
+                    nonce: crate::task::new_nonce(),
                 }]
             })
             .await?;

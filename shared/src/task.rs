@@ -38,6 +38,15 @@ pub struct MergeTask {
     /// Set for an export of a hot dataset's range from Postgres.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export: Option<ExportSpec>,
+    /// A random token in the task's output names: they are unique without the state store
+    /// (whose generations restart when it is lost), so no output can land on another's key.
+    #[serde(default)]
+    pub nonce: String,
+}
+
+/// A new random token for [`MergeTask::nonce`].
+pub fn new_nonce() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
 }
 
 pub fn task_id(generation: u64, index: usize) -> String {
@@ -95,13 +104,18 @@ impl MergeTask {
         self.staging_key(&format!("a{attempt}-{index:05}.parquet"))
     }
 
-    /// Final location of output `index`: deterministic, so a replayed commit finds it.
+    /// Final location of output `index`: deterministic for the task, so a replayed commit
+    /// finds it, and unique across tasks and state stores thanks to the nonce.
     pub fn final_output_key(&self, index: usize) -> String {
-        format!(
-            "{}compacted-{}-{index:05}.parquet",
-            partition_output_dir(&self.dataset, &self.partition.partition),
-            self.task_id
-        )
+        let dir = partition_output_dir(&self.dataset, &self.partition.partition);
+        if self.nonce.is_empty() {
+            format!("{dir}compacted-{}-{index:05}.parquet", self.task_id)
+        } else {
+            format!(
+                "{dir}compacted-{}-{}-{index:05}.parquet",
+                self.task_id, self.nonce
+            )
+        }
     }
 }
 
@@ -130,6 +144,7 @@ mod tests {
             inputs: vec![],
             created_at_ms: 0,
             export: None,
+            nonce: String::new(),
         }
     }
 

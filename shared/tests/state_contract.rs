@@ -54,3 +54,37 @@ fn a_second_process_gets_a_clear_error() {
     let err = EmbeddedState::open(&path).unwrap_err().to_string();
     assert!(err.contains("in use"), "{err}");
 }
+
+/// `compactor status` and `compactor plan` read the state while a compaction writes it, and
+/// see its commits; they can change nothing.
+#[tokio::test]
+async fn readers_follow_a_writer_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    let writer = EmbeddedState::open(&path).unwrap();
+    let reader = EmbeddedState::open_read_only(&path).unwrap();
+    let id = PartitionId::new("ds", "p");
+    assert!(reader.get(&id).await.unwrap().is_none());
+    let delta = Counters {
+        files_seen: 3,
+        ..Counters::default()
+    };
+    writer.add_counters(&id, &delta, 1).await.unwrap();
+    assert_eq!(
+        reader.get(&id).await.unwrap().unwrap().counters.files_seen,
+        3
+    );
+    let e = reader.add_counters(&id, &delta, 2).await.unwrap_err();
+    assert!(e.to_string().contains("read-only"), "{e}");
+}
+
+/// A state file that is not a database (a disk-full error left zeros, say) gets an error that
+/// says it holds no data and may be moved aside.
+#[test]
+fn an_unreadable_state_file_says_what_is_safe_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.redb");
+    std::fs::write(&path, vec![0u8; 8192]).unwrap();
+    let e = EmbeddedState::open(&path).unwrap_err().to_string();
+    assert!(e.contains("mv ") && e.contains("no file is lost"), "{e}");
+}

@@ -1,12 +1,16 @@
 //! The state port on an embedded, file-backed database (redb): the CLI's default. Each
 //! operation is one ACID write transaction, so the records survive process restarts and crashes.
-//! One process at a time may open the file; a second gets a clear "in use" error.
+//! One process at a time may write the file (a second writer gets a clear "in use" error);
+//! any number may read it meanwhile (`compactor status`, `compactor plan`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Builder, ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
+    ReadableTable, TableDefinition,
+};
 
 use super::{
     CommitProgress, Counters, Lease, PartitionId, PartitionRecord, PartitionStatus, StateStore,
@@ -20,28 +24,65 @@ const SWEEP_CURSORS: TableDefinition<&str, &str> = TableDefinition::new("sweep_c
 /// control characters).
 const KEY_SEPARATOR: char = '\u{1f}';
 
+enum Handle {
+    Write(Database),
+    Read(ReadOnlyDatabase),
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Handle::Write(_) => "writer",
+            Handle::Read(_) => "reader",
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct EmbeddedState {
-    db: Arc<Database>,
+    db: Arc<Handle>,
     path: PathBuf,
 }
 
+/// One writer, and readers beside it that follow its commits.
+fn builder() -> Builder {
+    let mut builder = Builder::new();
+    builder.set_concurrency_mode(ConcurrencyMode::SingleWriter);
+    builder
+}
+
+/// What an unreadable state file means, and what is safe to do about it.
+fn open_error(path: &Path, e: redb::DatabaseError) -> Error {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Error::state(
+            path.display().to_string(),
+            "in use by another compactor process; wait for it to finish or point --state \
+             elsewhere (compactor status and compactor plan can read it meanwhile)",
+        ),
+        other => Error::state(
+            path.display().to_string(),
+            format!(
+                "is not a readable state file ({other}). It holds only progress, counters and \
+                 leases, not data: moving it aside (mv {p} {p}.bad) is safe, and the next run \
+                 starts a new one (work in progress may be redone; no file is lost, outputs have \
+                 unique names and each partition's _compactor_manifest.json lists its files)",
+                p = path.display()
+            ),
+        ),
+    }
+}
+
 impl EmbeddedState {
+    /// Opens (creating if needed) the state file for writing.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|e| Error::state(path.display().to_string(), e))?;
         }
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::state(
-                path.display().to_string(),
-                "in use by another compactor process; wait for it to finish or point --state elsewhere",
-            ),
-            other => Error::state(path.display().to_string(), other),
-        })?;
+        let db = builder().create(&path).map_err(|e| open_error(&path, e))?;
         let state = Self {
-            db: Arc::new(db),
+            db: Arc::new(Handle::Write(db)),
             path,
         };
         state.update_raw(|txn| {
@@ -52,6 +93,34 @@ impl EmbeddedState {
         Ok(state)
     }
 
+    /// Opens an existing state file for reading only, beside a process that may be writing
+    /// it; every change is refused.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let db = builder()
+            .open_read_only(&path)
+            .map_err(|e| open_error(&path, e))?;
+        Ok(Self {
+            db: Arc::new(Handle::Read(db)),
+            path,
+        })
+    }
+
+    fn begin_read(&self) -> Result<ReadTransaction> {
+        match self.db.as_ref() {
+            Handle::Write(db) => db.begin_read(),
+            Handle::Read(db) => db.begin_read(),
+        }
+        .map_err(|e| self.err(e))
+    }
+
+    fn writer(&self) -> Result<&Database> {
+        match self.db.as_ref() {
+            Handle::Write(db) => Ok(db),
+            Handle::Read(_) => Err(self.err("opened read-only; nothing may be changed")),
+        }
+    }
+
     fn err(&self, e: impl std::fmt::Display) -> Error {
         Error::state(self.path.display().to_string(), e)
     }
@@ -60,7 +129,7 @@ impl EmbeddedState {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> std::result::Result<T, redb::Error>,
     ) -> Result<T> {
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let txn = self.writer()?.begin_write().map_err(|e| self.err(e))?;
         let out = f(&txn).map_err(|e| self.err(e))?;
         txn.commit().map_err(|e| self.err(e))?;
         Ok(out)
@@ -75,7 +144,7 @@ impl EmbeddedState {
         f: impl FnOnce(&mut PartitionRecord) -> Result<T>,
     ) -> Result<T> {
         let key = table_key(id);
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let txn = self.writer()?.begin_write().map_err(|e| self.err(e))?;
         let out = {
             let mut table = txn.open_table(PARTITIONS).map_err(|e| self.err(e))?;
             let mut record = match table.get(key.as_str()).map_err(|e| self.err(e))? {
@@ -116,7 +185,7 @@ impl StateStore for EmbeddedState {
     }
 
     async fn get(&self, id: &PartitionId) -> Result<Option<PartitionRecord>> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(PARTITIONS).map_err(|e| self.err(e))?;
         let value = table.get(table_key(id).as_str()).map_err(|e| self.err(e))?;
         value.map(|v| decode(&self.path, v.value())).transpose()
@@ -211,7 +280,7 @@ impl StateStore for EmbeddedState {
         dataset: &str,
         status: PartitionStatus,
     ) -> Result<Vec<PartitionRecord>> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(PARTITIONS).map_err(|e| self.err(e))?;
         let start = format!("{dataset}{KEY_SEPARATOR}");
         let end = format!(
@@ -233,7 +302,7 @@ impl StateStore for EmbeddedState {
     }
 
     async fn sweep_cursor(&self, dataset: &str) -> Result<Option<String>> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let txn = self.begin_read()?;
         let table = txn.open_table(SWEEP_CURSORS).map_err(|e| self.err(e))?;
         let value = table.get(dataset).map_err(|e| self.err(e))?;
         Ok(value.map(|v| v.value().to_string()))

@@ -138,6 +138,18 @@ pub async fn copy_and_versioned_batch_delete(store: Arc<dyn ObjectStore>) {
     s.copy("d/a", "e/a").await.unwrap();
     assert_eq!(s.get("e/a").await.unwrap().0, Bytes::from("a"));
     assert!(s.copy("d/none", "e/none").await.unwrap_err().is_not_found());
+    // A copy never replaces an object: the destination must be free.
+    put(s, "d/x", "x").await;
+    assert!(s
+        .copy("d/x", "e/a")
+        .await
+        .unwrap_err()
+        .is_precondition_failed());
+    assert_eq!(s.get("e/a").await.unwrap().0, Bytes::from("a"));
+    assert_eq!(
+        s.crc32c("e/a").await.unwrap(),
+        format!("{:08x}", crc32c::crc32c(b"a"))
+    );
     // A copy is independent of its source: rewriting or deleting the source leaves it alone.
     put(s, "d/c", "c1").await;
     s.copy("d/c", "e/c").await.unwrap();

@@ -433,7 +433,7 @@ impl ObjectStore for LocalStore {
                 }
                 Err(e) => return Err(Error::io(&from, e)),
             }
-            inner.install(&tmp, &to, &PutMode::Overwrite)
+            inner.install(&tmp, &to, &PutMode::IfAbsent)
         })
         .await
     }

@@ -101,8 +101,31 @@ pub trait ObjectStore: Send + Sync + Debug {
 
     async fn put_stream(&self, key: &str) -> Result<Box<dyn ObjectSink>>;
 
-    /// Server-side copy. Fails with [`Error::NotFound`] if `from` does not exist.
+    /// Server-side copy that creates `to` only if no object is there (S3 `If-None-Match: *`):
+    /// a copy never replaces anything. Fails with [`Error::NotFound`] if `from` does not exist
+    /// and [`Error::PreconditionFailed`] if `to` does.
     async fn copy(&self, from: &str, to: &str) -> Result<ObjectMeta>;
+
+    /// The CRC32C of the whole object, 8 lowercase hex digits: how a committer recognises its
+    /// own copy. Reads the object in ranges (adapters may know it without reading).
+    async fn crc32c(&self, key: &str) -> Result<String> {
+        const CHUNK: u64 = 8 << 20;
+        let size = self
+            .head(key)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                key: key.to_string(),
+            })?
+            .size;
+        let mut crc = 0u32;
+        let mut at = 0;
+        while at < size {
+            let end = (at + CHUNK).min(size);
+            crc = crc32c::crc32c_append(crc, &self.get_range(key, at..end).await?);
+            at = end;
+        }
+        Ok(format!("{crc:08x}"))
+    }
 
     /// Deletes in batches; returns the keys that could not be deleted and why.
     async fn delete_many(&self, requests: &[DeleteRequest]) -> Result<Vec<DeleteFailure>>;

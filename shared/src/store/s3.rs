@@ -149,7 +149,7 @@ impl S3Store {
                 start = end;
                 number += 1;
             }
-            complete_upload(&self.client, &self.bucket, to, &upload_id, parts).await
+            complete_upload(&self.client, &self.bucket, to, &upload_id, parts, true).await
         }
         .await;
         if result.is_err() {
@@ -242,12 +242,14 @@ async fn complete_upload(
     key: &str,
     upload_id: &str,
     parts: Vec<CompletedPart>,
+    if_absent: bool,
 ) -> Result<String> {
     let completed = client
         .complete_multipart_upload()
         .bucket(bucket)
         .key(key)
         .upload_id(upload_id)
+        .set_if_none_match(if_absent.then(|| "*".to_string()))
         .multipart_upload(
             CompletedMultipartUpload::builder()
                 .set_parts(Some(parts))
@@ -490,6 +492,7 @@ impl ObjectStore for S3Store {
                 .key(&to_full)
                 .copy_source(copy_source(&self.bucket, &from_full))
                 .copy_source_if_match(&source.version)
+                .if_none_match("*")
                 .send()
                 .await
                 .map_err(|e| store_error("CopyObject", from, &e))?;
@@ -705,6 +708,7 @@ impl S3Sink {
             &self.full_key,
             &upload_id,
             parts,
+            false,
         )
         .await?;
         self.upload_id = None;
