@@ -116,7 +116,7 @@ pub async fn scan_footers(
                                 .iter()
                                 .map(|rg| rg.total_byte_size().max(0) as u64)
                                 .sum(),
-                            schema: Arc::clone(arrow.schema()),
+                            schema: super::zones::declared_zones(arrow.schema(), md),
                         })
                     });
                 (meta, result)

@@ -6,6 +6,7 @@
 mod inputs;
 mod output;
 pub mod sort;
+mod zones;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -27,6 +27,9 @@ pub fn writer_properties(
         .set_max_row_group_row_count(Some(dataset.row_group_rows))
         .set_max_row_group_bytes(Some(dataset.row_group_size.bytes() as usize))
         .set_statistics_enabled(EnabledStatistics::Page)
+        // Standard Parquet types where Arrow has several (date64 as DATE, list elements named
+        // "element"), as other writers and readers expect.
+        .set_coerce_types(true)
         .set_sorting_columns(sorting)
         .set_created_by(format!(
             "parquet-compactor {} (parquet-rs)",
