@@ -667,7 +667,27 @@ impl MergerFunction {
         } else {
             "Lower max_task_bytes"
         };
-        let run = merger.run(Arc::new(task));
+        let partition = task.partition.clone();
+        let lease = task.lease();
+        let task = Arc::new(task);
+        let lease_ttl_ms = self.deployment.config.lease_ttl.0.as_millis() as i64;
+        let state = Arc::clone(&self.deployment.state);
+        let run = async move {
+            match lease {
+                // Long merges keep their lease: it must not pass to the next sweep meanwhile.
+                Some(lease) => {
+                    crate::lease::while_holding(
+                        state,
+                        &partition,
+                        lease,
+                        lease_ttl_ms,
+                        merger.run(task),
+                    )
+                    .await
+                }
+                None => merger.run(task).await,
+            }
+        };
         let outcome = tokio::time::timeout(left.saturating_sub(SAFETY_MARGIN / 2), run)
             .await
             .map_err(|_| {

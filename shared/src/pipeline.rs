@@ -114,6 +114,7 @@ struct Services {
     committer: Committer,
     state: Arc<dyn StateStore>,
     progress: Arc<dyn Progress>,
+    lease_ttl_ms: i64,
 }
 
 impl Services {
@@ -125,7 +126,19 @@ impl Services {
             error: e.to_string(),
             postgres_rows_deleted: e.postgres_rows_deleted(),
         };
-        let merged = self.merger.run(Arc::clone(&task)).await;
+        let merged = match task.lease() {
+            Some(lease) => {
+                crate::lease::while_holding(
+                    Arc::clone(&self.state),
+                    &task.partition,
+                    lease,
+                    self.lease_ttl_ms,
+                    self.merger.run(Arc::clone(&task)),
+                )
+                .await
+            }
+            None => self.merger.run(Arc::clone(&task)).await,
+        };
         let result = match merged {
             Ok(
                 MergeOutcome::Staged(_) | MergeOutcome::AlreadyStaged(_) | MergeOutcome::Decided(_),
@@ -194,6 +207,7 @@ pub async fn run_local(
         .with_hot_source(hot.clone()),
         state: Arc::clone(&state),
         progress: Arc::clone(&progress),
+        lease_ttl_ms: config.lease_ttl.0.as_millis() as i64,
     });
     let summary = Arc::new(Mutex::new(RunSummary::default()));
     let workers = options.workers.max(1);

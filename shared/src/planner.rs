@@ -354,6 +354,7 @@ impl Planner {
                         created_at_ms: options.now.timestamp_millis(),
                         export: None,
                         nonce: crate::task::new_nonce(),
+                        lease_owner: self.settings.owner.clone(),
                     })
                     .collect()
             })
@@ -709,6 +710,7 @@ impl Planner {
                     created_at_ms: options.now.timestamp_millis(),
                     export: Some(spec.clone()),
                     nonce: crate::task::new_nonce(),
+                    lease_owner: self.settings.owner.clone(),
                 }]
             })
             .await?;
@@ -899,7 +901,11 @@ impl<'a> RangeRecords<'a> {
 
 /// The lease owner name of a local process: `local:<host>:<pid>`.
 pub fn local_owner_id() -> String {
-    format!("local:{}:{}", host_name(), std::process::id())
+    format!(
+        "local:{}:{}",
+        host_name(),
+        crate::process::ProcessIdentity::current().tag()
+    )
 }
 
 fn host_name() -> String {
@@ -909,30 +915,24 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-/// True only for a local owner on this host whose process no longer exists; a lease held by
-/// such an owner cannot be renewed by anyone, so its work may be resumed at once.
+/// True only for a local owner on this host whose process no longer runs (its PID gone or
+/// reused, a zombie, or another boot); a lease held by such an owner cannot be renewed by
+/// anyone, so its work may be resumed at once.
 fn is_dead_local_owner(owner: &str) -> bool {
+    use crate::process::{pid_alive, ProcessIdentity};
     let mut parts = owner.splitn(3, ':');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some("local"), Some(host), Some(pid)) => {
-            host == host_name()
-                && pid
-                    .parse::<u32>()
-                    .is_ok_and(|pid| pid != std::process::id() && !process_runs(pid))
-        }
-        _ => false,
+    let (Some("local"), Some(host), Some(who)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    if host != host_name() {
+        return false;
     }
-}
-
-/// True while process `pid` exists and is not a zombie (killed but not yet reaped).
-fn process_runs(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name: `pid (comm) S ...`.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
+    match ProcessIdentity::parse(who) {
+        Some(identity) => !identity.is_alive(),
+        // An owner of an earlier version: a bare PID.
+        None => who
+            .parse::<u32>()
+            .is_ok_and(|pid| pid != std::process::id() && !pid_alive(pid)),
     }
 }
 
@@ -957,5 +957,16 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(200));
         assert!(is_dead_local_owner(&zombie));
         child.wait().unwrap();
+        // This process with another start time: its PID reused, so the owner is dead.
+        let me = crate::process::ProcessIdentity::current();
+        let reused = crate::process::ProcessIdentity {
+            start: me.start + 1,
+            ..me
+        };
+        assert!(is_dead_local_owner(&format!(
+            "local:{}:{}",
+            host_name(),
+            reused.tag()
+        )));
     }
 }

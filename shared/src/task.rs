@@ -42,6 +42,20 @@ pub struct MergeTask {
     /// (whose generations restart when it is lost), so no output can land on another's key.
     #[serde(default)]
     pub nonce: String,
+    /// The owner of the lease the task was planned under, so whoever runs it can renew it.
+    #[serde(default)]
+    pub lease_owner: String,
+}
+
+impl MergeTask {
+    /// The lease the task was planned under (its expiry is the state store's to say).
+    pub fn lease(&self) -> Option<crate::state::Lease> {
+        (!self.lease_owner.is_empty()).then(|| crate::state::Lease {
+            owner: self.lease_owner.clone(),
+            generation: self.generation,
+            expires_at_ms: 0,
+        })
+    }
 }
 
 /// A new random token for [`MergeTask::nonce`].
@@ -145,6 +159,7 @@ mod tests {
             created_at_ms: 0,
             export: None,
             nonce: String::new(),
+            lease_owner: String::new(),
         }
     }
 

@@ -147,3 +147,131 @@ async fn a_footer_is_read_with_two_small_ranged_reads() {
     let read = counting.bytes.load(Ordering::SeqCst);
     assert!(read * 20 < size, "read {read} of {size} bytes");
 }
+
+/// What a killed process left in the working directory is cleared by the next one to open
+/// the store: its temporary files, and a delete it had begun (the file it had moved away is
+/// deleted if it was the version asked for, and put back if not). Files of live processes stay.
+#[tokio::test]
+async fn leftovers_of_dead_processes_are_cleared_on_open() {
+    let (dir, s) = store();
+    let tmp = dir.path().join(".compactor-tmp");
+    let dead = compaction::process::ProcessIdentity {
+        start: compaction::process::ProcessIdentity::current().start + 1,
+        ..compaction::process::ProcessIdentity::current()
+    }
+    .tag();
+    let mine = compaction::process::ProcessIdentity::current().tag();
+    std::fs::write(tmp.join(format!("{dead}-1-0.tmp")), "partial").unwrap();
+    std::fs::write(tmp.join(format!("{mine}-1-0.tmp")), "in use").unwrap();
+    // A delete of "d/asked" was asked for its current version; one of "d/changed" for a version
+    // it no longer had. Both were moved away when the process died.
+    let asked = s
+        .put("d/asked", Bytes::from("a"), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let changed = s
+        .put("d/changed", Bytes::from("c"), PutMode::Overwrite)
+        .await
+        .unwrap();
+    for (n, key, version) in [
+        (1, "d/asked", asked.version),
+        (2, "d/changed", "old".to_string()),
+    ] {
+        let stem = format!("{dead}-9-{n}");
+        std::fs::write(
+            tmp.join(format!("{stem}.trash.json")),
+            serde_json::json!({"key": key, "version": version}).to_string(),
+        )
+        .unwrap();
+        std::fs::rename(dir.path().join(key), tmp.join(format!("{stem}.trash"))).unwrap();
+    }
+    let _reopened = LocalStore::open(dir.path()).unwrap();
+    let mut left: Vec<String> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| n != "lock")
+        .collect();
+    left.sort();
+    assert_eq!(left, vec![format!("{mine}-1-0.tmp")]);
+    assert!(
+        s.head("d/asked").await.unwrap().is_none(),
+        "the asked-for version is deleted"
+    );
+    let back = s
+        .head("d/changed")
+        .await
+        .unwrap()
+        .expect("the other version is put back");
+    assert_eq!(back.version, changed.version);
+}
+
+/// A versioned delete moves the file away before checking it: a writer that replaces the file
+/// by rename at any moment never loses its file. Stress-tested against a thread that keeps
+/// replacing the key while the deleter deletes whatever version it last saw there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_replaced_during_a_versioned_delete_is_never_lost() {
+    use std::os::unix::fs::MetadataExt;
+    // The local store's version of a file (size, mtime, inode): a rename keeps all three.
+    fn version(m: &std::fs::Metadata) -> String {
+        let mtime_ns = m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128;
+        format!("{:x}-{:x}-{:x}", m.len(), mtime_ns, m.ino())
+    }
+    let (dir, s) = store();
+    let root = dir.path().to_path_buf();
+    s.put("p/f", Bytes::from("0"), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut versions = Vec::new();
+        for i in 1..=300u32 {
+            let tmp = root.join(format!("p/.w{i}"));
+            // The store removes a directory its delete emptied, as S3 has none: write again
+            // when that happens under the writer's feet.
+            loop {
+                std::fs::create_dir_all(root.join("p")).unwrap();
+                let written = std::fs::write(&tmp, i.to_string())
+                    .and_then(|()| std::fs::metadata(&tmp))
+                    .map(|m| version(&m))
+                    .and_then(|v| std::fs::rename(&tmp, root.join("p/f")).map(|()| v));
+                match written {
+                    Ok(v) => {
+                        versions.push(v);
+                        break;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        versions
+    });
+    let mut deleted = Vec::new();
+    while !writer.is_finished() {
+        let Some(seen) = s.head("p/f").await.unwrap() else {
+            continue;
+        };
+        let failures = s
+            .delete_many(&[DeleteRequest {
+                key: "p/f".into(),
+                version: Some(seen.version.clone()),
+            }])
+            .await
+            .unwrap();
+        if failures.is_empty() {
+            deleted.push(seen.version);
+        }
+    }
+    let versions = writer.join().unwrap();
+    let last = versions.last().unwrap();
+    match s.get("p/f").await {
+        // The writer's last file survives, unless a delete asked for exactly that version.
+        Ok((bytes, _)) => assert_eq!(bytes, Bytes::from("300")),
+        Err(e) if e.is_not_found() => assert!(
+            deleted.contains(last),
+            "the last file was deleted though no delete asked for its version"
+        ),
+        Err(e) => panic!("{e}"),
+    }
+    assert!(!deleted.is_empty(), "the deleter deleted something");
+}

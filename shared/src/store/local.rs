@@ -2,8 +2,16 @@
 //!
 //! Writes go to a temporary file under `<root>/.compactor-tmp/` and become visible with one
 //! `rename` (or `link` for create-if-absent), so a reader never sees half an object and a killed
-//! process leaves no partial object behind. Conditional operations serialise on an advisory
-//! file lock, so several processes can share one directory safely.
+//! process leaves no partial object behind (its temporary files, named after the process, are
+//! removed by the next process that opens the store). Conditional operations serialise on an
+//! advisory file lock, so several processes can share one directory safely.
+//!
+//! A delete of a given version has no check-then-act window against writers outside the
+//! store: the file is first renamed away (atomic: whatever was at the key moves, and the key is
+//! free), then checked; a version that is not the expected one is put back with a link that
+//! never replaces (if the key was written again meanwhile, the moved file is kept beside it
+//! under `<name>.kept-<id>.<ext>`). A note written before the rename lets the next process
+//! finish the job if this one dies in between.
 
 use std::fs::{self, File};
 use std::io::Write as _;
@@ -39,6 +47,21 @@ struct Inner {
     tmp: PathBuf,
     page_size: usize,
     counter: AtomicU64,
+    /// This process's identity tag, in its temporary file names.
+    owner: String,
+}
+
+/// `dir/name.kept-<id>.ext` for `dir/name.ext`: the same suffix, so it stays a data file.
+fn kept_name(path: &Path, id: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let kept = match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => format!("{stem}.kept-{id}.{ext}"),
+        _ => format!("{name}.kept-{id}"),
+    };
+    path.with_file_name(kept)
 }
 
 impl LocalStore {
@@ -57,13 +80,16 @@ impl LocalStore {
             .canonicalize()
             .map_err(|e| Error::io(root.display().to_string(), e))?;
         let tmp = root.join(TMP_DIR);
+        let inner = Inner {
+            root,
+            tmp,
+            page_size: page_size.max(1),
+            counter: AtomicU64::new(0),
+            owner: crate::process::ProcessIdentity::current().tag(),
+        };
+        inner.clean_dead_leftovers();
         Ok(Self {
-            inner: Arc::new(Inner {
-                root,
-                tmp,
-                page_size: page_size.max(1),
-                counter: AtomicU64::new(0),
-            }),
+            inner: Arc::new(inner),
         })
     }
 
@@ -94,11 +120,147 @@ impl Inner {
         Ok(self.root.join(key.trim_end_matches('/')))
     }
 
-    fn temp_path(&self) -> PathBuf {
+    /// A name unique to this process and call: `<process tag>-<nanos>-<n>`.
+    fn temp_stem(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let nanos = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
-        self.tmp
-            .join(format!("{}-{nanos:x}-{n}.tmp", std::process::id()))
+        format!("{}-{nanos:x}-{n}", self.owner)
+    }
+
+    fn temp_path(&self) -> PathBuf {
+        self.tmp.join(format!("{}.tmp", self.temp_stem()))
+    }
+
+    /// Deletes `key` only if it is still `expected`, with no window in which a file written
+    /// to the key by someone else could be deleted instead (see the module documentation).
+    fn delete_version(&self, key: &str, path: &Path, expected: &str) -> Option<DeleteFailure> {
+        let failure = |reason: String| {
+            Some(DeleteFailure {
+                key: key.to_string(),
+                reason,
+            })
+        };
+        let stem = self.temp_stem();
+        let trash = self.tmp.join(format!("{stem}.trash"));
+        let note = self.tmp.join(format!("{stem}.trash.json"));
+        let record = serde_json::json!({"key": key, "version": expected});
+        if let Err(e) = fs::write(&note, record.to_string()) {
+            return failure(format!("cannot write {}: {e}", note.display()));
+        }
+        let outcome = match fs::rename(path, &trash) {
+            Ok(()) => self.settle_trash(key, &trash, expected),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => failure(e.to_string()),
+        };
+        let _ = fs::remove_file(&note);
+        outcome
+    }
+
+    /// Deletes the file moved away from `key` if it is `expected`, else puts it back.
+    fn settle_trash(&self, key: &str, trash: &Path, expected: &str) -> Option<DeleteFailure> {
+        let path = self.path(key).ok()?;
+        let moved = match fs::symlink_metadata(trash) {
+            Ok(m) => meta_of(key, &m),
+            Err(_) => return None,
+        };
+        if moved.version == expected {
+            let _ = fs::remove_file(trash);
+            self.prune_empty_parents(&path);
+            return None;
+        }
+        if let Some(parent) = path.parent() {
+            let _ = fs::create_dir_all(parent);
+        }
+        let reason = match fs::hard_link(trash, &path) {
+            Ok(()) => format!(
+                "object changed (version {} != {expected}); kept",
+                moved.version
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let kept = kept_name(&path, &self.temp_stem());
+                match fs::hard_link(trash, &kept) {
+                    Ok(()) => format!(
+                        "object changed (version {} != {expected}) and was written again \
+                         meanwhile; the changed version is kept as {}",
+                        moved.version,
+                        kept.display()
+                    ),
+                    Err(e) => {
+                        // Never delete what was not ours: leave it in the store's directory.
+                        return Some(DeleteFailure {
+                            key: key.to_string(),
+                            reason: format!(
+                                "object changed; it could not be put back ({e}) and is kept at {}",
+                                trash.display()
+                            ),
+                        });
+                    }
+                }
+            }
+            Err(e) => {
+                return Some(DeleteFailure {
+                    key: key.to_string(),
+                    reason: format!(
+                        "object changed; it could not be put back ({e}) and is kept at {}",
+                        trash.display()
+                    ),
+                })
+            }
+        };
+        let _ = fs::remove_file(trash);
+        Some(DeleteFailure {
+            key: key.to_string(),
+            reason,
+        })
+    }
+
+    /// Removes what processes that no longer run left in the working directory: temporary
+    /// files, and deletes they were in the middle of (finished as they would have been).
+    fn clean_dead_leftovers(&self) {
+        let Ok(entries) = fs::read_dir(&self.tmp) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Some(owner) = name.split('-').next() else {
+                continue;
+            };
+            let alive = match crate::process::ProcessIdentity::parse(owner) {
+                Some(identity) => identity.is_alive(),
+                // Earlier versions named files after the bare PID.
+                None => owner.parse::<u32>().map_or(true, crate::process::pid_alive),
+            };
+            if alive {
+                continue;
+            }
+            if let Some(stem) = name.strip_suffix(".trash.json") {
+                let trash = self.tmp.join(format!("{stem}.trash"));
+                let note: Option<serde_json::Value> = fs::read(entry.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+                if let Some((key, version)) = note.as_ref().and_then(|n| {
+                    Some((
+                        n["key"].as_str()?.to_string(),
+                        n["version"].as_str()?.to_string(),
+                    ))
+                }) {
+                    if let Some(failure) = self
+                        .locked(|| Ok(self.settle_trash(&key, &trash, &version)))
+                        .ok()
+                        .flatten()
+                    {
+                        tracing::warn!(
+                            key = failure.key,
+                            reason = failure.reason,
+                            "finished a delete a dead process had begun"
+                        );
+                    }
+                }
+                let _ = fs::remove_file(entry.path());
+            } else if name.ends_with(".tmp") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Runs `f` while holding the store-wide advisory lock (shared across processes).
@@ -454,20 +616,9 @@ impl ObjectStore for LocalStore {
                             continue;
                         }
                     };
-                    let Some(current) = inner.meta(&request.key, &path)? else {
-                        continue;
-                    };
                     if let Some(expected) = &request.version {
-                        if &current.version != expected {
-                            failures.push(DeleteFailure {
-                                key: request.key.clone(),
-                                reason: format!(
-                                    "object changed (version {} != {expected}); kept",
-                                    current.version
-                                ),
-                            });
-                            continue;
-                        }
+                        failures.extend(inner.delete_version(&request.key, &path, expected));
+                        continue;
                     }
                     match fs::remove_file(&path) {
                         Ok(()) => inner.prune_empty_parents(&path),
