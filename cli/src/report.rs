@@ -68,6 +68,8 @@ struct Totals {
     ranges_exported: usize,
     postgres_deleted: u64,
     ranges_flagged: usize,
+    /// Partitions whose planning failed, or that back off after failing in a row.
+    troubled: usize,
 }
 
 fn totals(summary: &RunSummary) -> Totals {
@@ -92,6 +94,7 @@ fn totals(summary: &RunSummary) -> Totals {
         ranges_exported: 0,
         postgres_deleted: 0,
         ranges_flagged: 0,
+        troubled: 0,
     };
     for cold in summary.commits.iter().filter_map(|c| c.cold.as_ref()) {
         t.ranges_exported += 1;
@@ -118,6 +121,9 @@ fn totals(summary: &RunSummary) -> Totals {
                 PartitionOutcome::Skipped(_) => t.skipped += 1,
                 PartitionOutcome::LeaseHeld { .. } => t.lease_held += 1,
                 PartitionOutcome::Planned { .. } => t.would_compact += 1,
+                PartitionOutcome::BackingOff { .. } | PartitionOutcome::Failed(_) => {
+                    t.troubled += 1
+                }
             }
         }
     }
@@ -144,11 +150,12 @@ pub fn print(summary: &RunSummary, config: &Config, dry_run: bool) {
         (
             "partitions skipped",
             format!(
-                "{} ({} hot, {} nothing to do, {} leased elsewhere)",
-                t.hot + t.skipped + t.lease_held,
+                "{} ({} hot, {} nothing to do, {} leased elsewhere, {} failed or backing off)",
+                t.hot + t.skipped + t.lease_held + t.troubled,
                 t.hot,
                 t.skipped,
-                t.lease_held
+                t.lease_held,
+                t.troubled
             ),
         ),
         ("files", format!("{} -> {}", t.files_before, t.files_after)),
@@ -223,6 +230,10 @@ fn print_plan(summary: &RunSummary, config: &Config) {
                 }
                 PartitionOutcome::Skipped(reason) => format!("skip: {reason}"),
                 PartitionOutcome::LeaseHeld { owner, .. } => format!("skip: leased by {owner}"),
+                PartitionOutcome::BackingOff { failures, .. } => {
+                    format!("skip: failed {failures} times in a row, backing off")
+                }
+                PartitionOutcome::Failed(e) => format!("failed: {e}"),
                 PartitionOutcome::Planned { tasks }
                     if config.hot_datasets.iter().any(|h| h.name == plan.dataset) =>
                 {
@@ -263,6 +274,7 @@ pub fn json(summary: &RunSummary, config: &Config) -> serde_json::Value {
         "partitions_hot": t.hot,
         "partitions_skipped": t.skipped,
         "partitions_lease_held": t.lease_held,
+        "partitions_failed_or_backing_off": t.troubled,
         "partitions_planned": t.would_compact,
         "files_before": t.files_before,
         "files_after": t.files_after,
@@ -306,7 +318,16 @@ pub fn print_status(records: &[PartitionRecord]) {
     for r in records {
         table.add_row(vec![
             r.id.partition.clone(),
-            r.status.as_str().to_string(),
+            match r.backoff_until_ms() {
+                Some(until) => format!(
+                    "{} ({} times in a row; next try after {})",
+                    r.status.as_str(),
+                    r.failures,
+                    chrono::DateTime::from_timestamp_millis(until)
+                        .map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                ),
+                None => r.status.as_str().to_string(),
+            },
             r.counters.compactions.to_string(),
             r.counters.files_compacted.to_string(),
             format!(

@@ -532,6 +532,18 @@ fn record_plans(plans: &[DatasetPlan], metrics: &mut Metrics) {
                 PartitionOutcome::Planned { tasks } => {
                     metrics.count("TasksDispatched", tasks.len() as u64);
                 }
+                PartitionOutcome::Failed(error) => {
+                    metrics.count("PartitionsFailed", 1);
+                    tracing::error!(
+                        dataset = plan.dataset,
+                        partition = p.partition,
+                        error,
+                        "planning the partition failed"
+                    );
+                }
+                PartitionOutcome::BackingOff { .. } => {
+                    metrics.count("PartitionsBackingOff", 1);
+                }
                 _ => {
                     metrics.count("PartitionsSkipped", 1);
                 }
@@ -575,6 +587,12 @@ fn outcome_json(outcome: &PartitionOutcome) -> Value {
         PartitionOutcome::Planned { tasks } => json!({"tasks": tasks.iter().map(|t| json!({
             "task_id": t.task_id, "inputs": t.inputs, "input_bytes": t.input_bytes,
         })).collect::<Vec<_>>()}),
+        PartitionOutcome::BackingOff {
+            failures,
+            until_ms,
+            error,
+        } => json!({"backing_off": {"failures": failures, "until_ms": until_ms, "error": error}}),
+        PartitionOutcome::Failed(error) => json!({"failed": error}),
     }
 }
 
@@ -668,6 +686,7 @@ impl MergerFunction {
             "Lower max_task_bytes"
         };
         let partition = task.partition.clone();
+        let (failed_partition, generation) = (task.partition.clone(), task.generation);
         let lease = task.lease();
         let task = Arc::new(task);
         let lease_ttl_ms = self.deployment.config.lease_ttl.0.as_millis() as i64;
@@ -688,14 +707,39 @@ impl MergerFunction {
                 None => merger.run(task).await,
             }
         };
-        let outcome = tokio::time::timeout(left.saturating_sub(SAFETY_MARGIN / 2), run)
+        let finished = tokio::time::timeout(left.saturating_sub(SAFETY_MARGIN / 2), run)
             .await
             .map_err(|_| {
                 Error::Other(format!(
                     "task {task_id} stopped before the time limit; its uploads were aborted and \
                      its inputs are untouched. {smaller}"
                 ))
-            })??;
+            })
+            .and_then(|r| r);
+        let outcome = match finished {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // The round failed: its partition is planned anew, and backs off if it keeps
+                // failing. A lost lease belongs to a newer round, which is left alone.
+                if !matches!(e, Error::LeaseLost { .. }) {
+                    let failed = self
+                        .deployment
+                        .state
+                        .finish_round(
+                            &failed_partition,
+                            generation,
+                            crate::state::PartitionStatus::Failed,
+                            Some(e.to_string()),
+                            crate::state::now_ms(),
+                        )
+                        .await;
+                    if let Err(state_err) = failed {
+                        tracing::error!(error = %state_err, "could not record the failure in the state store");
+                    }
+                }
+                return Err(e);
+            }
+        };
         let mut metrics = Metrics::new("merger");
         let response = match &outcome {
             MergeOutcome::Staged(m) | MergeOutcome::AlreadyStaged(m) => {

@@ -86,7 +86,30 @@ impl RunSummary {
                     .map(|a| format!("found in {}/{}: {a}", plan.dataset, p.partition))
             })
         });
-        flagged.chain(found).collect()
+        let troubled =
+            self.plans.iter().flat_map(|plan| {
+                plan.partitions
+                    .iter()
+                    .filter_map(move |p| match &p.outcome {
+                        crate::planner::PartitionOutcome::Failed(e) => {
+                            Some(format!("failed {}/{}: {e}", plan.dataset, p.partition))
+                        }
+                        crate::planner::PartitionOutcome::BackingOff {
+                            failures,
+                            until_ms,
+                            error,
+                        } => Some(format!(
+                    "backing off {}/{}: failed {failures} times in a row, left alone until {} \
+                     (compact it by name with --partition to try now); last error: {error}",
+                    plan.dataset,
+                    p.partition,
+                    chrono::DateTime::from_timestamp_millis(*until_ms)
+                        .map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+                )),
+                        _ => None,
+                    })
+            });
+        flagged.chain(found).chain(troubled).collect()
     }
 
     pub fn is_partial(&self) -> bool {

@@ -92,6 +92,15 @@ pub enum PartitionOutcome {
     Planned {
         tasks: Vec<TaskSummary>,
     },
+    /// The partition failed the same way in earlier runs and is left alone until `until_ms`
+    /// (named partitions and `force` try it anyway).
+    BackingOff {
+        failures: u32,
+        until_ms: i64,
+        error: String,
+    },
+    /// Planning this partition failed; the others were planned.
+    Failed(String),
 }
 
 #[derive(Clone, Debug)]
@@ -209,8 +218,14 @@ impl Planner {
                     if name.starts_with('_') || name.starts_with('.') {
                         continue;
                     }
+                    if let Err(e) = crate::store::validate_key(&prefix) {
+                        tracing::warn!(dataset = dataset.name, key = %prefix.escape_debug(), error = %e, "skipping a directory whose name the store cannot address; it is left alone");
+                        continue;
+                    }
                     if template.match_segment(level, name).is_some() {
                         next.push(format!("{relative}{name}/"));
+                    } else {
+                        tracing::warn!(dataset = dataset.name, key = %prefix, template = dataset.partition_template, "skipping a directory that does not match the partition template");
                     }
                 }
             }
@@ -269,10 +284,23 @@ impl Planner {
             )) {
                 continue;
             }
-            reports.push(
-                self.plan_partition(dataset, &template, &partition, options)
-                    .await?,
-            );
+            match self
+                .plan_partition(dataset, &template, &partition, options)
+                .await
+            {
+                Ok(report) => reports.push(report),
+                // One partition's failure is reported and the others go on.
+                Err(e) => {
+                    tracing::error!(dataset = dataset.name, partition, error = %e, "planning the partition failed");
+                    reports.push(PartitionReport {
+                        partition: partition.clone(),
+                        data_files: 0,
+                        data_bytes: 0,
+                        outcome: PartitionOutcome::Failed(e.to_string()),
+                        anomaly: None,
+                    });
+                }
+            }
         }
         Ok(DatasetPlan {
             dataset: dataset.name.clone(),
@@ -380,8 +408,23 @@ impl Planner {
                 })
                 .collect()
         };
+        let record = self.state.get(id).await?;
+        if let Some(r) = record
+            .as_ref()
+            .filter(|_| options.only.is_none() && !options.force)
+        {
+            if let Some(until_ms) = r.backoff_until_ms() {
+                if options.now.timestamp_millis() < until_ms {
+                    return Ok(PartitionOutcome::BackingOff {
+                        failures: r.failures,
+                        until_ms,
+                        error: r.last_error.clone().unwrap_or_default(),
+                    });
+                }
+            }
+        }
         if options.dry_run {
-            let next_generation = self.state.get(id).await?.map_or(0, |r| r.generation) + 1;
+            let next_generation = record.map_or(0, |r| r.generation) + 1;
             return Ok(PartitionOutcome::Planned {
                 tasks: summaries(&make_tasks(next_generation)),
             });
@@ -730,6 +773,13 @@ impl Planner {
             .objects
             .into_iter()
             .filter(|o| is_data_file(&o.key, &dataset.file_suffix))
+            .filter(|o| match crate::store::validate_key(&o.key) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(key = %o.key.escape_debug(), error = %e, "skipping a file whose name the store cannot address; it is left alone");
+                    false
+                }
+            })
             .collect();
         let output = partition_output_dir(dataset, partition);
         if output != source && dataset.mode == Mode::Sort {
@@ -817,22 +867,47 @@ impl Planner {
                         .as_ref()
                         .is_none_or(|r| r.status != PartitionStatus::Failed)
                 {
-                    // Interrupted (not failed): run it again. A failed task is abandoned
-                    // instead; the partition is planned anew, with the current settings.
-                    if !options.dry_run {
-                        let spec = read_json::<MergeTask>(
-                            self.store.as_ref(),
-                            &format!("{dir}{TASK_SPEC}"),
-                        )
-                        .await?
-                        .ok_or_else(|| Error::Manifest {
-                            key: format!("{dir}{TASK_SPEC}"),
-                            message: "vanished during recovery".into(),
-                        })?;
-                        self.dispatcher.dispatch(spec).await?;
-                        report.redispatched.push(dir.clone());
+                    // Interrupted (not failed): run it again, once. A failed task is
+                    // abandoned instead; the partition is planned anew, with the current
+                    // settings.
+                    let retried = format!("{dir}{RETRIED}");
+                    if names.contains(RETRIED) {
+                        if !options.dry_run {
+                            let reason = "its merge died twice (killed or out of memory?); the partition is planned anew";
+                            tracing::warn!(task_dir = %dir, "{reason}");
+                            self.committer.abandon(&dir, reason).await?;
+                            if let Some(generation) = generation {
+                                self.state
+                                    .finish_round(
+                                        &id,
+                                        generation,
+                                        PartitionStatus::Failed,
+                                        Some(reason.into()),
+                                        now_ms,
+                                    )
+                                    .await?;
+                            }
+                        }
+                        "abandon the merge that died twice"
+                    } else {
+                        if !options.dry_run {
+                            let spec = read_json::<MergeTask>(
+                                self.store.as_ref(),
+                                &format!("{dir}{TASK_SPEC}"),
+                            )
+                            .await?
+                            .ok_or_else(|| Error::Manifest {
+                                key: format!("{dir}{TASK_SPEC}"),
+                                message: "vanished during recovery".into(),
+                            })?;
+                            self.store
+                                .put(&retried, bytes::Bytes::new(), PutMode::Overwrite)
+                                .await?;
+                            self.dispatcher.dispatch(spec).await?;
+                            report.redispatched.push(dir.clone());
+                        }
+                        "re-run the interrupted merge"
                     }
-                    "re-run the interrupted merge"
                 } else {
                     if !options.dry_run {
                         self.committer
@@ -899,7 +974,10 @@ impl<'a> RangeRecords<'a> {
     }
 }
 
-/// The lease owner name of a local process: `local:<host>:<pid>`.
+/// Marks a task directory whose interrupted merge recovery dispatched again.
+const RETRIED: &str = "_RETRIED";
+
+/// The lease owner name of a local process: `local:<host>:<boot>.<pid>.<start>`.
 pub fn local_owner_id() -> String {
     format!(
         "local:{}:{}",

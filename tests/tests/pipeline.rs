@@ -388,6 +388,57 @@ async fn incompatible_schemas_are_refused_and_nothing_is_deleted() {
         record.lease.is_none(),
         "the lease is released so a fixed partition can be retried"
     );
+
+    // Failing again, the partition backs off: the next runs leave it alone (and say so)
+    // instead of merging it again every time; it is tried once, not twice, per run.
+    let second = env.run(&small_config()).await;
+    assert_eq!(
+        second.failures.len(),
+        1,
+        "retried once: {:?}",
+        second.failures
+    );
+    let third = env.run(&small_config()).await;
+    assert!(third.failures.is_empty(), "{:?}", third.failures);
+    let said = third.anomalies();
+    assert!(
+        said.iter()
+            .any(|a| a.contains("backing off") && a.contains("failed 2 times")),
+        "{said:?}"
+    );
+    let record = env
+        .state
+        .get(&PartitionId::new("events", old_partition()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.failures, 2);
+    assert!(record.backoff_until_ms().is_some());
+}
+
+/// A directory or file the store cannot address (a control character, a backslash) is
+/// skipped and left alone; the other partitions compact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unaddressable_names_are_skipped_and_the_rest_compacts() {
+    let env = Env::new();
+    let (a, b) = drift_batches();
+    let good = env.path(&format!("events/{}", old_partition()));
+    write_parquet(&good.join("a.parquet"), &a);
+    write_parquet(&good.join("b.parquet"), &b);
+    write_parquet(&good.join("odd\\name.parquet"), &a);
+    let bad = env.path("events/dt=2024-01-01/hour=01\u{7}");
+    write_parquet(&bad.join("c.parquet"), &a);
+    write_parquet(&bad.join("d.parquet"), &a);
+    let summary = env.run(&small_config()).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    assert_eq!(summary.commits.len(), 1);
+    assert!(good.join("odd\\name.parquet").exists(), "left alone");
+    assert!(bad.join("c.parquet").exists() && bad.join("d.parquet").exists());
+    let outputs: Vec<_> = parquet_files(&good)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("compacted-"))
+        .collect();
+    assert_eq!(row_multiset(&outputs, &["id"]).len(), 3);
 }
 
 fn planner(env: &Env, dispatcher: Arc<CollectingDispatcher>) -> Planner {

@@ -168,8 +168,20 @@ impl Merger {
                 Ok(outputs) => break (schema, outputs),
                 Err(AttemptFailure::Corrupt { index, reason }) => {
                     let info = infos.remove(index);
-                    tracing::warn!(task = %task.task_id, key = %info.meta.key, %reason, "input is corrupt; skipping it and merging the rest again");
-                    skipped_inputs.push(skipped(&info.meta, SkipKind::Unreadable, reason));
+                    // A file rewritten while it was read looks corrupt but is only new: it is
+                    // left for the next round instead of being quarantined.
+                    let now = current_versions(store, std::slice::from_ref(&info.meta)).await?;
+                    let (_, changed) = check_versions(std::slice::from_ref(&info.meta), &now);
+                    match changed.into_iter().next() {
+                        Some(changed) => {
+                            tracing::info!(task = %task.task_id, key = %info.meta.key, "input changed while it was read; it is left for the next round");
+                            skipped_inputs.push(changed);
+                        }
+                        None => {
+                            tracing::warn!(task = %task.task_id, key = %info.meta.key, %reason, "input is corrupt; skipping it and merging the rest again");
+                            skipped_inputs.push(skipped(&info.meta, SkipKind::Unreadable, reason));
+                        }
+                    }
                     attempt += 1;
                 }
                 Err(AttemptFailure::Failed(e)) => return Err(e),

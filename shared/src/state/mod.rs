@@ -125,7 +125,15 @@ pub struct PartitionRecord {
     /// across rounds, so a range whose rows left Postgres is never replaced by a re-export.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cold: Option<ColdRange>,
+    /// Rounds that failed in a row (0 after one that did not).
+    #[serde(default)]
+    pub failures: u32,
 }
+
+/// The first retry of a partition that keeps failing waits this long; each further failure
+/// doubles it, up to [`MAX_BACKOFF_MS`].
+pub const FIRST_BACKOFF_MS: i64 = 5 * 60 * 1000;
+pub const MAX_BACKOFF_MS: i64 = 24 * 60 * 60 * 1000;
 
 impl PartitionRecord {
     pub fn new(id: PartitionId, now_ms: i64) -> Self {
@@ -141,7 +149,20 @@ impl PartitionRecord {
             last_compacted_ms: None,
             updated_at_ms: now_ms,
             cold: None,
+            failures: 0,
         }
+    }
+
+    /// Until when a partition that failed in a row is left alone: none after a single failure
+    /// (the next run retries it), then 5 minutes, doubling with each failure, at most a day.
+    pub fn backoff_until_ms(&self) -> Option<i64> {
+        if self.status != PartitionStatus::Failed || self.failures < 2 {
+            return None;
+        }
+        let wait = FIRST_BACKOFF_MS
+            .saturating_mul(1 << (self.failures - 2).min(20))
+            .min(MAX_BACKOFF_MS);
+        Some(self.updated_at_ms + wait)
     }
 
     /// A lease that has not expired at `now_ms`.
@@ -390,6 +411,10 @@ impl PartitionRecord {
             return false;
         }
         self.lease = None;
+        self.failures = match status {
+            PartitionStatus::Failed => self.failures.saturating_add(1),
+            _ => 0,
+        };
         self.status = status;
         self.last_error = error;
         self.updated_at_ms = now_ms;
@@ -473,6 +498,34 @@ mod tests {
         // A new lease keeps the record of the cold copy.
         r.try_acquire("a", 10, 10).unwrap();
         assert!(r.cold.is_some());
+    }
+
+    #[test]
+    fn a_partition_failing_again_and_again_backs_off() {
+        let mut r = record();
+        let fail = |r: &mut PartitionRecord, at: i64| {
+            let lease = r.try_acquire("a", at, 10).unwrap();
+            r.apply_finish_round(
+                lease.generation,
+                PartitionStatus::Failed,
+                Some("x".into()),
+                at,
+            );
+        };
+        fail(&mut r, 100);
+        assert_eq!(r.failures, 1);
+        assert_eq!(r.backoff_until_ms(), None, "one failure: retried at once");
+        fail(&mut r, 200);
+        assert_eq!(r.backoff_until_ms(), Some(200 + FIRST_BACKOFF_MS));
+        fail(&mut r, 300);
+        assert_eq!(r.backoff_until_ms(), Some(300 + 2 * FIRST_BACKOFF_MS));
+        for at in 400..440 {
+            fail(&mut r, at);
+        }
+        assert_eq!(r.backoff_until_ms(), Some(439 + MAX_BACKOFF_MS));
+        let lease = r.try_acquire("a", 500, 10).unwrap();
+        r.apply_finish_round(lease.generation, PartitionStatus::Compacted, None, 500);
+        assert_eq!((r.failures, r.backoff_until_ms()), (0, None));
     }
 
     #[test]
