@@ -162,10 +162,10 @@ impl Merger {
         let (mut infos, corrupt) = scan_footers(Arc::clone(&self.store), unchanged).await?;
         skipped_inputs.extend(corrupt);
 
-        let (schema, outputs) = loop {
+        let (schema, outputs, merged) = loop {
             let schema = self.unified_schema(task, &infos)?;
-            match self.merge_attempt(task, attempt, &infos, &schema).await {
-                Ok(outputs) => break (schema, outputs),
+            let outputs = match self.merge_attempt(task, attempt, &infos, &schema).await {
+                Ok(outputs) => outputs,
                 Err(AttemptFailure::Corrupt { index, reason }) => {
                     let info = infos.remove(index);
                     // A file rewritten while it was read looks corrupt but is only new: it is
@@ -183,21 +183,24 @@ impl Merger {
                         }
                     }
                     attempt += 1;
+                    continue;
                 }
                 Err(AttemptFailure::Failed(e)) => return Err(e),
+            };
+            // An input rewritten during the merge is left for the next round, and the rest
+            // merged again without it: its outputs would hold the old content.
+            let merged: Vec<_> = infos.iter().map(|i| i.meta.clone()).collect();
+            let after = current_versions(store, &merged).await?;
+            let (_, changed_during) = check_versions(&merged, &after);
+            if changed_during.is_empty() {
+                break (schema, outputs, merged);
             }
-        };
-
-        let merged: Vec<_> = infos.iter().map(|i| i.meta.clone()).collect();
-        let after = current_versions(store, &merged).await?;
-        let (_, changed_during) = check_versions(&merged, &after);
-        if let Some(changed) = changed_during.first() {
             self.discard(&outputs).await;
-            return Err(Error::Other(format!(
-                "input {} changed while task {} was merging ({}); the task must be planned again",
-                changed.key, task.task_id, changed.reason
-            )));
-        }
+            tracing::info!(task = %task.task_id, changed = changed_during.len(), "inputs changed while merging; merging the rest again without them");
+            infos.retain(|i| !changed_during.iter().any(|c| c.key == i.meta.key));
+            skipped_inputs.extend(changed_during);
+            attempt += 1;
+        };
 
         let output_schema = outputs_schema(task, &schema);
         Ok(task_manifest(

@@ -1,0 +1,323 @@
+//! Compaction under random kills, concurrent writers and a lost or swapped state store.
+//!
+//! Each trial fills a few cold partitions with small files, then runs the real `compactor`
+//! binary and kills it (SIGKILL) at a random moment or at a random crash point, while a writer
+//! adds files, overwrites files in place and replaces files by atomic rename; between runs the
+//! state store is sometimes deleted or swapped for an older copy. Then it re-runs the binary
+//! until it settles. Every row of every version the writer ever wrote is unique, so the oracle
+//! is exact: every row of each file's final version is in the tree exactly once, no row is
+//! there twice, and nothing is there that was never written.
+//!
+//! `COMPACTOR_FILE_TRIALS` (default 30) and `COMPACTOR_TRIAL_SEED` set the run; a longer soak
+//! is `COMPACTOR_FILE_TRIALS=300 cargo test -p compactor --test file_faults`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+
+const BIN: &str = env!("CARGO_BIN_EXE_compactor");
+const DEFAULT_TRIALS: usize = 30;
+const DEFAULT_SEED: u64 = 0x2026_1204;
+const PARTITIONS: &[&str] = &[
+    "dt=2024-03-01/hour=00",
+    "dt=2024-03-01/hour=01",
+    "dt=2024-03-02/hour=07",
+];
+const CRASH_POINTS: &[&str] = &[
+    "after-merge",
+    "after-decision",
+    "after-copy",
+    "after-manifest",
+    "after-delete",
+];
+
+/// Every version of every file the writer wrote: its key's final version and all row ids ever.
+#[derive(Default)]
+struct Ledger {
+    final_rows: HashMap<String, Vec<String>>,
+    every_row: HashSet<String>,
+    version: u64,
+}
+
+impl Ledger {
+    /// Writes a new version of `key` (a path under `root`): in place, or by atomic rename.
+    fn write(&mut self, root: &Path, key: &str, rows: usize, in_place: bool) {
+        self.version += 1;
+        let ids: Vec<String> = (0..rows)
+            .map(|r| format!("{key}#{}#{r}", self.version))
+            .collect();
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("id", DataType::Utf8, false),
+                Field::new("payload", DataType::Int64, false),
+            ])),
+            vec![
+                Arc::new(StringArray::from(ids.clone())),
+                Arc::new(Int64Array::from_iter_values(
+                    (0..rows as i64).map(|r| r * 7 + self.version as i64),
+                )),
+            ],
+        )
+        .unwrap();
+        let path = root.join(key);
+        if in_place {
+            e2e_tests::write_parquet(&path, &batch);
+        } else {
+            let tmp = root.join(format!(".writer-{}.tmp", self.version));
+            e2e_tests::write_parquet(&tmp, &batch);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+        }
+        self.every_row.extend(ids.iter().cloned());
+        self.final_rows.insert(key.to_string(), ids);
+    }
+}
+
+fn spawn(data: &Path, crash: Option<&str>) -> Child {
+    Command::new(BIN)
+        .args([
+            "compact",
+            data.to_str().unwrap(),
+            "--prefix",
+            "events/",
+            "--template",
+            "dt={date}/hour={hour}",
+            "--quiet",
+            "--json",
+        ])
+        .env("RUST_LOG", "error")
+        .env("COMPACTOR_CRASH_AT", crash.unwrap_or(""))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting compactor")
+}
+
+/// Runs the binary while `writer` keeps writing; kills it after `kill_after` if set.
+fn run(mut child: Child, kill_after: Option<Duration>, writing: &Mutex<bool>) -> Option<i32> {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            *writing.lock().unwrap() = false;
+            return status.code();
+        }
+        if kill_after.is_some_and(|k| started.elapsed() >= k) {
+            let _ = child.kill();
+            let status = child.wait().unwrap();
+            *writing.lock().unwrap() = false;
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The writer: adds files, overwrites files in place and replaces them by rename, until told
+/// to stop.
+fn writer(
+    root: PathBuf,
+    ledger: Arc<Mutex<Ledger>>,
+    writing: Arc<Mutex<bool>>,
+    seed: u64,
+) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut ops = 0;
+        while *writing.lock().unwrap() {
+            let mut ledger = ledger.lock().unwrap();
+            let keys: Vec<String> = ledger.final_rows.keys().cloned().collect();
+            let rows = rng.random_range(1..60);
+            match rng.random_range(0..3) {
+                0 => {
+                    let partition = PARTITIONS[rng.random_range(0..PARTITIONS.len())];
+                    let key = format!("events/{partition}/w{}.parquet", ledger.version + 1);
+                    ledger.write(&root, &key, rows, false);
+                }
+                op => {
+                    let key = &keys[rng.random_range(0..keys.len())];
+                    ledger.write(&root, key, rows, op == 1);
+                }
+            }
+            drop(ledger);
+            ops += 1;
+            std::thread::sleep(Duration::from_millis(rng.random_range(0..8)));
+        }
+        ops
+    })
+}
+
+fn tree_rows(data: &Path) -> Vec<String> {
+    let files = e2e_tests::parquet_files(&data.join("events"));
+    let mut ids = Vec::new();
+    for f in files {
+        for batch in e2e_tests::read_batches(&f) {
+            let col = batch.column_by_name("id").unwrap();
+            let strings = col
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .map(|a| {
+                    (0..a.len())
+                        .map(|i| a.value(i).to_string())
+                        .collect::<Vec<_>>()
+                })
+                .or_else(|| {
+                    col.as_any()
+                        .downcast_ref::<arrow::array::LargeStringArray>()
+                        .map(|a| (0..a.len()).map(|i| a.value(i).to_string()).collect())
+                })
+                .expect("id is a string column");
+            ids.extend(strings);
+        }
+    }
+    ids
+}
+
+#[test]
+fn kills_writers_and_lost_state_lose_and_duplicate_nothing() {
+    let trials: usize = std::env::var("COMPACTOR_FILE_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_TRIALS);
+    let seed: u64 = std::env::var("COMPACTOR_TRIAL_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_SEED);
+    let mut master = SmallRng::seed_from_u64(seed);
+    let mut totals: std::collections::BTreeMap<&str, usize> = Default::default();
+    for number in 0..trials {
+        let mut rng = SmallRng::seed_from_u64(master.random());
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        for partition in PARTITIONS {
+            for _ in 0..rng.random_range(3..10) {
+                let mut l = ledger.lock().unwrap();
+                let key = format!("events/{partition}/f{}.parquet", l.version + 1);
+                let rows = rng.random_range(1..80);
+                l.write(&data, &key, rows, false);
+            }
+        }
+        let state = data.join("_compactor/state.redb");
+        let saved = dir.path().join("state.saved");
+        let mut log = Vec::new();
+        // A few faulty runs, each with the writer going and a kill or a crash point.
+        for round in 0..rng.random_range(2..5) {
+            let (crash, kill_after) = if rng.random_bool(0.5) {
+                let point = CRASH_POINTS[rng.random_range(0..CRASH_POINTS.len())];
+                (Some(format!("{point}@{}", rng.random_range(1..4))), None)
+            } else {
+                (None, Some(Duration::from_millis(rng.random_range(5..400))))
+            };
+            let writing = Arc::new(Mutex::new(true));
+            let handle = writer(
+                data.clone(),
+                Arc::clone(&ledger),
+                Arc::clone(&writing),
+                rng.random(),
+            );
+            let code = run(spawn(&data, crash.as_deref()), kill_after, &writing);
+            let ops = handle.join().unwrap();
+            *totals
+                .entry(if code.is_none() { "killed" } else { "finished" })
+                .or_default() += 1;
+            *totals.entry("writes").or_default() += ops;
+            log.push(format!(
+                "round {round}: {crash:?} {kill_after:?} -> {code:?}, {ops} writes"
+            ));
+            // Between runs, the state store is lost, swapped for an older copy, or kept.
+            match rng.random_range(0..6) {
+                0 => {
+                    let _ = std::fs::remove_file(&state);
+                    log.push("state deleted".into());
+                    *totals.entry("state deleted").or_default() += 1;
+                }
+                1 if saved.exists() => {
+                    std::fs::copy(&saved, &state).unwrap();
+                    log.push("state swapped for an older copy".into());
+                    *totals.entry("state swapped").or_default() += 1;
+                }
+                _ => {
+                    if state.exists() {
+                        std::fs::copy(&state, &saved).unwrap();
+                    }
+                }
+            }
+        }
+        // Settle: run until a run finishes cleanly with nothing left to do.
+        let mut settled = false;
+        for _ in 0..8 {
+            let out = Command::new(BIN)
+                .args([
+                    "compact",
+                    data.to_str().unwrap(),
+                    "--prefix",
+                    "events/",
+                    "--template",
+                    "dt={date}/hour={hour}",
+                    "--quiet",
+                    "--json",
+                ])
+                .env("RUST_LOG", "error")
+                .output()
+                .unwrap();
+            let summary: serde_json::Value =
+                serde_json::from_slice(&out.stdout).unwrap_or_default();
+            log.push(format!(
+                "settle: exit {:?}, {} compacted; anomalies {} failures {} refused {} corrupt {}",
+                out.status.code(),
+                summary["partitions_compacted"],
+                summary["anomalies"],
+                summary["failures"],
+                summary["refused"],
+                summary["corrupt_skipped"]
+            ));
+            if out.status.code() == Some(0) && summary["partitions_compacted"] == 0 {
+                settled = true;
+                break;
+            }
+        }
+        let context = format!("trial {number} (seed {seed}): {log:?}");
+        assert!(settled, "{context}: did not settle");
+
+        // The oracle.
+        let ledger = ledger.lock().unwrap();
+        let actual = tree_rows(&data);
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for id in &actual {
+            *counts.entry(id.as_str()).or_default() += 1;
+        }
+        let lost: Vec<&String> = ledger
+            .final_rows
+            .values()
+            .flatten()
+            .filter(|id| !counts.contains_key(id.as_str()))
+            .collect();
+        let doubled: Vec<(&&str, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+        let unknown: Vec<&String> = actual
+            .iter()
+            .filter(|id| !ledger.every_row.contains(*id))
+            .collect();
+        assert!(
+            lost.is_empty() && doubled.is_empty() && unknown.is_empty(),
+            "{context}: {} row(s) of final versions lost (e.g. {:?}), {} row(s) twice (e.g. {:?}), {} never written",
+            lost.len(),
+            lost.iter().take(3).collect::<Vec<_>>(),
+            doubled.len(),
+            doubled.iter().take(3).collect::<Vec<_>>(),
+            unknown.len()
+        );
+        assert!(
+            e2e_tests::staging_leftovers(&data).is_empty(),
+            "{context}: staging not cleaned"
+        );
+        *totals.entry("rows checked").or_default() += actual.len();
+        eprintln!("trial {number}: settled, {} rows checked", actual.len());
+    }
+    eprintln!("{trials} trials (seed {seed}): {totals:?}");
+}
