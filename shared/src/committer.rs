@@ -60,6 +60,13 @@ fn new_ledger(
     ledger
 }
 
+/// Why a staged task is not committed, and whether that is the partition's fault (else it is
+/// news, such as an input a writer changed meanwhile).
+struct Refusal {
+    reason: String,
+    fault: bool,
+}
+
 /// S3's DeleteObjects limit.
 const DELETE_BATCH: usize = 1000;
 const MANIFEST_RETRIES: usize = 16;
@@ -285,19 +292,21 @@ impl Committer {
         task_dir: &str,
         manifest: TaskManifest,
     ) -> Result<CommitOutcome> {
-        if let Some(reason) = self.verification_failure(&manifest).await? {
+        if let Some(refusal) = self.verification_failure(&manifest).await? {
+            let reason = refusal.reason;
             tracing::warn!(task = %manifest.task_id, %reason, "refusing to commit");
             let outcome = self.abandon(task_dir, &reason).await?;
             if matches!(outcome, CommitOutcome::Refused { .. }) {
                 let id = PartitionId::new(&manifest.dataset, &manifest.partition);
+                // An input a writer changed meanwhile is news for the next round, not a fault
+                // of the partition (which would then back off).
+                let status = if refusal.fault {
+                    PartitionStatus::Failed
+                } else {
+                    PartitionStatus::Active
+                };
                 self.state
-                    .finish_round(
-                        &id,
-                        manifest.generation,
-                        PartitionStatus::Failed,
-                        Some(reason),
-                        now_ms(),
-                    )
+                    .finish_round(&id, manifest.generation, status, Some(reason), now_ms())
                     .await?;
             }
             return Ok(outcome);
@@ -318,46 +327,53 @@ impl Committer {
     }
 
     /// Why the staged task must not be committed, if it must not.
-    async fn verification_failure(&self, manifest: &TaskManifest) -> Result<Option<String>> {
+    async fn verification_failure(&self, manifest: &TaskManifest) -> Result<Option<Refusal>> {
+        let fault = |reason: String| {
+            Ok(Some(Refusal {
+                reason,
+                fault: true,
+            }))
+        };
+        let news = |reason: String| {
+            Ok(Some(Refusal {
+                reason,
+                fault: false,
+            }))
+        };
         for output in &manifest.outputs {
             let stored = self.store.head(&output.staging_key).await?;
             match stored {
-                None => {
-                    return Ok(Some(format!(
-                        "staged output {} is missing",
-                        output.staging_key
-                    )))
-                }
+                None => return fault(format!("staged output {} is missing", output.staging_key)),
                 Some(m) if m.size != output.size => {
-                    return Ok(Some(format!(
+                    return fault(format!(
                         "staged output {} has {} bytes, the manifest says {}",
                         output.staging_key, m.size, output.size
-                    )))
+                    ))
                 }
                 Some(_) => {}
             }
             let footer = match read_footer(self.store.as_ref(), &output.staging_key).await {
                 Ok(f) => f,
                 Err(Error::CorruptInput { reason, .. }) => {
-                    return Ok(Some(format!(
+                    return fault(format!(
                         "staged output {} is unreadable: {reason}",
                         output.staging_key
-                    )))
+                    ))
                 }
                 Err(e) => return Err(e),
             };
             let rows = footer.file_metadata().num_rows().max(0) as u64;
             if rows != output.rows {
-                return Ok(Some(format!(
+                return fault(format!(
                     "staged output {} holds {rows} rows, the manifest says {}",
                     output.staging_key, output.rows
-                )));
+                ));
             }
         }
         let current = current_versions(self.store.as_ref(), &manifest.inputs).await?;
         let (_, changed) = check_versions(&manifest.inputs, &current);
         if let Some(c) = changed.first() {
-            return Ok(Some(format!(
+            return news(format!(
                 "input {} {} after the merge ({} input(s) affected)",
                 c.key,
                 match c.kind {
@@ -365,15 +381,15 @@ impl Committer {
                     _ => "changed",
                 },
                 changed.len()
-            )));
+            ));
         }
         let id = PartitionId::new(&manifest.dataset, &manifest.partition);
         let generation = self.state.get(&id).await?.map_or(0, |r| r.generation);
         if generation != manifest.generation {
-            return Ok(Some(format!(
+            return news(format!(
                 "stale task: planned under lease generation {}, the partition is now at {generation}",
                 manifest.generation
-            )));
+            ));
         }
         Ok(None)
     }

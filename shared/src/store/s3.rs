@@ -481,6 +481,15 @@ impl ObjectStore for S3Store {
         let source = self.head(from).await?.ok_or_else(|| Error::NotFound {
             key: from.to_string(),
         })?;
+        // S3 refuses an existing destination itself (If-None-Match below); the HEAD first keeps
+        // that promise on S3-compatible servers that ignore the header (moto among them), but
+        // for the milliseconds between the two.
+        if self.head(to).await?.is_some() {
+            return Err(Error::PreconditionFailed {
+                key: to.to_string(),
+                reason: "the destination exists; a copy never replaces an object".into(),
+            });
+        }
         let version = if source.size > MAX_SINGLE_COPY {
             self.copy_multipart(&from_full, &to_full, source.size)
                 .await?
