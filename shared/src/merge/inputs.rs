@@ -280,12 +280,17 @@ async fn decode_whole(
         .await
         .map_err(ReadFailure::Other)?;
     if data.len() as u64 != meta.size {
-        return Err(ReadFailure::Other(Error::Other(format!(
-            "{} changed size while being read ({} bytes instead of {})",
-            meta.key,
-            data.len(),
-            meta.size
-        ))));
+        // Rewritten since it was listed: the merge checks its version and leaves it for the
+        // next round.
+        return Err(ReadFailure::Corrupt {
+            index,
+            reason: format!(
+                "{} changed size while being read ({} bytes instead of {})",
+                meta.key,
+                data.len(),
+                meta.size
+            ),
+        });
     }
     let footer = footer_from_bytes(&meta.key, &data).map_err(|e| match e {
         Error::CorruptInput { reason, .. } => ReadFailure::Corrupt { index, reason },
