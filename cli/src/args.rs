@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use compaction::config::{Config, DatasetConfig, Mode};
-use compaction::partition::Granularity;
-use compaction::sample::SampleSpec;
-use compaction::units::{ByteSize, HumanDuration};
+use compaction::drivers::sample::SampleSpec;
+use compaction::model::config::{Config, DatasetConfig, Mode};
+use compaction::model::partition::Granularity;
+use compaction::support::units::{ByteSize, HumanDuration};
 
 #[derive(Parser, Debug)]
 #[command(

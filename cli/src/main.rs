@@ -11,13 +11,15 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use compaction::config::Config;
-use compaction::hot::{HotSource, PostgresSource};
-use compaction::pipeline::{run_local, RunOptions, RunSummary};
-use compaction::planner::local_owner_id;
-use compaction::sample::{generate, SampleSpec};
-use compaction::state::{DynamoState, EmbeddedState, PartitionStatus, StateStore};
-use compaction::store::{LocalStore, ObjectStore, S3Store};
+use compaction::drivers::pipeline::{run_local, RunOptions, RunSummary};
+use compaction::drivers::sample::{generate, SampleSpec};
+use compaction::model::config::Config;
+use compaction::model::state::PartitionStatus;
+use compaction::ports::hot::postgres::PostgresSource;
+use compaction::ports::hot::HotSource;
+use compaction::ports::state::{DynamoState, EmbeddedState, StateStore};
+use compaction::ports::store::{LocalStore, ObjectStore, S3Store};
+use compaction::support::process::local_owner_id;
 
 use args::{Cli, Command, CompactArgs, DemoArgs, GenerateArgs, StatusArgs};
 
@@ -176,9 +178,9 @@ async fn open_hot_source(config: &Config) -> Option<Arc<dyn HotSource>> {
     }
     let from_aws = ["COMPACTOR_PG_SECRET_ARN", "COMPACTOR_PG_DSN_PARAMETER"]
         .iter()
-        .any(|v| compaction::functions::env_var(v).is_some());
+        .any(|v| compaction::support::env::env_var(v).is_some());
     let sdk = if from_aws {
-        Some(compaction::aws::sdk_config().await)
+        Some(compaction::ports::aws::sdk_config().await)
     } else {
         None
     };
@@ -211,7 +213,7 @@ async fn generate_cmd(args: GenerateArgs) -> Result<ExitCode> {
     println!(
         "wrote {} files ({}, {} rows) in {} partitions under {}",
         summary.files,
-        compaction::units::human_bytes(summary.bytes),
+        compaction::support::units::human_bytes(summary.bytes),
         summary.rows,
         summary.partitions.len(),
         args.dir.join(&spec.prefix).display()
@@ -253,7 +255,7 @@ async fn demo(args: DemoArgs) -> Result<ExitCode> {
     println!(
         "    {} small files, {}, {} rows, {} hourly partitions (the newest is the current hour, which stays hot)",
         generated.files,
-        compaction::units::human_bytes(generated.bytes),
+        compaction::support::units::human_bytes(generated.bytes),
         generated.rows,
         generated.partitions.len()
     );

@@ -3,13 +3,13 @@
 use std::collections::BTreeSet;
 
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
-use compaction::config::Config;
-use compaction::hot::DeleteState;
-use compaction::pipeline::RunSummary;
-use compaction::planner::PartitionOutcome;
-use compaction::progress::Progress;
-use compaction::state::PartitionRecord;
-use compaction::units::human_bytes;
+use compaction::drivers::pipeline::RunSummary;
+use compaction::model::config::Config;
+use compaction::model::hot::cold::DeleteState;
+use compaction::model::state::PartitionRecord;
+use compaction::services::planner::PartitionOutcome;
+use compaction::support::progress::Progress;
+use compaction::support::units::human_bytes;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 

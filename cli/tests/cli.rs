@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use compaction::faults::{ENV as CRASH_ENV, POINTS};
+use compaction::support::faults::{ENV as CRASH_ENV, POINTS};
 use e2e_tests::{parquet_files, row_multiset, staging_leftovers, SAMPLE_COLUMNS};
 
 const BIN: &str = env!("CARGO_BIN_EXE_compactor");
@@ -235,13 +235,14 @@ fn plan_is_a_dry_run_and_help_documents_options() {
 /// The CLI on `s3://` with DynamoDB state, against moto's server: what users run outside Lambda.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compacts_an_s3_location_with_dynamodb_state() {
-    use compaction::store::ObjectStore;
+    use compaction::ports::store::ObjectStore;
     let (client, bucket) = e2e_tests::aws::bucket().await;
     let table = e2e_tests::aws::dynamo_state().await;
-    let store = std::sync::Arc::new(compaction::store::S3Store::new(client, &bucket, "").unwrap());
-    compaction::sample::generate(
+    let store =
+        std::sync::Arc::new(compaction::ports::store::S3Store::new(client, &bucket, "").unwrap());
+    compaction::drivers::sample::generate(
         store.clone(),
-        &compaction::sample::SampleSpec {
+        &compaction::drivers::sample::SampleSpec {
             prefix: "events/".into(),
             partitions: 2,
             files_per_partition: 5,
@@ -300,7 +301,7 @@ async fn compacts_an_s3_location_with_dynamodb_state() {
 /// cold copy holds every row exactly once.
 #[test]
 fn a_hot_export_killed_around_the_postgres_delete_resumes_and_deletes_once() {
-    use compaction::faults::POSTGRES_POINTS;
+    use compaction::support::faults::POSTGRES_POINTS;
     let rt = tokio::runtime::Runtime::new().unwrap();
     for point in POSTGRES_POINTS {
         let dir = tempfile::tempdir().unwrap();

@@ -1,31 +1,32 @@
 //! Parquet compaction: a planner, a merger and a committer over small ports (object store,
-//! partition state, dispatch), with embedded local adapters. See DESIGN.md for the contract.
+//! partition state, dispatch, hot source), with embedded local adapters.
+//!
+//! The modules are layers; each imports only from the layers above it in this list (the
+//! contract every change keeps, and the layers in detail: `docs/architecture.md`).
+//!
+//! 1. [`error`] and [`support`]: the one error enum, units, the clock, progress, crash points.
+//! 2. [`model`]: pure data and rules (configuration, partition templates, plans, tasks and their
+//!    kinds, manifests, schema unification, the hot-range rules). No I/O.
+//! 3. [`ports`]: the traits the services need from the outside world, each with its adapters
+//!    (object store: local + S3; state: embedded + DynamoDB; dispatch; hot source: Postgres).
+//! 4. [`format`]: Parquet and Arrow mechanics over the object store (footers, readers, the
+//!    rolling writer every task kind writes with, the external sorter).
+//! 5. [`services`]: the planner, the merger (one module per task kind), the committer, the
+//!    hot-range delete protocol, leases.
+//! 6. [`drivers`]: what runs the services: the Lambda handlers, the local pipeline, event
+//!    parsing, the sample data of the demo.
 
-pub mod aws;
-pub mod committer;
-pub mod config;
-pub mod dispatch;
 pub mod error;
-pub mod events;
-pub mod functions;
-pub mod hot;
-pub mod lease;
-pub mod manifest;
-pub mod metrics;
-pub mod parquet_io;
-pub mod partition;
-pub mod pipeline;
-pub mod plan;
-pub mod planner;
-pub mod process;
-pub mod state;
-pub mod store;
-pub mod task;
-pub mod units;
+pub mod support;
+
+pub mod model;
+
+pub mod ports;
+
+pub mod format;
+
+pub mod services;
+
+pub mod drivers;
 
 pub use error::{Error, Result};
-pub mod faults;
-pub mod merge;
-pub mod progress;
-pub mod sample;
-pub mod schema;

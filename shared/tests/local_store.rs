@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use compaction::parquet_io::read_footer;
-use compaction::store::{
-    list_all, DeleteFailure, DeleteRequest, ListPage, LocalStore, ObjectMeta, ObjectSink,
-    ObjectStore, PutMode,
+use compaction::format::io::read_footer;
+use compaction::model::object::ObjectMeta;
+use compaction::ports::store::{
+    list_all, DeleteFailure, DeleteRequest, ListPage, LocalStore, ObjectSink, ObjectStore, PutMode,
 };
 use compaction::Result;
 
@@ -22,7 +22,7 @@ fn store() -> (tempfile::TempDir, LocalStore) {
 #[tokio::test]
 async fn local_store_keeps_the_object_store_contract() {
     let dirs = Arc::new(std::sync::Mutex::new(Vec::new()));
-    compaction::store::contract::run_all(|| {
+    compaction::ports::store::contract::run_all(|| {
         let dirs = Arc::clone(&dirs);
         async move {
             let (dir, store) = store();
@@ -129,8 +129,9 @@ impl ObjectStore for Counting {
 async fn a_footer_is_read_with_two_small_ranged_reads() {
     let dir = tempfile::tempdir().unwrap();
     let inner = LocalStore::open(dir.path()).unwrap();
-    let batch = compaction::sample::sample_batch(chrono::Utc::now(), 0, 1, 20_000, 1).unwrap();
-    let data = compaction::sample::encode_small_file(&batch).unwrap();
+    let batch =
+        compaction::drivers::sample::sample_batch(chrono::Utc::now(), 0, 1, 20_000, 1).unwrap();
+    let data = compaction::drivers::sample::encode_small_file(&batch).unwrap();
     let size = data.len();
     inner
         .put("f.parquet", data, PutMode::Overwrite)
@@ -155,12 +156,12 @@ async fn a_footer_is_read_with_two_small_ranged_reads() {
 async fn leftovers_of_dead_processes_are_cleared_on_open() {
     let (dir, s) = store();
     let tmp = dir.path().join(".compactor-tmp");
-    let dead = compaction::process::ProcessIdentity {
-        start: compaction::process::ProcessIdentity::current().start + 1,
-        ..compaction::process::ProcessIdentity::current()
+    let dead = compaction::support::process::ProcessIdentity {
+        start: compaction::support::process::ProcessIdentity::current().start + 1,
+        ..compaction::support::process::ProcessIdentity::current()
     }
     .tag();
-    let mine = compaction::process::ProcessIdentity::current().tag();
+    let mine = compaction::support::process::ProcessIdentity::current().tag();
     std::fs::write(tmp.join(format!("{dead}-1-0.tmp")), "partial").unwrap();
     std::fs::write(tmp.join(format!("{mine}-1-0.tmp")), "in use").unwrap();
     // A delete of "d/asked" was asked for its current version; one of "d/changed" for a version

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use compaction::state::{contract, Counters, EmbeddedState, PartitionId, StateStore};
+use compaction::model::state::{Counters, PartitionId};
+use compaction::ports::state::{contract, EmbeddedState, StateStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_state_passes_the_contract() {

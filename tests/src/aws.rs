@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_s3::config::Credentials;
-use compaction::state::DynamoState;
-use compaction::store::S3Store;
+use compaction::ports::state::DynamoState;
+use compaction::ports::store::S3Store;
 
 pub const ENDPOINT_VAR: &str = "COMPACTOR_TEST_AWS_ENDPOINT";
 pub const REGION: &str = "us-east-1";
@@ -113,7 +113,7 @@ pub fn unique_name(kind: &str) -> String {
 
 /// A new, empty bucket.
 pub async fn bucket() -> (aws_sdk_s3::Client, String) {
-    let client = compaction::aws::s3_client(&sdk_config().await);
+    let client = compaction::ports::aws::s3_client(&sdk_config().await);
     let name = unique_name("bkt");
     client
         .create_bucket()
@@ -143,11 +143,13 @@ pub async fn dynamo_state() -> Arc<DynamoState> {
 }
 
 /// A deployment (what the functions build from their environment) over a new bucket and table.
-pub async fn deployment(config: compaction::config::Config) -> compaction::functions::Deployment {
+pub async fn deployment(
+    config: compaction::model::config::Config,
+) -> compaction::drivers::lambda::Deployment {
     let sdk = sdk_config().await;
     let (client, bucket) = bucket().await;
     let state = dynamo_state().await;
-    compaction::functions::Deployment {
+    compaction::drivers::lambda::Deployment {
         config,
         store: Arc::new(S3Store::new(client, &bucket, "").expect("valid bucket")),
         bucket,
@@ -160,11 +162,11 @@ pub async fn deployment(config: compaction::config::Config) -> compaction::funct
 /// Copies every object under `prefix` into `dir` (same relative keys), so the Parquet helpers
 /// for local files can read what is in the bucket.
 pub async fn mirror(
-    store: &dyn compaction::store::ObjectStore,
+    store: &dyn compaction::ports::store::ObjectStore,
     prefix: &str,
     dir: &std::path::Path,
 ) -> Vec<String> {
-    let listing = compaction::store::list_all(store, prefix, None)
+    let listing = compaction::ports::store::list_all(store, prefix, None)
         .await
         .expect("listing");
     let mut keys = Vec::new();

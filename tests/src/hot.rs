@@ -11,10 +11,12 @@ use arrow::datatypes::{
     DataType, Date32Type, Decimal128Type, Decimal256Type, Float32Type, Float64Type, Int16Type,
     Int32Type, Int64Type, Time64MicrosecondType, TimeUnit, TimestampMicrosecondType,
 };
-use compaction::config::Config;
-use compaction::hot::{DsnSource, HotDatasetConfig, HotSource, PostgresSource};
-use compaction::pipeline::{run_local, RunOptions, RunSummary};
-use compaction::progress::NoProgress;
+use compaction::drivers::pipeline::{run_local, RunOptions, RunSummary};
+use compaction::model::config::Config;
+use compaction::model::hot::config::HotDatasetConfig;
+use compaction::ports::hot::postgres::{DsnSource, PostgresSource};
+use compaction::ports::hot::HotSource;
+use compaction::support::progress::NoProgress;
 
 use crate::{parquet_files, read_batches, run_options, Env};
 
@@ -241,10 +243,11 @@ pub async fn stage_only(
     env: &HotEnv,
     hot: &HotDatasetConfig,
     key: &str,
-) -> compaction::manifest::TaskManifest {
-    use compaction::dispatch::CollectingDispatcher;
-    use compaction::merge::{MergeOutcome, Merger};
-    use compaction::planner::{local_owner_id, PlanOptions, Planner, PlannerSettings};
+) -> compaction::model::manifest::TaskManifest {
+    use compaction::ports::dispatch::CollectingDispatcher;
+    use compaction::services::merger::{MergeOutcome, Merger};
+    use compaction::services::planner::{PlanOptions, Planner, PlannerSettings};
+    use compaction::support::process::local_owner_id;
 
     let dispatcher = Arc::new(CollectingDispatcher::default());
     let planner = Planner::new(
@@ -254,7 +257,7 @@ pub async fn stage_only(
         PlannerSettings {
             owner: local_owner_id(),
             lease_ttl_ms: 15 * 60 * 1000,
-            staging_prefix: compaction::config::DEFAULT_STAGING_PREFIX.into(),
+            staging_prefix: compaction::model::config::DEFAULT_STAGING_PREFIX.into(),
             memory_budget: 256 << 20,
         },
     )

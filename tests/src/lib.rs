@@ -11,14 +11,14 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::util::display::array_value_to_string;
-use compaction::config::{Config, DatasetConfig};
-use compaction::pipeline::{run_local, RunOptions, RunSummary};
-use compaction::planner::local_owner_id;
-use compaction::progress::NoProgress;
-use compaction::sample::{generate, SampleSpec, SampleSummary};
-use compaction::state::{EmbeddedState, StateStore};
-use compaction::store::{LocalStore, ObjectStore};
-use compaction::units::ByteSize;
+use compaction::drivers::pipeline::{run_local, RunOptions, RunSummary};
+use compaction::drivers::sample::{generate, SampleSpec, SampleSummary};
+use compaction::model::config::{Config, DatasetConfig};
+use compaction::ports::state::{EmbeddedState, StateStore};
+use compaction::ports::store::{LocalStore, ObjectStore};
+use compaction::support::process::local_owner_id;
+use compaction::support::progress::NoProgress;
+use compaction::support::units::ByteSize;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 

@@ -4,21 +4,21 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use compaction::state::StateStore;
-use compaction::store::{DeleteRequest, ObjectStore, PutMode, S3Store};
+use compaction::ports::state::StateStore;
+use compaction::ports::store::{DeleteRequest, ObjectStore, PutMode, S3Store};
 use e2e_tests::aws;
 
 #[tokio::test]
 async fn dynamodb_state_keeps_the_state_contract() {
     let state = aws::dynamo_state().await;
-    compaction::state::contract::run_all(state as Arc<dyn StateStore>, "contract").await;
+    compaction::ports::state::contract::run_all(state as Arc<dyn StateStore>, "contract").await;
 }
 
 #[tokio::test]
 async fn s3_store_keeps_the_object_store_contract() {
     let (client, bucket) = aws::bucket().await;
     let counter = std::sync::atomic::AtomicUsize::new(0);
-    compaction::store::contract::run_all(|| {
+    compaction::ports::store::contract::run_all(|| {
         let root = format!(
             "run-{}",
             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -93,7 +93,7 @@ async fn batch_delete_splits_into_requests_of_1000() {
     });
     let failures = store.delete_many(&requests).await.unwrap();
     assert!(failures.is_empty(), "{failures:?}");
-    let left = compaction::store::list_all(store.as_ref(), "many/", None)
+    let left = compaction::ports::store::list_all(store.as_ref(), "many/", None)
         .await
         .unwrap();
     assert!(left.objects.is_empty());
@@ -103,7 +103,9 @@ async fn batch_delete_splits_into_requests_of_1000() {
 /// aws_pipeline): the source connects with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_dsn_is_read_from_an_ssm_secure_string() {
-    use compaction::hot::{DsnSource, HotDatasetConfig, HotSource, PostgresSource};
+    use compaction::model::hot::config::HotDatasetConfig;
+    use compaction::ports::hot::postgres::{DsnSource, PostgresSource};
+    use compaction::ports::hot::HotSource;
     let pg = e2e_tests::pg::connect().await;
     let schema = e2e_tests::pg::schema(&pg).await;
     pg.batch_execute(&format!(

@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
-use compaction::config::Config;
-use compaction::dispatch::{task_payload, CollectingDispatcher};
-use compaction::functions::{CommitterFunction, Deployment, MergerFunction, PlannerFunction};
-use compaction::sample::{generate, SampleSpec};
-use compaction::state::{PartitionId, PartitionStatus};
-use compaction::store::{list_all, ObjectStore};
-use compaction::task::{MergeTask, SUCCESS};
+use compaction::drivers::lambda::{CommitterFunction, Deployment, MergerFunction, PlannerFunction};
+use compaction::drivers::sample::{generate, SampleSpec};
+use compaction::model::config::Config;
+use compaction::model::state::{PartitionId, PartitionStatus};
+use compaction::model::task::{MergeTask, SUCCESS};
+use compaction::ports::dispatch::{task_payload, CollectingDispatcher};
+use compaction::ports::store::{list_all, ObjectStore};
 use e2e_tests::{aws, parquet_files, row_multiset, small_config, SAMPLE_COLUMNS};
 use serde_json::{json, Value};
 
@@ -176,7 +176,7 @@ async fn s3_events_drive_one_compaction_with_identical_rows() {
     assert!(live
         .iter()
         .filter(|k| k.ends_with(".parquet"))
-        .all(|k| compaction::store::file_name(k).starts_with("compacted-")));
+        .all(|k| compaction::model::object::file_name(k).starts_with("compacted-")));
     assert!(
         list_all(p.store(), "_compactor/", None)
             .await
@@ -337,7 +337,9 @@ async fn a_task_too_big_for_the_time_left_is_refused_before_it_starts() {
 /// into S3, the committer's delete from the real Postgres, the state in DynamoDB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_range_moves_from_postgres_to_s3_through_the_functions() {
-    use compaction::hot::{DeleteState, DsnSource, HotDatasetConfig, PostgresSource};
+    use compaction::model::hot::cold::DeleteState;
+    use compaction::model::hot::config::HotDatasetConfig;
+    use compaction::ports::hot::postgres::{DsnSource, PostgresSource};
 
     let pg = e2e_tests::pg::connect().await;
     let schema = e2e_tests::pg::schema(&pg).await;
@@ -399,7 +401,7 @@ async fn a_hot_range_moves_from_postgres_to_s3_through_the_functions() {
     let cold = tempfile::tempdir().unwrap();
     let keys = aws::mirror(
         p.store(),
-        &hot.range_dir(compaction::hot::KeyRange {
+        &hot.range_dir(compaction::model::hot::range::KeyRange {
             start: 0,
             end: 1000,
         }),

@@ -1,10 +1,11 @@
 //! Hot datasets against a real PostgreSQL: export of finalized ranges into cold Parquet, the
 //! replace commit, and the bounded delete — with the local pipeline (directory + embedded state).
 
-use compaction::hot::{DeleteState, HotDatasetConfig, UnboundedNumeric};
-use compaction::plan::SkipReason;
-use compaction::planner::PartitionOutcome;
-use compaction::state::{PartitionId, PartitionStatus};
+use compaction::model::hot::cold::DeleteState;
+use compaction::model::hot::config::{HotDatasetConfig, UnboundedNumeric};
+use compaction::model::plan::SkipReason;
+use compaction::model::state::{PartitionId, PartitionStatus};
+use compaction::services::planner::PartitionOutcome;
 use e2e_tests::hot::{canonical_sql, hot_config, parquet_rows, pg_rows, HotEnv};
 use e2e_tests::{parquet_files, read_batches, staging_leftovers};
 

@@ -3,7 +3,9 @@
 //! host name; a certificate from another CA is refused. Against a server of its own started
 //! with TLS (scripts/postgres start DIR --tls).
 
-use compaction::hot::{DsnSource, HotDatasetConfig, HotSource, PostgresSource};
+use compaction::model::hot::config::HotDatasetConfig;
+use compaction::ports::hot::postgres::{DsnSource, PostgresSource};
+use compaction::ports::hot::HotSource;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_encrypts_and_verifies_the_server_with_a_ca_bundle() {

@@ -6,13 +6,13 @@ use arrow::array::{
     Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema};
-use compaction::committer::{CommitOutcome, Committer};
-use compaction::config::Mode;
-use compaction::dispatch::CollectingDispatcher;
-use compaction::merge::{MergeOutcome, Merger};
-use compaction::planner::{PlanOptions, Planner, PlannerSettings};
-use compaction::progress::NoProgress;
-use compaction::state::{PartitionId, PartitionStatus};
+use compaction::model::config::Mode;
+use compaction::model::state::{PartitionId, PartitionStatus};
+use compaction::ports::dispatch::CollectingDispatcher;
+use compaction::services::committer::{CommitOutcome, Committer};
+use compaction::services::merger::{MergeOutcome, Merger};
+use compaction::services::planner::{PlanOptions, Planner, PlannerSettings};
+use compaction::support::progress::NoProgress;
 use e2e_tests::*;
 
 fn cold_partition_dirs(env: &Env) -> Vec<std::path::PathBuf> {
@@ -108,7 +108,9 @@ async fn a_second_run_changes_nothing() {
         .state
         .get(&PartitionId::new(
             "events",
-            compaction::sample::partition_path(chrono::Utc::now() - chrono::Duration::hours(3)),
+            compaction::drivers::sample::partition_path(
+                chrono::Utc::now() - chrono::Duration::hours(3),
+            ),
         ))
         .await
         .unwrap();
@@ -126,7 +128,7 @@ async fn sort_mode_output_is_globally_sorted_with_seq() {
     let before = row_multiset(&parquet_files(&env.path("events")), SAMPLE_COLUMNS);
     let mut config = small_config();
     // A small budget forces spilled runs and a real k-way merge.
-    config.memory_budget = compaction::units::ByteSize::mib(64);
+    config.memory_budget = compaction::support::units::ByteSize::mib(64);
     let ds = &mut config.datasets[0];
     ds.mode = Mode::Sort;
     ds.sort_key = vec!["ts_event".into()];
@@ -189,7 +191,7 @@ async fn sort_mode_output_is_globally_sorted_with_seq() {
     );
 
     // A late file re-sorts the whole partition, seq renumbered without duplicates.
-    let late = compaction::sample::sample_batch(
+    let late = compaction::drivers::sample::sample_batch(
         chrono::Utc::now() - chrono::Duration::hours(2),
         0,
         1,
@@ -447,9 +449,9 @@ fn planner(env: &Env, dispatcher: Arc<CollectingDispatcher>) -> Planner {
         Arc::clone(&env.state),
         dispatcher,
         PlannerSettings {
-            owner: compaction::planner::local_owner_id(),
+            owner: compaction::support::process::local_owner_id(),
             lease_ttl_ms: 60_000,
-            staging_prefix: compaction::config::DEFAULT_STAGING_PREFIX.into(),
+            staging_prefix: compaction::model::config::DEFAULT_STAGING_PREFIX.into(),
             memory_budget: 256 << 20,
         },
     )
@@ -458,8 +460,8 @@ fn planner(env: &Env, dispatcher: Arc<CollectingDispatcher>) -> Planner {
 /// Plans the first dataset without running anything; returns the dispatched tasks.
 async fn plan_tasks(
     env: &Env,
-    config: &compaction::config::Config,
-) -> Vec<compaction::task::MergeTask> {
+    config: &compaction::model::config::Config,
+) -> Vec<compaction::model::task::MergeTask> {
     let dispatcher = Arc::new(CollectingDispatcher::default());
     planner(env, Arc::clone(&dispatcher))
         .plan_dataset(&config.datasets[0], &plan_options())
@@ -484,10 +486,12 @@ async fn files_landing_during_compaction_survive() {
 
     // While the merge runs: a new file lands, and an existing input is rewritten in place.
     let all_before = row_multiset(&parquet_files(&dir), SAMPLE_COLUMNS);
-    let late = compaction::sample::sample_batch(chrono::Utc::now(), 3, 4, 25, 1234).unwrap();
+    let late =
+        compaction::drivers::sample::sample_batch(chrono::Utc::now(), 3, 4, 25, 1234).unwrap();
     write_parquet(&dir.join("late-arrival.parquet"), &late);
     let rewritten = tasks[0].inputs[0].key.clone();
-    let replacement = compaction::sample::sample_batch(chrono::Utc::now(), 1, 4, 10, 777).unwrap();
+    let replacement =
+        compaction::drivers::sample::sample_batch(chrono::Utc::now(), 1, 4, 10, 777).unwrap();
 
     let merger = Merger::new(
         Arc::clone(&env.store),
@@ -497,7 +501,7 @@ async fn files_landing_during_compaction_survive() {
     let committer = Committer::new(
         Arc::clone(&env.store),
         Arc::clone(&env.state),
-        compaction::config::DEFAULT_STAGING_PREFIX,
+        compaction::model::config::DEFAULT_STAGING_PREFIX,
     );
     for task in tasks {
         let task = Arc::new(task);
@@ -571,7 +575,7 @@ async fn a_run_stopped_between_merge_and_commit_converges() {
     let committer = Committer::new(
         Arc::clone(&env.store),
         Arc::clone(&env.state),
-        compaction::config::DEFAULT_STAGING_PREFIX,
+        compaction::model::config::DEFAULT_STAGING_PREFIX,
     );
     let replay = committer.commit(&tasks[0].task_dir()).await.unwrap();
     assert!(
@@ -623,7 +627,7 @@ async fn dry_run_changes_nothing() {
         .filter(|p| {
             matches!(
                 p.outcome,
-                compaction::planner::PartitionOutcome::Planned { .. }
+                compaction::services::planner::PartitionOutcome::Planned { .. }
             )
         })
         .count();
@@ -641,8 +645,8 @@ async fn dry_run_changes_nothing() {
     assert!(record.is_none_or(|r| r.lease.is_none()), "no lease taken");
 }
 
-async fn run_local_dry(env: &Env) -> compaction::pipeline::RunSummary {
-    compaction::pipeline::run_local(
+async fn run_local_dry(env: &Env) -> compaction::drivers::pipeline::RunSummary {
+    compaction::drivers::pipeline::run_local(
         &small_config(),
         Arc::clone(&env.store),
         Arc::clone(&env.state),

@@ -1,0 +1,527 @@
+//! Sort mode: an external merge sort. Incoming batches collect in a buffer of bounded size; a
+//! full buffer is sorted (a run) and spilled to local scratch space as Arrow IPC; at the end the
+//! runs are combined by a k-way merge (in several passes when there are more runs than the memory
+//! allows to open at once). An input that is already sorted costs one comparison per row in its
+//! run. Ties keep input order, so the result is deterministic.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use arrow::compute::{interleave_record_batch, SortOptions};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use arrow::row::{OwnedRow, RowConverter, Rows, SortField};
+
+use crate::error::{Error, Result};
+use crate::model::batch::BatchSink;
+
+/// Rows per batch emitted from a sorted buffer or a merge.
+const OUT_ROWS: usize = 8192;
+/// Fewest runs merged at once, whatever the budget.
+const MIN_FAN_IN: usize = 2;
+
+fn sort_err(e: impl std::fmt::Display) -> Error {
+    Error::parquet("sort", e)
+}
+
+fn spill_err(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Other(format!(
+        "spill file {}: {e}; check free space in the scratch directory (set TMPDIR to move it)",
+        path.display()
+    ))
+}
+
+pub struct ExternalSorter {
+    schema: SchemaRef,
+    key_columns: Vec<usize>,
+    converter: RowConverter,
+    buffer: Vec<RecordBatch>,
+    buffered_bytes: usize,
+    /// Sort buffer size before spilling.
+    run_bytes: usize,
+    /// Memory for the batches held open during a merge.
+    merge_bytes: usize,
+    scratch: tempfile::TempDir,
+    runs: Vec<PathBuf>,
+    runs_created: usize,
+    rows_seen: u64,
+}
+
+impl ExternalSorter {
+    pub fn new(
+        schema: SchemaRef,
+        sort_key: &[String],
+        memory_budget: u64,
+        scratch_parent: &Path,
+    ) -> Result<Self> {
+        let mut key_columns = Vec::new();
+        let mut fields = Vec::new();
+        for name in sort_key {
+            let idx = schema.index_of(name).map_err(|_| {
+                Error::config(
+                    "sort_key",
+                    format!(
+                        "column {name:?} is not in the inputs' schema (columns: {:?})",
+                        schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+                    ),
+                )
+            })?;
+            key_columns.push(idx);
+            fields.push(SortField::new_with_options(
+                schema.field(idx).data_type().clone(),
+                SortOptions {
+                    descending: false,
+                    nulls_first: false,
+                },
+            ));
+        }
+        let converter = RowConverter::new(fields)
+            .map_err(|e| Error::config("sort_key", format!("cannot sort by these columns: {e}")))?;
+        std::fs::create_dir_all(scratch_parent).map_err(|e| spill_err(scratch_parent, e))?;
+        let scratch = tempfile::Builder::new()
+            .prefix("compactor-sort-")
+            .tempdir_in(scratch_parent)
+            .map_err(|e| spill_err(scratch_parent, e))?;
+        let budget = memory_budget as usize;
+        Ok(Self {
+            schema,
+            key_columns,
+            converter,
+            buffer: Vec::new(),
+            buffered_bytes: 0,
+            run_bytes: (budget / 4).max(8 << 20),
+            merge_bytes: (budget / 4).max(8 << 20),
+            scratch,
+            runs: Vec::new(),
+            runs_created: 0,
+            rows_seen: 0,
+        })
+    }
+
+    pub fn rows_seen(&self) -> u64 {
+        self.rows_seen
+    }
+
+    pub fn spilled_runs(&self) -> usize {
+        self.runs.len()
+    }
+
+    pub fn push(&mut self, batch: RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        self.rows_seen += batch.num_rows() as u64;
+        self.buffered_bytes += batch.get_array_memory_size();
+        self.buffer.push(batch);
+        if self.buffered_bytes >= self.run_bytes {
+            self.spill()?;
+        }
+        Ok(())
+    }
+
+    fn key_rows(&self, batch: &RecordBatch) -> Result<Rows> {
+        let cols: Vec<ArrayRef> = self
+            .key_columns
+            .iter()
+            .map(|&i| Arc::clone(batch.column(i)))
+            .collect();
+        self.converter.convert_columns(&cols).map_err(sort_err)
+    }
+
+    /// The buffer's rows in sorted order as (batch, row) pairs.
+    fn sorted_indices(&self) -> Result<Vec<(usize, usize)>> {
+        let rows: Vec<Rows> = self
+            .buffer
+            .iter()
+            .map(|b| self.key_rows(b))
+            .collect::<Result<_>>()?;
+        let mut indices: Vec<(usize, usize)> = self
+            .buffer
+            .iter()
+            .enumerate()
+            .flat_map(|(b, batch)| (0..batch.num_rows()).map(move |r| (b, r)))
+            .collect();
+        let already_sorted = indices
+            .windows(2)
+            .all(|w| rows[w[0].0].row(w[0].1) <= rows[w[1].0].row(w[1].1));
+        if !already_sorted {
+            // Stable, so equal keys keep their input order.
+            indices.sort_by(|a, b| rows[a.0].row(a.1).cmp(&rows[b.0].row(b.1)));
+        }
+        Ok(indices)
+    }
+
+    fn drain_sorted(&mut self, mut emit: impl FnMut(RecordBatch) -> Result<()>) -> Result<()> {
+        let indices = self.sorted_indices()?;
+        let refs: Vec<&RecordBatch> = self.buffer.iter().collect();
+        for chunk in indices.chunks(OUT_ROWS) {
+            emit(interleave_record_batch(&refs, chunk).map_err(sort_err)?)?;
+        }
+        self.buffer.clear();
+        self.buffered_bytes = 0;
+        Ok(())
+    }
+
+    fn new_run_path(&mut self) -> PathBuf {
+        self.runs_created += 1;
+        self.scratch
+            .path()
+            .join(format!("run-{:06}.arrow", self.runs_created))
+    }
+
+    fn spill(&mut self) -> Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let path = self.new_run_path();
+        let file = File::create(&path).map_err(|e| spill_err(&path, e))?;
+        let mut writer = StreamWriter::try_new(BufWriter::new(file), &self.schema)
+            .map_err(|e| spill_err(&path, e))?;
+        self.drain_sorted(|b| writer.write(&b).map_err(|e| spill_err(&path, e)))?;
+        writer.finish().map_err(|e| spill_err(&path, e))?;
+        tracing::debug!(run = %path.display(), "spilled a sorted run");
+        self.runs.push(path);
+        Ok(())
+    }
+
+    /// Emits every row pushed so far in sorted order.
+    pub async fn finish(mut self, sink: &mut dyn BatchSink) -> Result<()> {
+        if self.runs.is_empty() {
+            let mut sorted = Vec::new();
+            self.drain_sorted(|b| {
+                sorted.push(b);
+                Ok(())
+            })?;
+            for batch in sorted {
+                sink.push(batch).await?;
+            }
+            return Ok(());
+        }
+        self.spill()?;
+        let fan_in = self.fan_in();
+        // Intermediate passes until the remaining runs can be merged at once.
+        while self.runs.len() > fan_in {
+            let group: Vec<PathBuf> = self.runs.drain(..fan_in).collect();
+            let path = self.new_run_path();
+            let file = File::create(&path).map_err(|e| spill_err(&path, e))?;
+            let mut writer = StreamWriter::try_new(BufWriter::new(file), &self.schema)
+                .map_err(|e| spill_err(&path, e))?;
+            let mut merger = RunMerger::open(&group, &self.converter, &self.key_columns)?;
+            while let Some(batch) = merger.next_batch()? {
+                writer.write(&batch).map_err(|e| spill_err(&path, e))?;
+            }
+            writer.finish().map_err(|e| spill_err(&path, e))?;
+            for old in group {
+                let _ = std::fs::remove_file(old);
+            }
+            self.runs.push(path);
+        }
+        let mut merger = RunMerger::open(&self.runs, &self.converter, &self.key_columns)?;
+        while let Some(batch) = merger.next_batch()? {
+            sink.push(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// How many runs fit in the merge memory: each open run holds one batch.
+    fn fan_in(&self) -> usize {
+        let row_bytes = (self.run_bytes as u64 / self.rows_seen.max(1)).max(1) as usize;
+        let per_run = (row_bytes * OUT_ROWS * 2).max(1);
+        (self.merge_bytes / per_run).max(MIN_FAN_IN)
+    }
+}
+
+struct RunCursor {
+    reader: StreamReader<BufReader<File>>,
+    batch: RecordBatch,
+    rows: Rows,
+    pos: usize,
+}
+
+/// A k-way merge over sorted run files, emitting batches of up to `OUT_ROWS` rows.
+struct RunMerger<'a> {
+    cursors: Vec<Option<RunCursor>>,
+    heap: BinaryHeap<Reverse<(OwnedRow, usize)>>,
+    converter: &'a RowConverter,
+    key_columns: &'a [usize],
+    pending: Vec<(usize, usize)>,
+}
+
+impl<'a> RunMerger<'a> {
+    fn open(
+        paths: &[PathBuf],
+        converter: &'a RowConverter,
+        key_columns: &'a [usize],
+    ) -> Result<Self> {
+        let mut merger = Self {
+            cursors: Vec::new(),
+            heap: BinaryHeap::new(),
+            converter,
+            key_columns,
+            pending: Vec::new(),
+        };
+        for (i, path) in paths.iter().enumerate() {
+            let file = File::open(path).map_err(|e| spill_err(path, e))?;
+            let reader = StreamReader::try_new(BufReader::new(file), None)
+                .map_err(|e| spill_err(path, e))?;
+            let cursor = merger.advance_reader(reader)?;
+            if let Some(c) = &cursor {
+                merger.heap.push(Reverse((c.rows.row(0).owned(), i)));
+            }
+            merger.cursors.push(cursor);
+        }
+        Ok(merger)
+    }
+
+    fn advance_reader(
+        &self,
+        mut reader: StreamReader<BufReader<File>>,
+    ) -> Result<Option<RunCursor>> {
+        for batch in reader.by_ref() {
+            let batch = batch.map_err(sort_err)?;
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let cols: Vec<ArrayRef> = self
+                .key_columns
+                .iter()
+                .map(|&i| Arc::clone(batch.column(i)))
+                .collect();
+            let rows = self.converter.convert_columns(&cols).map_err(sort_err)?;
+            return Ok(Some(RunCursor {
+                reader,
+                batch,
+                rows,
+                pos: 0,
+            }));
+        }
+        Ok(None)
+    }
+
+    fn flush(&mut self) -> Result<Option<RecordBatch>> {
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        // Indices refer to each cursor's current batch; runs without one are never referenced.
+        let placeholder = self
+            .cursors
+            .iter()
+            .flatten()
+            .next()
+            .map(|c| c.batch.clone())
+            .ok_or_else(|| Error::Other("merge lost its batches".into()))?;
+        let batches: Vec<RecordBatch> = self
+            .cursors
+            .iter()
+            .map(|c| {
+                c.as_ref()
+                    .map_or_else(|| placeholder.clone(), |c| c.batch.clone())
+            })
+            .collect();
+        let refs: Vec<&RecordBatch> = batches.iter().collect();
+        let out = interleave_record_batch(&refs, &self.pending).map_err(sort_err)?;
+        self.pending.clear();
+        Ok(Some(out))
+    }
+
+    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        while let Some(Reverse((_, run))) = self.heap.pop() {
+            let cursor = self.cursors[run]
+                .as_mut()
+                .ok_or_else(|| Error::Other("merge cursor missing".into()))?;
+            self.pending.push((run, cursor.pos));
+            cursor.pos += 1;
+            if cursor.pos < cursor.batch.num_rows() {
+                self.heap
+                    .push(Reverse((cursor.rows.row(cursor.pos).owned(), run)));
+                if self.pending.len() >= OUT_ROWS {
+                    return self.flush();
+                }
+            } else {
+                // The batch is about to be replaced: emit what refers to it first.
+                let out = self.flush()?;
+                let exhausted = self.cursors[run]
+                    .take()
+                    .ok_or_else(|| Error::Other("merge cursor missing".into()))?;
+                let next = self.advance_reader(exhausted.reader)?;
+                if let Some(c) = &next {
+                    self.heap.push(Reverse((c.rows.row(0).owned(), run)));
+                }
+                self.cursors[run] = next;
+                if out.is_some() {
+                    return Ok(out);
+                }
+            }
+        }
+        self.flush()
+    }
+}
+
+/// Output schema in sort mode: the `seq` column right after the last sort key column.
+pub fn with_seq_column(schema: &SchemaRef, sort_key: &[String], seq: &str) -> (SchemaRef, usize) {
+    let after = sort_key
+        .iter()
+        .filter_map(|k| schema.index_of(k).ok())
+        .max()
+        .map_or(0, |i| i + 1);
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.insert(after, Field::new(seq, DataType::Int64, false));
+    (
+        Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
+        after,
+    )
+}
+
+/// Adds `seq` = 0..N-1 over the batches passing through.
+pub struct SeqNumbering {
+    pub schema: SchemaRef,
+    pub position: usize,
+    pub next: i64,
+}
+
+impl SeqNumbering {
+    pub fn number(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
+        let n = batch.num_rows() as i64;
+        let seq: ArrayRef = Arc::new(Int64Array::from_iter_values(self.next..self.next + n));
+        self.next += n;
+        let mut columns = batch.columns().to_vec();
+        columns.insert(self.position, seq);
+        RecordBatch::try_new(Arc::clone(&self.schema), columns).map_err(sort_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, Int64Array as I64, StringArray};
+
+    struct Collect(Vec<RecordBatch>);
+
+    #[async_trait::async_trait]
+    impl BatchSink for Collect {
+        async fn push(&mut self, batch: RecordBatch) -> Result<()> {
+            self.0.push(batch);
+            Ok(())
+        }
+    }
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, true),
+            Field::new("v", DataType::Utf8, false),
+        ]))
+    }
+
+    fn batch(keys: Vec<Option<i64>>, tag: &str) -> RecordBatch {
+        let v: Vec<String> = (0..keys.len()).map(|i| format!("{tag}{i}")).collect();
+        RecordBatch::try_new(
+            schema(),
+            vec![Arc::new(I64::from(keys)), Arc::new(StringArray::from(v))],
+        )
+        .unwrap()
+    }
+
+    async fn sort_all(batches: Vec<RecordBatch>, budget: u64) -> (Vec<Option<i64>>, usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sorter = ExternalSorter::new(schema(), &["k".into()], budget, dir.path()).unwrap();
+        // Force tiny runs so that spilling and multi-pass merging happen.
+        sorter.run_bytes = 1;
+        sorter.merge_bytes = 1;
+        for b in batches {
+            sorter.push(b).unwrap();
+        }
+        let runs = sorter.spilled_runs();
+        let mut out = Collect(Vec::new());
+        sorter.finish(&mut out).await.unwrap();
+        let keys = out
+            .0
+            .iter()
+            .flat_map(|b| {
+                let a = b.column(0).as_any().downcast_ref::<I64>().unwrap();
+                (0..a.len())
+                    .map(|i| if a.is_null(i) { None } else { Some(a.value(i)) })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        (keys, runs)
+    }
+
+    #[tokio::test]
+    async fn spilled_runs_merge_into_one_sorted_sequence_with_nulls_last() {
+        let batches = vec![
+            batch(vec![Some(5), None, Some(1)], "a"),
+            batch(vec![Some(3), Some(3)], "b"),
+            batch(vec![Some(9), Some(0), Some(4)], "c"),
+            batch(vec![Some(2)], "d"),
+        ];
+        let (keys, runs) = sort_all(batches, 64 << 20).await;
+        assert_eq!(runs, 4, "each batch became its own run");
+        assert_eq!(
+            keys,
+            vec![
+                Some(0),
+                Some(1),
+                Some(2),
+                Some(3),
+                Some(3),
+                Some(4),
+                Some(5),
+                Some(9),
+                None
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn in_memory_sort_is_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sorter = ExternalSorter::new(schema(), &["k".into()], 1 << 30, dir.path()).unwrap();
+        sorter
+            .push(batch(vec![Some(2), Some(1), Some(2)], "x"))
+            .unwrap();
+        sorter.push(batch(vec![Some(1)], "y")).unwrap();
+        let mut out = Collect(Vec::new());
+        sorter.finish(&mut out).await.unwrap();
+        let v = out.0[0]
+            .column(1)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let tags: Vec<&str> = (0..v.len()).map(|i| v.value(i)).collect();
+        assert_eq!(tags, vec!["x1", "y0", "x0", "x2"]);
+    }
+
+    #[test]
+    fn unknown_sort_key_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = ExternalSorter::new(schema(), &["nope".into()], 1 << 30, dir.path())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("sort_key") && e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn seq_goes_after_the_last_key_column() {
+        let (s, pos) = with_seq_column(&schema(), &["k".into()], "seq");
+        assert_eq!(pos, 1);
+        assert_eq!(s.field(1).name(), "seq");
+        let mut numbering = SeqNumbering {
+            schema: s,
+            position: pos,
+            next: 10,
+        };
+        let b = numbering
+            .number(batch(vec![Some(1), Some(2)], "a"))
+            .unwrap();
+        let seq = b.column(1).as_any().downcast_ref::<I64>().unwrap();
+        assert_eq!(seq.values(), &[10, 11]);
+        assert_eq!(numbering.next, 12);
+    }
+}

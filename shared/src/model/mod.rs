@@ -1,0 +1,14 @@
+//! The pure model: configuration, partition templates, object keys, the partition state record,
+//! plans, tasks and their kinds, manifests, schema unification, and the hot-range rules. Nothing
+//! here does I/O, so every rule is unit-tested directly.
+
+pub mod batch;
+pub mod config;
+pub mod hot;
+pub mod manifest;
+pub mod object;
+pub mod partition;
+pub mod plan;
+pub mod schema;
+pub mod state;
+pub mod task;

@@ -1,0 +1,193 @@
+//! Merge tasks and the staging layout they live in:
+//!
+//! ```text
+//! <staging>/<dataset>/<partition>/<task_id>/_task.json        the task spec (planner)
+//! <staging>/<dataset>/<partition>/<task_id>/a<N>-<i>.parquet  outputs of attempt N (merger)
+//! <staging>/<dataset>/<partition>/<task_id>/_manifest.json    what the outputs hold (merger)
+//! <staging>/<dataset>/<partition>/<task_id>/_SUCCESS          merge finished (merger)
+//! <staging>/<dataset>/<partition>/<task_id>/_DECISION         commit or abandon (committer/planner)
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::config::DatasetConfig;
+use crate::model::hot::export::ExportSpec;
+use crate::model::object::{dir_prefix, join_key, ObjectMeta};
+use crate::model::state::PartitionId;
+
+pub const TASK_SPEC: &str = "_task.json";
+pub const MANIFEST: &str = "_manifest.json";
+pub const SUCCESS: &str = "_SUCCESS";
+pub const DECISION: &str = "_DECISION";
+/// The partition-level manifest of live files, next to the outputs.
+pub const PARTITION_MANIFEST: &str = "_compactor_manifest.json";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MergeTask {
+    pub task_id: String,
+    pub partition: PartitionId,
+    /// Generation of the lease the task was planned under; the committer fences on it.
+    pub generation: u64,
+    pub dataset: DatasetConfig,
+    pub staging_prefix: String,
+    pub memory_budget: u64,
+    /// For a merge: the files to merge. For an export: the range's current files, which the
+    /// new ones replace.
+    pub inputs: Vec<ObjectMeta>,
+    pub created_at_ms: i64,
+    /// Set for an export of a hot dataset's range from Postgres.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<ExportSpec>,
+    /// A random token in the task's output names: they are unique without the state store
+    /// (whose generations restart when it is lost), so no output can land on another's key.
+    #[serde(default)]
+    pub nonce: String,
+    /// The owner of the lease the task was planned under, so whoever runs it can renew it.
+    #[serde(default)]
+    pub lease_owner: String,
+}
+
+impl MergeTask {
+    /// The lease the task was planned under (its expiry is the state store's to say).
+    pub fn lease(&self) -> Option<crate::model::state::Lease> {
+        (!self.lease_owner.is_empty()).then(|| crate::model::state::Lease {
+            owner: self.lease_owner.clone(),
+            generation: self.generation,
+            expires_at_ms: 0,
+        })
+    }
+}
+
+/// A new random token for [`MergeTask::nonce`].
+pub fn new_nonce() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+pub fn task_id(generation: u64, index: usize) -> String {
+    format!("g{generation:06}-t{index:04}")
+}
+
+/// The lease generation a task id was planned under.
+pub fn generation_of(task_id: &str) -> Option<u64> {
+    task_id.strip_prefix('g')?.split('-').next()?.parse().ok()
+}
+
+/// Is `name` a task id as [`task_id`] writes them (`g<6 digits>-t<4 digits>`)?
+pub fn is_task_id(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() == 13
+        && b[0] == b'g'
+        && b[7] == b'-'
+        && b[8] == b't'
+        && b[1..7].iter().chain(&b[9..]).all(u8::is_ascii_digit)
+}
+
+/// `<staging>/<dataset>/<partition>/`
+pub fn partition_staging_dir(staging_prefix: &str, partition: &PartitionId) -> String {
+    dir_prefix(&join_key(&[
+        staging_prefix,
+        &partition.dataset,
+        &partition.partition,
+    ]))
+}
+
+/// `<staging>/<dataset>/` — what a recovery sweep lists.
+pub fn dataset_staging_dir(staging_prefix: &str, dataset: &str) -> String {
+    dir_prefix(&join_key(&[staging_prefix, dataset]))
+}
+
+impl MergeTask {
+    pub fn input_bytes(&self) -> u64 {
+        self.inputs.iter().map(|i| i.size).sum()
+    }
+
+    /// `<staging>/<dataset>/<partition>/<task_id>/`
+    pub fn task_dir(&self) -> String {
+        format!(
+            "{}{}/",
+            partition_staging_dir(&self.staging_prefix, &self.partition),
+            self.task_id
+        )
+    }
+
+    pub fn staging_key(&self, name: &str) -> String {
+        format!("{}{name}", self.task_dir())
+    }
+
+    pub fn staging_output_key(&self, attempt: u32, index: usize) -> String {
+        self.staging_key(&format!("a{attempt}-{index:05}.parquet"))
+    }
+
+    /// Final location of output `index`: deterministic for the task, so a replayed commit
+    /// finds it, and unique across tasks and state stores thanks to the nonce.
+    pub fn final_output_key(&self, index: usize) -> String {
+        let dir = partition_output_dir(&self.dataset, &self.partition.partition);
+        if self.nonce.is_empty() {
+            format!("{dir}compacted-{}-{index:05}.parquet", self.task_id)
+        } else {
+            format!(
+                "{dir}compacted-{}-{}-{index:05}.parquet",
+                self.task_id, self.nonce
+            )
+        }
+    }
+}
+
+/// `<output prefix>/<partition>/`
+pub fn partition_output_dir(dataset: &DatasetConfig, partition: &str) -> String {
+    dir_prefix(&join_key(&[&dataset.output_dir(), partition]))
+}
+
+/// `<source prefix>/<partition>/`
+pub fn partition_source_dir(dataset: &DatasetConfig, partition: &str) -> String {
+    dir_prefix(&join_key(&[&dataset.source_dir(), partition]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task() -> MergeTask {
+        MergeTask {
+            task_id: task_id(3, 1),
+            partition: PartitionId::new("events", "dt=2024-01-01/hour=05"),
+            generation: 3,
+            dataset: DatasetConfig::new("events", "raw/events", "dt={date}/hour={hour}"),
+            staging_prefix: "_compactor/staging".into(),
+            memory_budget: 1 << 30,
+            inputs: vec![],
+            created_at_ms: 0,
+            export: None,
+            nonce: String::new(),
+            lease_owner: String::new(),
+        }
+    }
+
+    #[test]
+    fn layout_is_deterministic() {
+        let t = task();
+        assert_eq!(t.task_id, "g000003-t0001");
+        assert_eq!(
+            t.task_dir(),
+            "_compactor/staging/events/dt=2024-01-01/hour=05/g000003-t0001/"
+        );
+        assert_eq!(
+            t.staging_output_key(2, 7),
+            "_compactor/staging/events/dt=2024-01-01/hour=05/g000003-t0001/a2-00007.parquet"
+        );
+        assert_eq!(
+            t.final_output_key(0),
+            "raw/events/dt=2024-01-01/hour=05/compacted-g000003-t0001-00000.parquet"
+        );
+        let with_output = MergeTask {
+            dataset: DatasetConfig {
+                output_prefix: Some("cold/events/".into()),
+                ..t.dataset.clone()
+            },
+            ..t
+        };
+        assert!(with_output
+            .final_output_key(0)
+            .starts_with("cold/events/dt=2024-01-01/hour=05/"));
+    }
+}

@@ -1,0 +1,255 @@
+//! Reading a task's inputs: footers first (schema, row counts), then the batches of every input
+//! in order. Small inputs are fetched whole (one request each) and decoded on other cores a few
+//! files ahead of the writer; large inputs are streamed a row group at a time with ranged reads.
+//! A semaphore over decoded bytes keeps the read-ahead inside the memory budget.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
+use parquet::arrow::arrow_reader::ArrowReaderMetadata;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::errors::ParquetError;
+use tokio::sync::Semaphore;
+
+use crate::error::{Error, Result};
+use crate::format::io::{footer_from_bytes, read_footer, StoreReader};
+use crate::model::manifest::skipped;
+use crate::model::manifest::{SkipKind, SkippedInput};
+use crate::model::object::ObjectMeta;
+use crate::model::schema::conform;
+use crate::ports::store::ObjectStore;
+
+/// Rows per decoded batch.
+pub const BATCH_ROWS: usize = 8192;
+const FOOTER_CONCURRENCY: usize = 16;
+const READ_AHEAD_FILES: usize = 8;
+
+/// What the footer told about one input. Only the schema is kept, not the whole footer, so
+/// memory does not grow with the number of inputs beyond a few bytes each.
+#[derive(Clone, Debug)]
+pub struct InputInfo {
+    pub meta: ObjectMeta,
+    pub rows: u64,
+    /// Sum of the row groups' uncompressed sizes: a good estimate of the decoded size.
+    pub uncompressed: u64,
+    pub schema: SchemaRef,
+}
+
+/// Reads every footer (two small ranged reads each). Unreadable files are returned as skipped;
+/// store errors other than a missing object fail the whole scan.
+pub async fn scan_footers(
+    store: Arc<dyn ObjectStore>,
+    inputs: Vec<ObjectMeta>,
+) -> Result<(Vec<InputInfo>, Vec<SkippedInput>)> {
+    let results: Vec<(ObjectMeta, Result<InputInfo>)> = stream::iter(inputs)
+        .map(|meta| {
+            let store = Arc::clone(&store);
+            async move {
+                let result = read_footer(store.as_ref(), &meta.key)
+                    .await
+                    .and_then(|footer| {
+                        let arrow = ArrowReaderMetadata::try_new(footer, Default::default())
+                            .map_err(|e| Error::CorruptInput {
+                                key: meta.key.clone(),
+                                reason: format!("schema cannot be read as Arrow: {e}"),
+                            })?;
+                        let md = arrow.metadata();
+                        Ok(InputInfo {
+                            meta: meta.clone(),
+                            rows: md.file_metadata().num_rows().max(0) as u64,
+                            uncompressed: md
+                                .row_groups()
+                                .iter()
+                                .map(|rg| rg.total_byte_size().max(0) as u64)
+                                .sum(),
+                            schema: crate::format::zones::declared_zones(arrow.schema(), md),
+                        })
+                    });
+                (meta, result)
+            }
+        })
+        .buffered(FOOTER_CONCURRENCY)
+        .collect()
+        .await;
+    let mut infos = Vec::new();
+    let mut skipped_inputs = Vec::new();
+    for (meta, result) in results {
+        match result {
+            Ok(info) => infos.push(info),
+            Err(Error::CorruptInput { reason, .. }) => {
+                skipped_inputs.push(skipped(&meta, SkipKind::Unreadable, reason))
+            }
+            Err(Error::NotFound { .. }) => {
+                skipped_inputs.push(skipped(&meta, SkipKind::Vanished, "no longer exists"))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((infos, skipped_inputs))
+}
+
+/// One item of the input stream.
+pub enum InputEvent {
+    Batch(RecordBatch),
+    /// Input number `index` has been read completely.
+    Done {
+        index: usize,
+    },
+}
+
+/// A failure while reading inputs, with the input it concerns when it is the input's fault.
+#[derive(Debug)]
+pub enum ReadFailure {
+    Corrupt { index: usize, reason: String },
+    Other(Error),
+}
+
+impl From<Error> for ReadFailure {
+    fn from(e: Error) -> Self {
+        ReadFailure::Other(e)
+    }
+}
+
+/// Turns a decoder error into either "this input is corrupt" or the underlying store error.
+fn classify(index: usize, err: ParquetError) -> ReadFailure {
+    if let ParquetError::External(inner) = err {
+        return match inner.downcast::<Error>() {
+            Ok(e) => match *e {
+                Error::CorruptInput { reason, .. } => ReadFailure::Corrupt { index, reason },
+                other => ReadFailure::Other(other),
+            },
+            Err(other) => ReadFailure::Corrupt {
+                index,
+                reason: other.to_string(),
+            },
+        };
+    }
+    ReadFailure::Corrupt {
+        index,
+        reason: err.to_string(),
+    }
+}
+
+/// Settings of the input stream derived from the memory budget.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadBudget {
+    /// Inputs at most this large (compressed) are fetched whole.
+    pub whole_file_limit: u64,
+    /// Decoded bytes that may be read ahead of the consumer.
+    pub read_ahead_bytes: u64,
+}
+
+impl ReadBudget {
+    pub fn from_memory_budget(budget: u64) -> Self {
+        Self {
+            whole_file_limit: (budget / 16).clamp(1 << 20, 64 << 20),
+            read_ahead_bytes: (budget / 4).max(8 << 20),
+        }
+    }
+}
+
+/// The batches of all inputs, in input order, conformed to `target`.
+pub fn input_stream(
+    store: Arc<dyn ObjectStore>,
+    inputs: Vec<InputInfo>,
+    target: SchemaRef,
+    budget: ReadBudget,
+) -> BoxStream<'static, std::result::Result<InputEvent, ReadFailure>> {
+    // Permits are KiB of decoded data, so a u32 count covers 4 TiB.
+    let total_permits = (budget.read_ahead_bytes / 1024).clamp(1, u32::MAX as u64) as u32;
+    let semaphore = Arc::new(Semaphore::new(total_permits as usize));
+    stream::iter(inputs.into_iter().enumerate())
+        .map(move |(index, info)| {
+            let store = Arc::clone(&store);
+            let semaphore = Arc::clone(&semaphore);
+            let target = Arc::clone(&target);
+            async move {
+                let whole = info.meta.size <= budget.whole_file_limit
+                    && info.uncompressed <= budget.read_ahead_bytes;
+                let batches: BoxStream<'static, std::result::Result<RecordBatch, ReadFailure>> =
+                    if whole {
+                        let cost = ((info.uncompressed + info.meta.size) / 1024)
+                            .clamp(1, total_permits as u64)
+                            as u32;
+                        let permit = semaphore
+                            .acquire_many_owned(cost)
+                            .await
+                            .map_err(|e| ReadFailure::Other(Error::Other(e.to_string())))?;
+                        let decoded = tokio::spawn(decode_whole(store, info.meta.clone(), index))
+                            .await
+                            .map_err(|e| {
+                                ReadFailure::Other(Error::Other(format!("decoder panicked: {e}")))
+                            })??;
+                        // The permit lives as long as the decoded batches are queued.
+                        stream::iter(decoded.into_iter().map(move |b| {
+                            let _hold = &permit;
+                            Ok(b)
+                        }))
+                        .boxed()
+                    } else {
+                        let reader = StoreReader::ranged(Arc::clone(&store), &info.meta);
+                        let builder = ParquetRecordBatchStreamBuilder::new(reader)
+                            .await
+                            .map_err(|e| classify(index, e))?;
+                        builder
+                            .with_batch_size(BATCH_ROWS)
+                            .build()
+                            .map_err(|e| classify(index, e))?
+                            .map_err(move |e| classify(index, e))
+                            .boxed()
+                    };
+                let conformed = batches.and_then(move |b| {
+                    let target = Arc::clone(&target);
+                    async move {
+                        conform(&b, &target)
+                            .map(InputEvent::Batch)
+                            .map_err(|reason| ReadFailure::Corrupt { index, reason })
+                    }
+                });
+                Ok::<_, ReadFailure>(
+                    conformed.chain(stream::once(async move { Ok(InputEvent::Done { index }) })),
+                )
+            }
+        })
+        .buffered(READ_AHEAD_FILES)
+        .try_flatten()
+        .boxed()
+}
+
+async fn decode_whole(
+    store: Arc<dyn ObjectStore>,
+    meta: ObjectMeta,
+    index: usize,
+) -> std::result::Result<Vec<RecordBatch>, ReadFailure> {
+    let data = store
+        .get_range(&meta.key, 0..meta.size)
+        .await
+        .map_err(ReadFailure::Other)?;
+    if data.len() as u64 != meta.size {
+        // Rewritten since it was listed: the merge checks its version and leaves it for the
+        // next round.
+        return Err(ReadFailure::Corrupt {
+            index,
+            reason: format!(
+                "{} changed size while being read ({} bytes instead of {})",
+                meta.key,
+                data.len(),
+                meta.size
+            ),
+        });
+    }
+    let footer = footer_from_bytes(&meta.key, &data).map_err(|e| match e {
+        Error::CorruptInput { reason, .. } => ReadFailure::Corrupt { index, reason },
+        other => ReadFailure::Other(other),
+    })?;
+    let reader = StoreReader::in_memory(store, &meta, data);
+    let arrow_meta =
+        ArrowReaderMetadata::try_new(footer, Default::default()).map_err(|e| classify(index, e))?;
+    let stream = ParquetRecordBatchStreamBuilder::new_with_metadata(reader, arrow_meta)
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(|e| classify(index, e))?;
+    stream.map_err(|e| classify(index, e)).try_collect().await
+}
