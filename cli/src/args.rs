@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use compaction::drivers::sample::SampleSpec;
-use compaction::model::config::{Config, DatasetConfig, Mode};
+use compaction::model::config::Config;
+use compaction::model::dataset::{DatasetConfig, Mode};
 use compaction::model::partition::Granularity;
 use compaction::support::units::{ByteSize, HumanDuration};
 

@@ -6,7 +6,7 @@ use arrow::array::{
     Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema};
-use compaction::model::config::Mode;
+use compaction::model::dataset::Mode;
 use compaction::model::state::{PartitionId, PartitionStatus};
 use compaction::ports::dispatch::CollectingDispatcher;
 use compaction::services::committer::{CommitOutcome, Committer};

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::model::config::{Config, DatasetConfig};
+use crate::model::config::Config;
+use crate::model::dataset::DatasetConfig;
 use crate::model::object::{dir_prefix, file_name, validate_key};
 use crate::model::task::{MergeTask, PARTITION_MANIFEST, SUCCESS};
 

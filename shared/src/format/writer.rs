@@ -11,7 +11,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 
 use crate::error::{Error, Result};
 use crate::format::io::SinkWriter;
-use crate::model::config::DatasetConfig;
+use crate::model::dataset::DatasetConfig;
 use crate::model::manifest::OutputFile;
 use crate::model::task::MergeTask;
 use crate::ports::store::{DeleteRequest, ObjectStore};

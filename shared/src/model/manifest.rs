@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::config::Mode;
+use crate::model::dataset::Mode;
 use crate::model::hot::export::ExportRecord;
 use crate::model::object::ObjectMeta;
 

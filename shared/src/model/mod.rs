@@ -4,6 +4,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod dataset;
 pub mod hot;
 pub mod manifest;
 pub mod object;

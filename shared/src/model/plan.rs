@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use crate::model::config::{DatasetConfig, Mode};
+use crate::model::dataset::{DatasetConfig, Mode};
 use crate::model::object::{file_name, ObjectMeta};
 
 /// Is this key a data file of the dataset (not hidden, not a marker, right suffix)?

@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::config::DatasetConfig;
+use crate::model::dataset::DatasetConfig;
 use crate::model::hot::export::ExportSpec;
 use crate::model::object::{dir_prefix, join_key, ObjectMeta};
 use crate::model::state::PartitionId;

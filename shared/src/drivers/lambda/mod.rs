@@ -952,7 +952,7 @@ mod tests {
     #[test]
     fn tasks_are_capped_to_the_merger_time_limit() {
         let mut config = Config {
-            datasets: vec![crate::model::config::DatasetConfig::new(
+            datasets: vec![crate::model::dataset::DatasetConfig::new(
                 "d",
                 "p",
                 "dt={date}",

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::config::{DatasetConfig, Mode};
+use crate::model::dataset::{DatasetConfig, Mode};
 use crate::model::hot::names::{validate_identifier, QualifiedName};
 use crate::model::hot::range::KeyRange;
 use crate::support::units::{ByteSize, HumanDuration};
@@ -269,7 +269,7 @@ impl HotDatasetConfig {
 
     pub fn validate(&self) -> Result<()> {
         let fail = |field: &str, msg: String| Err(self.field_error(field, msg));
-        if !crate::model::config::is_valid_dataset_name(&self.name) {
+        if !crate::model::dataset::is_valid_dataset_name(&self.name) {
             return fail(
                 "name",
                 "must be non-empty and use only letters, digits, '-', '_' and '.'".into(),

@@ -17,7 +17,7 @@ use parquet::arrow::ArrowSchemaConverter;
 use parquet::file::metadata::SortingColumn;
 
 use crate::error::{Error, Result};
-use crate::model::config::Mode;
+use crate::model::dataset::Mode;
 use crate::model::manifest::{
     to_json, ColumnDesc, Decision, OutputFile, SkipKind, SkippedInput, TaskManifest, Verdict,
     FORMAT_VERSION,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
-use crate::model::config::{DatasetConfig, Mode};
+use crate::model::dataset::{DatasetConfig, Mode};
 use crate::model::hot::cold::DeleteState;
 use crate::model::hot::config::HotDatasetConfig;
 use crate::model::hot::export::ExportSpec;
