@@ -8,7 +8,7 @@ use compaction::drivers::lambda::{CommitterFunction, Deployment, MergerFunction,
 use compaction::drivers::sample::{generate, SampleSpec};
 use compaction::model::config::Config;
 use compaction::model::state::{PartitionId, PartitionStatus};
-use compaction::model::task::{MergeTask, SUCCESS};
+use compaction::model::task::{Task, SUCCESS};
 use compaction::ports::dispatch::{task_payload, CollectingDispatcher};
 use compaction::ports::store::{list_all, ObjectStore};
 use e2e_tests::{aws, parquet_files, row_multiset, small_config, SAMPLE_COLUMNS};
@@ -61,19 +61,19 @@ impl Pipeline {
             .unwrap()
     }
 
-    async fn take_tasks(&self) -> Vec<MergeTask> {
+    async fn take_tasks(&self) -> Vec<Task> {
         std::mem::take(&mut *self.dispatcher.tasks.lock().await)
     }
 
     /// Runs a task as the merger Lambda gets it: inline, or by reference when `by_reference`.
-    async fn merge(&self, task: &MergeTask, by_reference: bool) -> Value {
+    async fn merge(&self, task: &Task, by_reference: bool) -> Value {
         let limit = if by_reference { 0 } else { usize::MAX };
         let payload: Value = serde_json::from_slice(&task_payload(task, limit).unwrap()).unwrap();
         assert_eq!(payload.get("task_key").is_some(), by_reference);
         self.merger.handle(&payload, far_deadline()).await.unwrap()
     }
 
-    async fn commit(&self, task: &MergeTask) -> Value {
+    async fn commit(&self, task: &Task) -> Value {
         let marker = task.staging_key(SUCCESS);
         let event = aws::s3_put_event(&self.deployment.bucket, &marker, 0);
         self.committer.handle(&event).await.unwrap()
@@ -382,7 +382,10 @@ async fn a_hot_range_moves_from_postgres_to_s3_through_the_functions() {
         .await;
     let tasks = p.take_tasks().await;
     assert_eq!(tasks.len(), 1, "{planned}");
-    assert!(tasks[0].export.is_some());
+    assert!(matches!(
+        tasks[0].kind,
+        compaction::model::task::TaskKind::ExportRange(_)
+    ));
     let merged = p.merge(&tasks[0], true).await;
     assert_eq!(merged["rows"], json!(1000), "{merged}");
     let committed = p.commit(&tasks[0]).await;

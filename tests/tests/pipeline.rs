@@ -461,7 +461,7 @@ fn planner(env: &Env, dispatcher: Arc<CollectingDispatcher>) -> Planner {
 async fn plan_tasks(
     env: &Env,
     config: &compaction::model::config::Config,
-) -> Vec<compaction::model::task::MergeTask> {
+) -> Vec<compaction::model::task::Task> {
     let dispatcher = Arc::new(CollectingDispatcher::default());
     planner(env, Arc::clone(&dispatcher))
         .plan_dataset(&config.datasets[0], &plan_options())

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::model::config::Config;
 use crate::model::dataset::DatasetConfig;
 use crate::model::object::{dir_prefix, file_name, validate_key};
-use crate::model::task::{MergeTask, PARTITION_MANIFEST, SUCCESS};
+use crate::model::task::{Task, PARTITION_MANIFEST, SUCCESS};
 
 /// An object S3 reported as created.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -333,7 +333,7 @@ pub fn parse_committer_event(
 
 #[derive(Clone, Debug)]
 pub enum MergerEvent {
-    Inline(Box<MergeTask>),
+    Inline(Box<Task>),
     /// The key of the task's `_task.json` in staging (tasks too big for an async payload).
     Reference(String),
 }
@@ -355,7 +355,7 @@ pub fn parse_merger_event(value: &Value) -> Result<MergerEvent> {
         return Ok(MergerEvent::Reference(reference.task_key));
     }
     if value.get("task_id").is_some() {
-        let task: MergeTask =
+        let task: Task =
             serde_json::from_value(value.clone()).map_err(|e| bad(format!("merge task: {e}")))?;
         return Ok(MergerEvent::Inline(Box::new(task)));
     }

@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::model::config::{AnyDataset, Config};
 use crate::model::manifest::SkippedInput;
 use crate::model::state::PartitionStatus;
-use crate::model::task::MergeTask;
+use crate::model::task::Task;
 use crate::ports::dispatch::{ChannelDispatcher, CollectingDispatcher, Dispatcher};
 use crate::ports::hot::HotSource;
 use crate::ports::state::StateStore;
@@ -143,7 +143,7 @@ struct Services {
 }
 
 impl Services {
-    async fn run_task(&self, task: MergeTask) -> std::result::Result<CommitOutcome, TaskFailure> {
+    async fn run_task(&self, task: Task) -> std::result::Result<CommitOutcome, TaskFailure> {
         let task = Arc::new(task);
         let failure = |e: crate::Error| TaskFailure {
             task_id: task.task_id.clone(),
@@ -236,7 +236,7 @@ pub async fn run_local(
     });
     let summary = Arc::new(Mutex::new(RunSummary::default()));
     let workers = options.workers.max(1);
-    let (tx, rx) = mpsc::channel::<MergeTask>(workers);
+    let (tx, rx) = mpsc::channel::<Task>(workers);
     let rx = Arc::new(Mutex::new(rx));
     let mut handles = Vec::new();
     for _ in 0..workers {

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::format::io::SinkWriter;
 use crate::model::dataset::DatasetConfig;
 use crate::model::manifest::OutputFile;
-use crate::model::task::MergeTask;
+use crate::model::task::Task;
 use crate::ports::store::{DeleteRequest, ObjectStore};
 
 /// Writer settings for outputs: large row groups, the configured codec, page-level statistics
@@ -68,7 +68,7 @@ fn projected_size(writer: &AsyncArrowWriter<SinkWriter>) -> u64 {
 
 pub struct RollingWriter {
     store: Arc<dyn ObjectStore>,
-    task: Arc<MergeTask>,
+    task: Arc<Task>,
     attempt: u32,
     schema: SchemaRef,
     props: WriterProperties,
@@ -84,7 +84,7 @@ pub struct RollingWriter {
 impl RollingWriter {
     pub fn new(
         store: Arc<dyn ObjectStore>,
-        task: Arc<MergeTask>,
+        task: Arc<Task>,
         attempt: u32,
         schema: SchemaRef,
         props: WriterProperties,

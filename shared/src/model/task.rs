@@ -1,4 +1,4 @@
-//! Merge tasks and the staging layout they live in:
+//! Tasks (one unit of work for a merger, of one [`TaskKind`]) and the staging layout they live in:
 //!
 //! ```text
 //! <staging>/<dataset>/<partition>/<task_id>/_task.json        the task spec (planner)
@@ -8,6 +8,8 @@
 //! <staging>/<dataset>/<partition>/<task_id>/_DECISION         commit or abandon (committer/planner)
 //! ```
 
+use serde::de::Deserializer;
+use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
 use crate::model::dataset::DatasetConfig;
@@ -23,7 +25,7 @@ pub const DECISION: &str = "_DECISION";
 pub const PARTITION_MANIFEST: &str = "_compactor_manifest.json";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct MergeTask {
+pub struct Task {
     pub task_id: String,
     pub partition: PartitionId,
     /// Generation of the lease the task was planned under; the committer fences on it.
@@ -31,13 +33,13 @@ pub struct MergeTask {
     pub dataset: DatasetConfig,
     pub staging_prefix: String,
     pub memory_budget: u64,
-    /// For a merge: the files to merge. For an export: the range's current files, which the
-    /// new ones replace.
+    /// For [`TaskKind::MergeFiles`]: the files to merge. For [`TaskKind::ExportRange`]: the
+    /// range's current files, which the new ones replace.
     pub inputs: Vec<ObjectMeta>,
     pub created_at_ms: i64,
-    /// Set for an export of a hot dataset's range from Postgres.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub export: Option<ExportSpec>,
+    /// What kind of work this is.
+    #[serde(flatten)]
+    pub kind: TaskKind,
     /// A random token in the task's output names: they are unique without the state store
     /// (whose generations restart when it is lost), so no output can land on another's key.
     #[serde(default)]
@@ -47,7 +49,59 @@ pub struct MergeTask {
     pub lease_owner: String,
 }
 
-impl MergeTask {
+/// What kind of work a task is. The merger runs one module per kind
+/// ([`crate::services::merger`]); every kind stages its outputs with the same writer and is
+/// committed by the same committer. To add a kind: a variant here (with the data it needs), a
+/// module in the merger, and the planner code that plans it (see docs/architecture.md).
+///
+/// In the task's JSON a kind is the key of its data, next to the task's other fields (no key:
+/// a file merge), so tasks staged by earlier versions read back unchanged.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum TaskKind {
+    /// Merge the input files into outputs of about the target size (concat or sort mode).
+    #[default]
+    MergeFiles,
+    /// Export a hot dataset's range from Postgres into a new cold copy of the range.
+    ExportRange(Box<ExportSpec>),
+}
+
+impl TaskKind {
+    /// The kind's name, for logs and messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskKind::MergeFiles => "merge_files",
+            TaskKind::ExportRange(_) => "export_range",
+        }
+    }
+}
+
+impl Serialize for TaskKind {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        match self {
+            TaskKind::MergeFiles => {}
+            TaskKind::ExportRange(spec) => map.serialize_entry("export", spec.as_ref())?,
+        }
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for TaskKind {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Keys {
+            #[serde(default)]
+            export: Option<ExportSpec>,
+        }
+        let keys = Keys::deserialize(deserializer)?;
+        Ok(match keys.export {
+            Some(spec) => TaskKind::ExportRange(Box::new(spec)),
+            None => TaskKind::MergeFiles,
+        })
+    }
+}
+
+impl Task {
     /// The lease the task was planned under (its expiry is the state store's to say).
     pub fn lease(&self) -> Option<crate::model::state::Lease> {
         (!self.lease_owner.is_empty()).then(|| crate::model::state::Lease {
@@ -58,7 +112,7 @@ impl MergeTask {
     }
 }
 
-/// A new random token for [`MergeTask::nonce`].
+/// A new random token for [`Task::nonce`].
 pub fn new_nonce() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
 }
@@ -96,7 +150,7 @@ pub fn dataset_staging_dir(staging_prefix: &str, dataset: &str) -> String {
     dir_prefix(&join_key(&[staging_prefix, dataset]))
 }
 
-impl MergeTask {
+impl Task {
     pub fn input_bytes(&self) -> u64 {
         self.inputs.iter().map(|i| i.size).sum()
     }
@@ -147,8 +201,8 @@ pub fn partition_source_dir(dataset: &DatasetConfig, partition: &str) -> String 
 mod tests {
     use super::*;
 
-    fn task() -> MergeTask {
-        MergeTask {
+    fn task() -> Task {
+        Task {
             task_id: task_id(3, 1),
             partition: PartitionId::new("events", "dt=2024-01-01/hour=05"),
             generation: 3,
@@ -157,7 +211,7 @@ mod tests {
             memory_budget: 1 << 30,
             inputs: vec![],
             created_at_ms: 0,
-            export: None,
+            kind: TaskKind::MergeFiles,
             nonce: String::new(),
             lease_owner: String::new(),
         }
@@ -179,7 +233,7 @@ mod tests {
             t.final_output_key(0),
             "raw/events/dt=2024-01-01/hour=05/compacted-g000003-t0001-00000.parquet"
         );
-        let with_output = MergeTask {
+        let with_output = Task {
             dataset: DatasetConfig {
                 output_prefix: Some("cold/events/".into()),
                 ..t.dataset.clone()
@@ -189,5 +243,35 @@ mod tests {
         assert!(with_output
             .final_output_key(0)
             .starts_with("cold/events/dt=2024-01-01/hour=05/"));
+    }
+
+    #[test]
+    fn the_kind_is_recorded_beside_the_task_and_earlier_tasks_read_back() {
+        use crate::model::hot::config::HotDatasetConfig;
+        use crate::model::hot::range::KeyRange;
+        let merge = task();
+        let json = serde_json::to_value(&merge).unwrap();
+        assert!(json.get("export").is_none(), "{json}");
+        assert_eq!(serde_json::from_value::<Task>(json).unwrap(), merge);
+
+        let export = Task {
+            kind: TaskKind::ExportRange(Box::new(ExportSpec {
+                hot: HotDatasetConfig::new("blocks", "public.blocks"),
+                range: KeyRange { start: 0, end: 100 },
+                legacy_moved: false,
+            })),
+            ..task()
+        };
+        let json = serde_json::to_value(&export).unwrap();
+        assert_eq!(json["export"]["range"]["end"], 100, "{json}");
+        let back: Task = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back, export);
+        assert_eq!(back.kind.name(), "export_range");
+
+        // A task staged before kinds existed: the same JSON, so it reads back as it was meant.
+        let mut earlier = json;
+        earlier.as_object_mut().unwrap().remove("nonce");
+        let back: Task = serde_json::from_value(earlier).unwrap();
+        assert!(matches!(back.kind, TaskKind::ExportRange(_)));
     }
 }

@@ -8,11 +8,11 @@ use tokio::sync::{mpsc, Mutex, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::error::{Error, Result};
-use crate::model::task::{MergeTask, TASK_SPEC};
+use crate::model::task::{Task, TASK_SPEC};
 
 #[async_trait]
 pub trait Dispatcher: Send + Sync {
-    async fn dispatch(&self, task: MergeTask) -> Result<()>;
+    async fn dispatch(&self, task: Task) -> Result<()>;
 
     /// Waits for dispatches still in flight; returns the first failure.
     async fn flush(&self) -> Result<()> {
@@ -49,7 +49,7 @@ impl LambdaDispatcher {
 }
 
 /// The invoke payload of a task: inline, or a reference when it is too large.
-pub fn task_payload(task: &MergeTask, inline_limit: usize) -> Result<Vec<u8>> {
+pub fn task_payload(task: &Task, inline_limit: usize) -> Result<Vec<u8>> {
     let inline = serde_json::to_vec(task).map_err(|e| Error::Other(e.to_string()))?;
     if inline.len() <= inline_limit {
         return Ok(inline);
@@ -60,7 +60,7 @@ pub fn task_payload(task: &MergeTask, inline_limit: usize) -> Result<Vec<u8>> {
 
 #[async_trait]
 impl Dispatcher for LambdaDispatcher {
-    async fn dispatch(&self, task: MergeTask) -> Result<()> {
+    async fn dispatch(&self, task: Task) -> Result<()> {
         let payload = task_payload(&task, self.inline_limit)?;
         let permit = Arc::clone(&self.permits)
             .acquire_owned()
@@ -115,18 +115,18 @@ impl Dispatcher for LambdaDispatcher {
 
 /// Sends tasks to local workers; waits when they are all busy (bounded queue).
 pub struct ChannelDispatcher {
-    tx: mpsc::Sender<MergeTask>,
+    tx: mpsc::Sender<Task>,
 }
 
 impl ChannelDispatcher {
-    pub fn new(tx: mpsc::Sender<MergeTask>) -> Self {
+    pub fn new(tx: mpsc::Sender<Task>) -> Self {
         Self { tx }
     }
 }
 
 #[async_trait]
 impl Dispatcher for ChannelDispatcher {
-    async fn dispatch(&self, task: MergeTask) -> Result<()> {
+    async fn dispatch(&self, task: Task) -> Result<()> {
         self.tx.send(task).await.map_err(|e| {
             Error::Other(format!(
                 "local worker pool stopped before task {} could run",
@@ -139,12 +139,12 @@ impl Dispatcher for ChannelDispatcher {
 /// Collects tasks without running them (used by dry runs and tests of the planner alone).
 #[derive(Default)]
 pub struct CollectingDispatcher {
-    pub tasks: tokio::sync::Mutex<Vec<MergeTask>>,
+    pub tasks: tokio::sync::Mutex<Vec<Task>>,
 }
 
 #[async_trait]
 impl Dispatcher for CollectingDispatcher {
-    async fn dispatch(&self, task: MergeTask) -> Result<()> {
+    async fn dispatch(&self, task: Task) -> Result<()> {
         self.tasks.lock().await.push(task);
         Ok(())
     }

@@ -21,7 +21,7 @@ use crate::model::config::{AnyDataset, Config};
 use crate::model::hot::cold::DeleteState;
 use crate::model::partition::{coldness, Coldness};
 use crate::model::state::{Counters, PartitionId};
-use crate::model::task::MergeTask;
+use crate::model::task::{Task, TaskKind};
 use crate::ports::dispatch::{Dispatcher, LambdaDispatcher};
 use crate::ports::hot::postgres::PostgresSource;
 use crate::ports::hot::HotSource;
@@ -651,7 +651,7 @@ impl MergerFunction {
 
     pub async fn handle(&self, event: &Value, deadline: Instant) -> Result<Value> {
         let started = Instant::now();
-        let mut task: MergeTask = match parse_merger_event(event)? {
+        let mut task: Task = match parse_merger_event(event)? {
             MergerEvent::Inline(task) => *task,
             MergerEvent::Reference(key) => {
                 match read_json(self.deployment.store.as_ref(), &key).await? {
@@ -685,10 +685,11 @@ impl MergerFunction {
         )
         .with_hot_source(self.deployment.hot.clone());
         let task_id = task.task_id.clone();
-        let smaller = if task.export.is_some() {
-            "Lower the hot dataset's range_size (or raise MergerTimeout)"
-        } else {
-            "Lower max_task_bytes"
+        let smaller = match task.kind {
+            TaskKind::ExportRange(_) => {
+                "Lower the hot dataset's range_size (or raise MergerTimeout)"
+            }
+            TaskKind::MergeFiles => "Lower max_task_bytes",
         };
         let partition = task.partition.clone();
         let (failed_partition, generation) = (task.partition.clone(), task.generation);

@@ -19,16 +19,19 @@ use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::file::properties::WriterProperties;
 use tokio::sync::mpsc;
 
+use super::{task_manifest, Merger};
 use crate::error::{Error, Result};
 use crate::format::io::StoreReader;
+use crate::format::writer::writer_properties;
 use crate::format::writer::RollingWriter;
 use crate::model::batch::BatchSink;
 use crate::model::hot::export::{ExportRecord, ExportSpec};
 use crate::model::hot::ledger::{CarryPlan, LedgerFile};
 use crate::model::manifest::check_versions;
+use crate::model::manifest::TaskManifest;
 use crate::model::manifest::{Decision, OutputFile, SkippedInput, Verdict};
 use crate::model::object::ObjectMeta;
-use crate::model::task::{partition_staging_dir, MergeTask, DECISION};
+use crate::model::task::{partition_staging_dir, Task, DECISION};
 use crate::ports::hot::HotSource;
 use crate::ports::store::{current_versions, read_json};
 use crate::ports::store::{list_all, ObjectStore};
@@ -109,7 +112,7 @@ async fn write_all(
 pub struct ExportJob<'a> {
     pub store: Arc<dyn ObjectStore>,
     pub source: &'a dyn HotSource,
-    pub task: &'a Arc<MergeTask>,
+    pub task: &'a Arc<Task>,
     pub spec: &'a ExportSpec,
     pub attempt: u32,
     pub props: WriterProperties,
@@ -237,7 +240,7 @@ pub async fn export_range(job: ExportJob<'_>) -> Result<StagedExport> {
 
 /// Another task of the same range that was decided but not finished must be finished (by the
 /// planner's recovery) before a new export may look at the range.
-async fn refuse_if_a_commit_is_unfinished(store: &dyn ObjectStore, task: &MergeTask) -> Result<()> {
+async fn refuse_if_a_commit_is_unfinished(store: &dyn ObjectStore, task: &Task) -> Result<()> {
     let dir = partition_staging_dir(&task.staging_prefix, &task.partition);
     let listing = list_all(store, &dir, None).await?;
     for object in listing.objects {
@@ -383,4 +386,48 @@ async fn carry_rows(
         )));
     }
     writer.finish().await
+}
+
+impl Merger {
+    /// Exports the task's range from Postgres into staged outputs; the range's current files
+    /// (the task's inputs) are what the commit replaces.
+    pub(super) async fn export(
+        &self,
+        task: &Arc<Task>,
+        spec: &ExportSpec,
+        attempt: u32,
+    ) -> Result<TaskManifest> {
+        let source = self.hot.as_deref().ok_or_else(|| {
+            Error::config(
+                "COMPACTOR_PG_DSN",
+                format!(
+                    "task {} exports hot dataset {:?} but this merger has no Postgres connection; \
+                     configure the DSN (environment variable, or COMPACTOR_PG_SECRET_ARN / \
+                     COMPACTOR_PG_DSN_PARAMETER on Lambda)",
+                    task.task_id, spec.hot.name
+                ),
+            )
+        })?;
+        let staged = export_range(ExportJob {
+            store: Arc::clone(&self.store),
+            source,
+            task,
+            spec,
+            attempt,
+            props: writer_properties(&task.dataset, None)?,
+            batch_bytes: task.memory_budget / 4,
+        })
+        .await?;
+        self.progress
+            .input_read(staged.outputs.iter().map(|o| o.size).sum());
+        Ok(task_manifest(
+            task,
+            attempt,
+            staged.replaced,
+            staged.changed,
+            staged.outputs,
+            &staged.schema,
+            Some(staged.record),
+        ))
+    }
 }

@@ -1,43 +1,31 @@
-//! The merger service: runs one merge task — reads its inputs, writes merged outputs of about the
-//! target size into staging, then `_manifest.json`, then `_SUCCESS`. Replaying a task is safe:
-//! a task already staged or decided is not merged again, and concurrent runs of the same task
-//! race on the create-if-absent manifest, so exactly one result stands.
+//! The merger service: runs one task of any [`TaskKind`] — one module per kind ([`files`]:
+//! merge files; [`export`]: export a hot range) writes the outputs into staging with the shared
+//! writer ([`crate::format::writer`]); then this module writes `_manifest.json`, then
+//! `_SUCCESS`, the same for every kind. Replaying a task is safe: a task already staged or
+//! decided is not run again, and concurrent runs of the same task race on the create-if-absent
+//! manifest, so exactly one result stands.
 
 pub mod export;
+mod files;
 mod inputs;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use async_trait::async_trait;
-use futures::StreamExt;
-use parquet::arrow::ArrowSchemaConverter;
-use parquet::file::metadata::SortingColumn;
 
 use crate::error::{Error, Result};
-use crate::model::dataset::Mode;
 use crate::model::manifest::{
-    to_json, ColumnDesc, Decision, OutputFile, SkipKind, SkippedInput, TaskManifest, Verdict,
-    FORMAT_VERSION,
+    to_json, ColumnDesc, Decision, OutputFile, SkippedInput, TaskManifest, Verdict, FORMAT_VERSION,
 };
 use crate::model::object::file_name;
-use crate::model::schema::unify;
-use crate::model::task::{MergeTask, DECISION, MANIFEST, SUCCESS};
+use crate::model::task::{Task, TaskKind, DECISION, MANIFEST, SUCCESS};
 use crate::ports::hot::HotSource;
 use crate::ports::store::{list_all, DeleteRequest, ObjectStore, PutMode};
 use crate::support::faults::crash_point;
 use crate::support::progress::Progress;
 
-use crate::format::sort::{with_seq_column, ExternalSorter, SeqNumbering};
-use crate::format::writer::writer_properties;
-use crate::format::writer::RollingWriter;
-use crate::model::batch::BatchSink;
-use crate::model::manifest::{check_versions, skipped};
-use crate::ports::store::current_versions;
 use crate::ports::store::read_json;
-use inputs::{input_stream, scan_footers, InputEvent, ReadFailure};
 pub use inputs::{InputInfo, ReadBudget};
 
 #[derive(Debug)]
@@ -67,17 +55,6 @@ pub struct Merger {
     hot: Option<Arc<dyn HotSource>>,
 }
 
-enum AttemptFailure {
-    Corrupt { index: usize, reason: String },
-    Failed(Error),
-}
-
-impl From<Error> for AttemptFailure {
-    fn from(e: Error) -> Self {
-        AttemptFailure::Failed(e)
-    }
-}
-
 impl Merger {
     /// `scratch` is where sort mode spills runs (the system temp dir or Lambda's `/tmp`).
     pub fn new(store: Arc<dyn ObjectStore>, scratch: PathBuf, progress: Arc<dyn Progress>) -> Self {
@@ -95,7 +72,7 @@ impl Merger {
         self
     }
 
-    pub async fn run(&self, task: Arc<MergeTask>) -> Result<MergeOutcome> {
+    pub async fn run(&self, task: Arc<Task>) -> Result<MergeOutcome> {
         let store = self.store.as_ref();
         if let Some(decision) = read_json::<Decision>(store, &task.staging_key(DECISION)).await? {
             return Ok(MergeOutcome::Decided(decision.verdict));
@@ -109,9 +86,9 @@ impl Merger {
             return Ok(MergeOutcome::AlreadyStaged(manifest));
         }
         let attempt = self.next_attempt(&task).await?;
-        let manifest = match &task.export {
-            Some(spec) => self.export(&task, spec, attempt).await?,
-            None => self.merge(&task, attempt).await?,
+        let manifest = match &task.kind {
+            TaskKind::MergeFiles => self.merge(&task, attempt).await?,
+            TaskKind::ExportRange(spec) => self.export(&task, spec, attempt).await?,
         };
         match self
             .store
@@ -141,125 +118,7 @@ impl Merger {
         Ok(MergeOutcome::Staged(manifest))
     }
 
-    /// Merges the task's input files into staged outputs.
-    async fn merge(&self, task: &Arc<MergeTask>, first_attempt: u32) -> Result<TaskManifest> {
-        let store = self.store.as_ref();
-        let mut attempt = first_attempt;
-        let mut skipped_inputs: Vec<SkippedInput> = Vec::new();
-
-        let current = current_versions(store, &task.inputs).await?;
-        let (unchanged, changed) = check_versions(&task.inputs, &current);
-        skipped_inputs.extend(changed);
-        let (mut infos, corrupt) = scan_footers(Arc::clone(&self.store), unchanged).await?;
-        skipped_inputs.extend(corrupt);
-
-        let (schema, outputs, merged) = loop {
-            let schema = self.unified_schema(task, &infos)?;
-            let outputs = match self.merge_attempt(task, attempt, &infos, &schema).await {
-                Ok(outputs) => outputs,
-                Err(AttemptFailure::Corrupt { index, reason }) => {
-                    let info = infos.remove(index);
-                    // A file rewritten while it was read looks corrupt but is only new: it is
-                    // left for the next round instead of being quarantined.
-                    let now = current_versions(store, std::slice::from_ref(&info.meta)).await?;
-                    let (_, changed) = check_versions(std::slice::from_ref(&info.meta), &now);
-                    match changed.into_iter().next() {
-                        Some(changed) => {
-                            tracing::info!(task = %task.task_id, key = %info.meta.key, "input changed while it was read; it is left for the next round");
-                            skipped_inputs.push(changed);
-                        }
-                        None => {
-                            tracing::warn!(task = %task.task_id, key = %info.meta.key, %reason, "input is corrupt; skipping it and merging the rest again");
-                            skipped_inputs.push(skipped(&info.meta, SkipKind::Unreadable, reason));
-                        }
-                    }
-                    attempt += 1;
-                    continue;
-                }
-                Err(AttemptFailure::Failed(e)) => return Err(e),
-            };
-            // An input rewritten during the merge is left for the next round, and the rest
-            // merged again without it: its outputs would hold the old content.
-            let merged: Vec<_> = infos.iter().map(|i| i.meta.clone()).collect();
-            let after = current_versions(store, &merged).await?;
-            let (_, changed_during) = check_versions(&merged, &after);
-            if changed_during.is_empty() {
-                break (schema, outputs, merged);
-            }
-            self.discard(&outputs).await;
-            tracing::info!(task = %task.task_id, changed = changed_during.len(), "inputs changed while merging; merging the rest again without them");
-            infos.retain(|i| !changed_during.iter().any(|c| c.key == i.meta.key));
-            skipped_inputs.extend(changed_during);
-            attempt += 1;
-        };
-
-        let output_schema = outputs_schema(task, &schema);
-        Ok(task_manifest(
-            task,
-            attempt,
-            merged,
-            skipped_inputs,
-            outputs,
-            &output_schema,
-            None,
-        ))
-    }
-
-    /// Exports the task's range from Postgres into staged outputs; the range's current files
-    /// (the task's inputs) are what the commit replaces.
-    async fn export(
-        &self,
-        task: &Arc<MergeTask>,
-        spec: &crate::model::hot::export::ExportSpec,
-        attempt: u32,
-    ) -> Result<TaskManifest> {
-        let source = self.hot.as_deref().ok_or_else(|| {
-            Error::config(
-                "COMPACTOR_PG_DSN",
-                format!(
-                    "task {} exports hot dataset {:?} but this merger has no Postgres connection; \
-                     configure the DSN (environment variable, or COMPACTOR_PG_SECRET_ARN / \
-                     COMPACTOR_PG_DSN_PARAMETER on Lambda)",
-                    task.task_id, spec.hot.name
-                ),
-            )
-        })?;
-        let staged = crate::services::merger::export::export_range(
-            crate::services::merger::export::ExportJob {
-                store: Arc::clone(&self.store),
-                source,
-                task,
-                spec,
-                attempt,
-                props: writer_properties(&task.dataset, None)?,
-                batch_bytes: task.memory_budget / 4,
-            },
-        )
-        .await?;
-        self.progress
-            .input_read(staged.outputs.iter().map(|o| o.size).sum());
-        Ok(task_manifest(
-            task,
-            attempt,
-            staged.replaced,
-            staged.changed,
-            staged.outputs,
-            &staged.schema,
-            Some(staged.record),
-        ))
-    }
-
-    fn unified_schema(&self, task: &MergeTask, infos: &[InputInfo]) -> Result<SchemaRef> {
-        let schemas: Vec<(String, SchemaRef)> = infos
-            .iter()
-            .map(|i| (i.meta.key.clone(), Arc::clone(&i.schema)))
-            .collect();
-        // A previous sort-mode output carries the seq column; it is recomputed, never merged.
-        let drop: Vec<&str> = task.dataset.seq_column.iter().map(String::as_str).collect();
-        unify(&task.partition.to_string(), &schemas, &drop)
-    }
-
-    async fn next_attempt(&self, task: &MergeTask) -> Result<u32> {
+    async fn next_attempt(&self, task: &Task) -> Result<u32> {
         let listing = list_all(self.store.as_ref(), &task.task_dir(), Some('/')).await?;
         let previous = listing
             .objects
@@ -277,104 +136,6 @@ impl Merger {
         Ok(previous + 1)
     }
 
-    async fn merge_attempt(
-        &self,
-        task: &Arc<MergeTask>,
-        attempt: u32,
-        infos: &[InputInfo],
-        schema: &SchemaRef,
-    ) -> std::result::Result<Vec<OutputFile>, AttemptFailure> {
-        let output_schema = outputs_schema(task, schema);
-        let sorting = sorting_columns(task, &output_schema);
-        let props = writer_properties(&task.dataset, sorting)?;
-        let writer = RollingWriter::new(
-            Arc::clone(&self.store),
-            Arc::clone(task),
-            attempt,
-            Arc::clone(&output_schema),
-            props,
-        );
-        let mut sink = OutputSink {
-            numbering: task.dataset.seq_column.as_ref().map(|seq| {
-                let (schema, position) = with_seq_column(schema, &task.dataset.sort_key, seq);
-                SeqNumbering {
-                    schema,
-                    position,
-                    next: 0,
-                }
-            }),
-            writer,
-            rows: 0,
-        };
-        let result = self.feed(task, infos, schema, &mut sink).await;
-        match result {
-            Ok(()) => {
-                let rows = sink.rows;
-                let expected: u64 = infos.iter().map(|i| i.rows).sum();
-                let outputs = match sink.writer.finish().await {
-                    Ok(o) => o,
-                    Err(e) => return Err(e.into()),
-                };
-                if rows != expected {
-                    self.discard(&outputs).await;
-                    return Err(Error::Other(format!(
-                        "task {} wrote {rows} rows but its inputs' footers declare {expected}; nothing was staged",
-                        task.task_id
-                    ))
-                    .into());
-                }
-                Ok(outputs)
-            }
-            Err(failure) => {
-                sink.writer.abort().await;
-                Err(failure)
-            }
-        }
-    }
-
-    async fn feed(
-        &self,
-        task: &MergeTask,
-        infos: &[InputInfo],
-        schema: &SchemaRef,
-        sink: &mut OutputSink,
-    ) -> std::result::Result<(), AttemptFailure> {
-        let budget = ReadBudget::from_memory_budget(task.memory_budget);
-        let mut events = input_stream(
-            Arc::clone(&self.store),
-            infos.to_vec(),
-            Arc::clone(schema),
-            budget,
-        );
-        let mut sorter = match task.dataset.mode {
-            Mode::Sort => Some(ExternalSorter::new(
-                Arc::clone(schema),
-                &task.dataset.sort_key,
-                task.memory_budget,
-                &self.scratch,
-            )?),
-            Mode::Concat => None,
-        };
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(InputEvent::Batch(batch)) => match sorter.as_mut() {
-                    Some(sorter) => sorter.push(batch)?,
-                    None => sink.push(batch).await?,
-                },
-                Ok(InputEvent::Done { index }) => self.progress.input_read(infos[index].meta.size),
-                Err(ReadFailure::Corrupt { index, reason }) => {
-                    return Err(AttemptFailure::Corrupt { index, reason })
-                }
-                Err(ReadFailure::Other(e)) => return Err(e.into()),
-            }
-        }
-        if let Some(sorter) = sorter {
-            tracing::debug!(task = %task.task_id, rows = sorter.rows_seen(), runs = sorter.spilled_runs(), "merging sorted runs");
-            sorter.finish(sink).await?;
-        }
-        Ok(())
-    }
-
     async fn verify_staged(&self, manifest: &TaskManifest) -> Result<()> {
         for output in &manifest.outputs {
             match self.store.head(&output.staging_key).await? {
@@ -390,7 +151,7 @@ impl Merger {
         Ok(())
     }
 
-    async fn mark_success(&self, task: &MergeTask) -> Result<()> {
+    async fn mark_success(&self, task: &Task) -> Result<()> {
         match self
             .store
             .put(
@@ -422,7 +183,7 @@ impl Merger {
 
 /// The manifest of a staged task.
 fn task_manifest(
-    task: &MergeTask,
+    task: &Task,
     attempt: u32,
     inputs: Vec<crate::model::object::ObjectMeta>,
     skipped: Vec<SkippedInput>,
@@ -453,54 +214,5 @@ fn task_manifest(
             .collect(),
         created_at_ms: crate::support::clock::now_ms(),
         export,
-    }
-}
-
-/// The schema of the outputs: the unified input schema, plus `seq` when configured.
-fn outputs_schema(task: &MergeTask, schema: &SchemaRef) -> SchemaRef {
-    match &task.dataset.seq_column {
-        Some(seq) => with_seq_column(schema, &task.dataset.sort_key, seq).0,
-        None => Arc::clone(schema),
-    }
-}
-
-/// Declares the sort order in the footer (sort mode), for engines that use it.
-fn sorting_columns(task: &MergeTask, schema: &SchemaRef) -> Option<Vec<SortingColumn>> {
-    if task.dataset.mode != Mode::Sort {
-        return None;
-    }
-    let descr = ArrowSchemaConverter::new().convert(schema).ok()?;
-    task.dataset
-        .sort_key
-        .iter()
-        .map(|name| {
-            let idx = descr
-                .columns()
-                .iter()
-                .position(|c| c.path().string() == *name)?;
-            Some(SortingColumn {
-                column_idx: idx as i32,
-                descending: false,
-                nulls_first: false,
-            })
-        })
-        .collect()
-}
-
-struct OutputSink {
-    writer: RollingWriter,
-    numbering: Option<SeqNumbering>,
-    rows: u64,
-}
-
-#[async_trait]
-impl BatchSink for OutputSink {
-    async fn push(&mut self, batch: RecordBatch) -> Result<()> {
-        self.rows += batch.num_rows() as u64;
-        let batch = match self.numbering.as_mut() {
-            Some(numbering) => numbering.number(batch)?,
-            None => batch,
-        };
-        self.writer.write(&batch).await
     }
 }

@@ -20,8 +20,8 @@ use crate::model::partition::{coldness, Coldness, PartitionTemplate};
 use crate::model::plan::{decide, is_data_file, PartitionDecision, SkipReason};
 use crate::model::state::{PartitionId, PartitionStatus};
 use crate::model::task::{
-    dataset_staging_dir, generation_of, partition_output_dir, partition_source_dir, task_id,
-    MergeTask, DECISION, PARTITION_MANIFEST, SUCCESS, TASK_SPEC,
+    dataset_staging_dir, generation_of, partition_output_dir, partition_source_dir, task_id, Task,
+    TaskKind, DECISION, PARTITION_MANIFEST, SUCCESS, TASK_SPEC,
 };
 use crate::ports::dispatch::Dispatcher;
 use crate::ports::hot::HotSource;
@@ -377,7 +377,7 @@ impl Planner {
                 groups
                     .iter()
                     .enumerate()
-                    .map(|(i, inputs)| MergeTask {
+                    .map(|(i, inputs)| Task {
                         task_id: task_id(generation, i),
                         partition: id.clone(),
                         generation,
@@ -386,7 +386,7 @@ impl Planner {
                         memory_budget: self.settings.memory_budget,
                         inputs: inputs.clone(),
                         created_at_ms: options.now.timestamp_millis(),
-                        export: None,
+                        kind: TaskKind::MergeFiles,
                         nonce: crate::model::task::new_nonce(),
                         lease_owner: self.settings.owner.clone(),
                     })
@@ -402,9 +402,9 @@ impl Planner {
         &self,
         id: &PartitionId,
         options: &PlanOptions,
-        make_tasks: impl Fn(u64) -> Vec<MergeTask>,
+        make_tasks: impl Fn(u64) -> Vec<Task>,
     ) -> Result<PartitionOutcome> {
-        let summaries = |tasks: &[MergeTask]| -> Vec<TaskSummary> {
+        let summaries = |tasks: &[Task]| -> Vec<TaskSummary> {
             tasks
                 .iter()
                 .map(|t| TaskSummary {
@@ -747,7 +747,7 @@ impl Planner {
         };
         let outcome = self
             .start_round(&id, options, |generation| {
-                vec![MergeTask {
+                vec![Task {
                     task_id: task_id(generation, 0),
                     partition: id.clone(),
                     generation,
@@ -758,7 +758,7 @@ impl Planner {
                     // and replaces the others.
                     inputs: files.clone(),
                     created_at_ms: options.now.timestamp_millis(),
-                    export: Some(spec.clone()),
+                    kind: TaskKind::ExportRange(Box::new(spec.clone())),
                     nonce: crate::model::task::new_nonce(),
                     lease_owner: self.settings.owner.clone(),
                 }]
@@ -898,7 +898,7 @@ impl Planner {
                         "abandon the merge that died twice"
                     } else {
                         if !options.dry_run {
-                            let spec = read_json::<MergeTask>(
+                            let spec = read_json::<Task>(
                                 self.store.as_ref(),
                                 &format!("{dir}{TASK_SPEC}"),
                             )

@@ -1,0 +1,260 @@
+//! The [`TaskKind::MergeFiles`](crate::model::task::TaskKind::MergeFiles) kind: the task's input
+//! files merged into outputs of about the target size, in concat mode (inputs in order) or sort
+//! mode (a global sort through the external sorter, optionally numbered with `seq`). An input
+//! found corrupt is left out and the merge tried again without it; inputs rewritten since
+//! planning are left for the next round.
+
+use super::inputs::{input_stream, scan_footers, InputEvent, InputInfo, ReadBudget, ReadFailure};
+use super::{task_manifest, Merger};
+use crate::error::{Error, Result};
+use crate::format::sort::{with_seq_column, ExternalSorter, SeqNumbering};
+use crate::format::writer::writer_properties;
+use crate::format::writer::RollingWriter;
+use crate::model::batch::BatchSink;
+use crate::model::dataset::Mode;
+use crate::model::manifest::{check_versions, skipped};
+use crate::model::manifest::{OutputFile, SkipKind, SkippedInput, TaskManifest};
+use crate::model::schema::unify;
+use crate::model::task::Task;
+use crate::ports::store::current_versions;
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use futures::StreamExt;
+use parquet::arrow::ArrowSchemaConverter;
+use parquet::file::metadata::SortingColumn;
+use std::sync::Arc;
+
+enum AttemptFailure {
+    Corrupt { index: usize, reason: String },
+    Failed(Error),
+}
+
+impl From<Error> for AttemptFailure {
+    fn from(e: Error) -> Self {
+        AttemptFailure::Failed(e)
+    }
+}
+
+impl Merger {
+    /// Merges the task's input files into staged outputs.
+    pub(super) async fn merge(&self, task: &Arc<Task>, first_attempt: u32) -> Result<TaskManifest> {
+        let store = self.store.as_ref();
+        let mut attempt = first_attempt;
+        let mut skipped_inputs: Vec<SkippedInput> = Vec::new();
+
+        let current = current_versions(store, &task.inputs).await?;
+        let (unchanged, changed) = check_versions(&task.inputs, &current);
+        skipped_inputs.extend(changed);
+        let (mut infos, corrupt) = scan_footers(Arc::clone(&self.store), unchanged).await?;
+        skipped_inputs.extend(corrupt);
+
+        let (schema, outputs, merged) = loop {
+            let schema = self.unified_schema(task, &infos)?;
+            let outputs = match self.merge_attempt(task, attempt, &infos, &schema).await {
+                Ok(outputs) => outputs,
+                Err(AttemptFailure::Corrupt { index, reason }) => {
+                    let info = infos.remove(index);
+                    // A file rewritten while it was read looks corrupt but is only new: it is
+                    // left for the next round instead of being quarantined.
+                    let now = current_versions(store, std::slice::from_ref(&info.meta)).await?;
+                    let (_, changed) = check_versions(std::slice::from_ref(&info.meta), &now);
+                    match changed.into_iter().next() {
+                        Some(changed) => {
+                            tracing::info!(task = %task.task_id, key = %info.meta.key, "input changed while it was read; it is left for the next round");
+                            skipped_inputs.push(changed);
+                        }
+                        None => {
+                            tracing::warn!(task = %task.task_id, key = %info.meta.key, %reason, "input is corrupt; skipping it and merging the rest again");
+                            skipped_inputs.push(skipped(&info.meta, SkipKind::Unreadable, reason));
+                        }
+                    }
+                    attempt += 1;
+                    continue;
+                }
+                Err(AttemptFailure::Failed(e)) => return Err(e),
+            };
+            // An input rewritten during the merge is left for the next round, and the rest
+            // merged again without it: its outputs would hold the old content.
+            let merged: Vec<_> = infos.iter().map(|i| i.meta.clone()).collect();
+            let after = current_versions(store, &merged).await?;
+            let (_, changed_during) = check_versions(&merged, &after);
+            if changed_during.is_empty() {
+                break (schema, outputs, merged);
+            }
+            self.discard(&outputs).await;
+            tracing::info!(task = %task.task_id, changed = changed_during.len(), "inputs changed while merging; merging the rest again without them");
+            infos.retain(|i| !changed_during.iter().any(|c| c.key == i.meta.key));
+            skipped_inputs.extend(changed_during);
+            attempt += 1;
+        };
+
+        let output_schema = outputs_schema(task, &schema);
+        Ok(task_manifest(
+            task,
+            attempt,
+            merged,
+            skipped_inputs,
+            outputs,
+            &output_schema,
+            None,
+        ))
+    }
+
+    fn unified_schema(&self, task: &Task, infos: &[InputInfo]) -> Result<SchemaRef> {
+        let schemas: Vec<(String, SchemaRef)> = infos
+            .iter()
+            .map(|i| (i.meta.key.clone(), Arc::clone(&i.schema)))
+            .collect();
+        // A previous sort-mode output carries the seq column; it is recomputed, never merged.
+        let drop: Vec<&str> = task.dataset.seq_column.iter().map(String::as_str).collect();
+        unify(&task.partition.to_string(), &schemas, &drop)
+    }
+
+    async fn merge_attempt(
+        &self,
+        task: &Arc<Task>,
+        attempt: u32,
+        infos: &[InputInfo],
+        schema: &SchemaRef,
+    ) -> std::result::Result<Vec<OutputFile>, AttemptFailure> {
+        let output_schema = outputs_schema(task, schema);
+        let sorting = sorting_columns(task, &output_schema);
+        let props = writer_properties(&task.dataset, sorting)?;
+        let writer = RollingWriter::new(
+            Arc::clone(&self.store),
+            Arc::clone(task),
+            attempt,
+            Arc::clone(&output_schema),
+            props,
+        );
+        let mut sink = OutputSink {
+            numbering: task.dataset.seq_column.as_ref().map(|seq| {
+                let (schema, position) = with_seq_column(schema, &task.dataset.sort_key, seq);
+                SeqNumbering {
+                    schema,
+                    position,
+                    next: 0,
+                }
+            }),
+            writer,
+            rows: 0,
+        };
+        let result = self.feed(task, infos, schema, &mut sink).await;
+        match result {
+            Ok(()) => {
+                let rows = sink.rows;
+                let expected: u64 = infos.iter().map(|i| i.rows).sum();
+                let outputs = match sink.writer.finish().await {
+                    Ok(o) => o,
+                    Err(e) => return Err(e.into()),
+                };
+                if rows != expected {
+                    self.discard(&outputs).await;
+                    return Err(Error::Other(format!(
+                        "task {} wrote {rows} rows but its inputs' footers declare {expected}; nothing was staged",
+                        task.task_id
+                    ))
+                    .into());
+                }
+                Ok(outputs)
+            }
+            Err(failure) => {
+                sink.writer.abort().await;
+                Err(failure)
+            }
+        }
+    }
+
+    async fn feed(
+        &self,
+        task: &Task,
+        infos: &[InputInfo],
+        schema: &SchemaRef,
+        sink: &mut OutputSink,
+    ) -> std::result::Result<(), AttemptFailure> {
+        let budget = ReadBudget::from_memory_budget(task.memory_budget);
+        let mut events = input_stream(
+            Arc::clone(&self.store),
+            infos.to_vec(),
+            Arc::clone(schema),
+            budget,
+        );
+        let mut sorter = match task.dataset.mode {
+            Mode::Sort => Some(ExternalSorter::new(
+                Arc::clone(schema),
+                &task.dataset.sort_key,
+                task.memory_budget,
+                &self.scratch,
+            )?),
+            Mode::Concat => None,
+        };
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(InputEvent::Batch(batch)) => match sorter.as_mut() {
+                    Some(sorter) => sorter.push(batch)?,
+                    None => sink.push(batch).await?,
+                },
+                Ok(InputEvent::Done { index }) => self.progress.input_read(infos[index].meta.size),
+                Err(ReadFailure::Corrupt { index, reason }) => {
+                    return Err(AttemptFailure::Corrupt { index, reason })
+                }
+                Err(ReadFailure::Other(e)) => return Err(e.into()),
+            }
+        }
+        if let Some(sorter) = sorter {
+            tracing::debug!(task = %task.task_id, rows = sorter.rows_seen(), runs = sorter.spilled_runs(), "merging sorted runs");
+            sorter.finish(sink).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The schema of the outputs: the unified input schema, plus `seq` when configured.
+fn outputs_schema(task: &Task, schema: &SchemaRef) -> SchemaRef {
+    match &task.dataset.seq_column {
+        Some(seq) => with_seq_column(schema, &task.dataset.sort_key, seq).0,
+        None => Arc::clone(schema),
+    }
+}
+
+/// Declares the sort order in the footer (sort mode), for engines that use it.
+fn sorting_columns(task: &Task, schema: &SchemaRef) -> Option<Vec<SortingColumn>> {
+    if task.dataset.mode != Mode::Sort {
+        return None;
+    }
+    let descr = ArrowSchemaConverter::new().convert(schema).ok()?;
+    task.dataset
+        .sort_key
+        .iter()
+        .map(|name| {
+            let idx = descr
+                .columns()
+                .iter()
+                .position(|c| c.path().string() == *name)?;
+            Some(SortingColumn {
+                column_idx: idx as i32,
+                descending: false,
+                nulls_first: false,
+            })
+        })
+        .collect()
+}
+
+struct OutputSink {
+    writer: RollingWriter,
+    numbering: Option<SeqNumbering>,
+    rows: u64,
+}
+
+#[async_trait]
+impl BatchSink for OutputSink {
+    async fn push(&mut self, batch: RecordBatch) -> Result<()> {
+        self.rows += batch.num_rows() as u64;
+        let batch = match self.numbering.as_mut() {
+            Some(numbering) => numbering.number(batch)?,
+            None => batch,
+        };
+        self.writer.write(&batch).await
+    }
+}
