@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use compaction::drivers::lambda::{CommitterFunction, Deployment, MergerFunction, PlannerFunction};
+use compaction::drivers::lambda::committer::CommitterFunction;
+use compaction::drivers::lambda::merger::MergerFunction;
+use compaction::drivers::lambda::planner::PlannerFunction;
+use compaction::drivers::lambda::Deployment;
 use compaction::drivers::sample::{generate, SampleSpec};
 use compaction::model::config::Config;
 use compaction::model::state::{PartitionId, PartitionStatus};

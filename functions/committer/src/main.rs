@@ -1,7 +1,8 @@
 //! The committer Lambda: a task's `_SUCCESS` (S3 or EventBridge event, or `{"task_dir": ...}`)
 //! in; the outputs swapped in and the inputs deleted. See `compaction::functions`.
 
-use compaction::drivers::lambda::{init_logging, CommitterFunction};
+use compaction::drivers::lambda::committer::CommitterFunction;
+use compaction::drivers::lambda::init_logging;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
 

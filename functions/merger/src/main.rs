@@ -1,7 +1,8 @@
 //! The merger Lambda: one merge task in (inline or by reference to its `_task.json`); outputs,
 //! `_manifest.json` and `_SUCCESS` out, in staging. See `compaction::functions`.
 
-use compaction::drivers::lambda::{deadline_from_epoch_ms, init_logging, MergerFunction};
+use compaction::drivers::lambda::merger::MergerFunction;
+use compaction::drivers::lambda::{deadline_from_epoch_ms, init_logging};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
 

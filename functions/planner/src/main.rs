@@ -1,7 +1,8 @@
 //! The planner Lambda: S3 events, EventBridge events, schedules and manual commands in; merge
 //! tasks out, as asynchronous invocations of the merger. See `compaction::functions`.
 
-use compaction::drivers::lambda::{deadline_from_epoch_ms, init_logging, PlannerFunction};
+use compaction::drivers::lambda::planner::PlannerFunction;
+use compaction::drivers::lambda::{deadline_from_epoch_ms, init_logging};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
 

@@ -125,7 +125,7 @@ impl RunSummary {
         match outcome {
             CommitOutcome::Committed(report) => {
                 // Locally, the "partition compacted" event goes to the log.
-                tracing::info!(event = %report.event(), "{}", crate::drivers::lambda::EVENT_DETAIL_TYPE);
+                tracing::info!(event = %report.event(), "{}", crate::drivers::lambda::committer::EVENT_DETAIL_TYPE);
                 self.commits.push(*report)
             }
             CommitOutcome::Refused { task_dir, reason } => self.refused.push((task_dir, reason)),

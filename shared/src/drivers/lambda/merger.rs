@@ -1,0 +1,200 @@
+//! The merger function: runs one task (inline or by reference), keeping the partition's lease
+//! alive while it runs, and records a failure on the partition.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::drivers::events::{parse_merger_event, MergerEvent};
+use crate::drivers::lambda::metrics::Metrics;
+use crate::error::{Error, Result};
+use crate::model::task::{Task, TaskKind};
+use crate::ports::store::read_json;
+use crate::services::merger::{MergeOutcome, Merger};
+use crate::support::env::env_var;
+use crate::support::progress::NoProgress;
+
+use super::merge_throughput;
+use super::{Deployment, SAFETY_MARGIN};
+
+pub struct MergerFunction {
+    deployment: Deployment,
+    scratch: PathBuf,
+    memory_budget: u64,
+    throughput: u64,
+}
+
+/// The merge budget of a function with `memory_mb` of memory: what is left after the runtime
+/// and buffers outside the budget (the stated bound is budget + 256 MiB), with 10% headroom.
+pub fn budget_for_memory(memory_mb: u64) -> u64 {
+    let total = memory_mb * 1024 * 1024;
+    (total / 10 * 9)
+        .saturating_sub(256 * 1024 * 1024)
+        .max(64 * 1024 * 1024)
+}
+
+impl MergerFunction {
+    pub fn new(
+        deployment: Deployment,
+        scratch: PathBuf,
+        memory_budget: u64,
+        throughput: u64,
+    ) -> Self {
+        Self {
+            deployment,
+            scratch,
+            memory_budget,
+            throughput: throughput.max(1),
+        }
+    }
+
+    /// The budget follows `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`; spills go to `/tmp` (or TMPDIR).
+    pub async fn from_env() -> Result<Self> {
+        let deployment = Deployment::from_env().await?;
+        let memory_budget = match env_var("AWS_LAMBDA_FUNCTION_MEMORY_SIZE") {
+            Some(mb) => budget_for_memory(mb.parse().map_err(|e| {
+                Error::config("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", format!("{mb:?}: {e}"))
+            })?),
+            None => deployment.config.memory_budget.bytes(),
+        };
+        Ok(Self {
+            scratch: std::env::temp_dir().join("compactor"),
+            memory_budget,
+            throughput: merge_throughput()?,
+            deployment,
+        })
+    }
+
+    pub async fn handle(&self, event: &Value, deadline: Instant) -> Result<Value> {
+        let started = Instant::now();
+        let mut task: Task = match parse_merger_event(event)? {
+            MergerEvent::Inline(task) => *task,
+            MergerEvent::Reference(key) => {
+                match read_json(self.deployment.store.as_ref(), &key).await? {
+                    Some(task) => task,
+                    None => return Err(Error::NotFound { key }),
+                }
+            }
+        };
+        task.memory_budget = self.memory_budget;
+        let needed = Duration::from_secs(task.input_bytes() / self.throughput);
+        let left = deadline.saturating_duration_since(Instant::now());
+        if needed + SAFETY_MARGIN > left {
+            return Err(Error::Other(format!(
+                "task {} of {} ({} bytes) needs about {}s at {}/s but only {}s remain; refused \
+                 before starting. Lower max_task_bytes (or set COMPACTOR_MERGER_TIMEOUT on the \
+                 planner) so tasks fit the merger's time limit",
+                task.task_id,
+                task.partition,
+                task.input_bytes(),
+                needed.as_secs(),
+                crate::support::units::human_bytes(self.throughput),
+                left.as_secs()
+            )));
+        }
+        std::fs::create_dir_all(&self.scratch)
+            .map_err(|e| Error::io(self.scratch.display().to_string(), e))?;
+        let merger = Merger::new(
+            Arc::clone(&self.deployment.store),
+            self.scratch.clone(),
+            Arc::new(NoProgress),
+        )
+        .with_hot_source(self.deployment.hot.clone());
+        let task_id = task.task_id.clone();
+        let smaller = match task.kind {
+            TaskKind::ExportRange(_) => {
+                "Lower the hot dataset's range_size (or raise MergerTimeout)"
+            }
+            TaskKind::MergeFiles => "Lower max_task_bytes",
+        };
+        let partition = task.partition.clone();
+        let (failed_partition, generation) = (task.partition.clone(), task.generation);
+        let lease = task.lease();
+        let task = Arc::new(task);
+        let lease_ttl_ms = self.deployment.config.lease_ttl.0.as_millis() as i64;
+        let state = Arc::clone(&self.deployment.state);
+        let run = async move {
+            match lease {
+                // Long merges keep their lease: it must not pass to the next sweep meanwhile.
+                Some(lease) => {
+                    crate::services::lease::while_holding(
+                        state,
+                        &partition,
+                        lease,
+                        lease_ttl_ms,
+                        merger.run(task),
+                    )
+                    .await
+                }
+                None => merger.run(task).await,
+            }
+        };
+        let finished = tokio::time::timeout(left.saturating_sub(SAFETY_MARGIN / 2), run)
+            .await
+            .map_err(|_| {
+                Error::Other(format!(
+                    "task {task_id} stopped before the time limit; its uploads were aborted and \
+                     its inputs are untouched. {smaller}"
+                ))
+            })
+            .and_then(|r| r);
+        let outcome = match finished {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                // The round failed: its partition is planned anew, and backs off if it keeps
+                // failing. A lost lease belongs to a newer round, which is left alone.
+                if !matches!(e, Error::LeaseLost { .. }) {
+                    let failed = self
+                        .deployment
+                        .state
+                        .finish_round(
+                            &failed_partition,
+                            generation,
+                            crate::model::state::PartitionStatus::Failed,
+                            Some(e.to_string()),
+                            crate::support::clock::now_ms(),
+                        )
+                        .await;
+                    if let Err(state_err) = failed {
+                        tracing::error!(error = %state_err, "could not record the failure in the state store");
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let mut metrics = Metrics::new("merger");
+        let response = match &outcome {
+            MergeOutcome::Staged(m) | MergeOutcome::AlreadyStaged(m) => {
+                let corrupt = m
+                    .skipped
+                    .iter()
+                    .filter(|s| s.kind == crate::model::manifest::SkipKind::Unreadable)
+                    .count();
+                metrics
+                    .count("MergeRuns", 1)
+                    .count("FilesMerged", m.inputs.len() as u64)
+                    .bytes("BytesIn", m.input_bytes())
+                    .bytes("BytesOut", m.output_bytes())
+                    .count("CorruptFilesSkipped", corrupt as u64);
+                json!({"task_id": task_id, "staged": true, "outputs": m.outputs.len(), "rows": m.rows, "skipped": m.skipped.len()})
+            }
+            MergeOutcome::Decided(_) => json!({"task_id": task_id, "already_decided": true}),
+        };
+        metrics.millis("Duration", started.elapsed().as_millis());
+        metrics.emit();
+        Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn budget_leaves_room_for_the_runtime() {
+        assert_eq!(budget_for_memory(3008) / (1024 * 1024), 2451);
+        assert_eq!(budget_for_memory(128), 64 * 1024 * 1024);
+    }
+}

@@ -1,0 +1,500 @@
+//! The planner function: S3 and EventBridge events, schedules and manual commands, planned and
+//! dispatched to merger functions (see `crate::drivers::events` for the event shapes).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use crate::drivers::events::{
+    parse_planner_event, route_key, KeyRoute, PlannerCommand, PlannerEvent,
+};
+use crate::drivers::lambda::metrics::Metrics;
+use crate::error::{Error, Result};
+use crate::model::config::{AnyDataset, Config};
+use crate::model::partition::{coldness, Coldness};
+use crate::model::state::{Counters, PartitionId};
+use crate::ports::dispatch::{Dispatcher, LambdaDispatcher};
+use crate::services::planner::{
+    DatasetPlan, PartitionOutcome, PlanOptions, Planner, PlannerSettings,
+};
+use crate::support::env::env_var;
+use crate::support::units::ByteSize;
+
+use super::{merge_throughput, parsed, required};
+use super::{Deployment, SAFETY_MARGIN};
+
+pub struct PlannerFunction {
+    deployment: Deployment,
+    dispatcher: Arc<dyn Dispatcher>,
+}
+
+impl PlannerFunction {
+    /// The planner with a Lambda dispatcher to `COMPACTOR_MERGER_FUNCTION`. When
+    /// `COMPACTOR_MERGER_TIMEOUT` is set, each dataset's `max_task_bytes` is capped so that a
+    /// task fits the merger's time limit at the assumed throughput.
+    pub async fn from_env() -> Result<Self> {
+        let mut deployment = Deployment::from_env().await?;
+        let function = required("COMPACTOR_MERGER_FUNCTION", "the merger function's name")?;
+        let dispatcher = LambdaDispatcher::new(
+            aws_sdk_lambda::Client::new(&deployment.sdk),
+            function,
+            parsed("COMPACTOR_INLINE_TASK_LIMIT", 200_000usize)?,
+            parsed("COMPACTOR_DISPATCH_CONCURRENCY", 8usize)?,
+        );
+        if let Some(timeout) = env_var("COMPACTOR_MERGER_TIMEOUT") {
+            let seconds: u64 = timeout.parse().map_err(|e| {
+                Error::config("COMPACTOR_MERGER_TIMEOUT", format!("{timeout:?}: {e}"))
+            })?;
+            cap_task_size(&mut deployment.config, seconds, merge_throughput()?);
+        }
+        Ok(Self::new(deployment, Arc::new(dispatcher)))
+    }
+
+    pub fn new(deployment: Deployment, dispatcher: Arc<dyn Dispatcher>) -> Self {
+        Self {
+            deployment,
+            dispatcher,
+        }
+    }
+
+    fn planner(&self, request_id: &str) -> Planner {
+        let config = &self.deployment.config;
+        Planner::new(
+            Arc::clone(&self.deployment.store),
+            Arc::clone(&self.deployment.state),
+            Arc::clone(&self.dispatcher),
+            PlannerSettings {
+                owner: format!("lambda:{request_id}"),
+                lease_ttl_ms: config.lease_ttl.0.as_millis() as i64,
+                staging_prefix: config.staging_prefix.clone(),
+                memory_budget: config.memory_budget.bytes(),
+            },
+        )
+        .with_hot_source(self.deployment.hot.clone())
+    }
+
+    pub async fn handle(
+        &self,
+        event: &Value,
+        request_id: &str,
+        deadline: Instant,
+    ) -> Result<Value> {
+        let started = Instant::now();
+        let mut metrics = Metrics::new("planner");
+        let planner = self.planner(request_id);
+        let stop_at = deadline.checked_sub(SAFETY_MARGIN).unwrap_or(deadline);
+        let result = match parse_planner_event(event)? {
+            PlannerEvent::Ignored(why) => {
+                tracing::info!(why, "event needs no work");
+                Ok(json!({"ignored": why}))
+            }
+            PlannerEvent::ObjectsCreated(objects) => {
+                self.objects_created(&planner, &objects, &mut metrics).await
+            }
+            PlannerEvent::Scheduled => {
+                self.sweep(&planner, None, false, false, stop_at, &mut metrics)
+                    .await
+            }
+            PlannerEvent::Command(command) => {
+                self.command(&planner, command, stop_at, &mut metrics).await
+            }
+        };
+        let flushed = self.dispatcher.flush().await;
+        metrics.millis("Duration", started.elapsed().as_millis());
+        metrics.emit();
+        let value = result?;
+        flushed?;
+        Ok(value)
+    }
+
+    async fn objects_created(
+        &self,
+        planner: &Planner,
+        objects: &[crate::drivers::events::CreatedObject],
+        metrics: &mut Metrics,
+    ) -> Result<Value> {
+        let config = &self.deployment.config;
+        // Everything is checked before anything changes: a bad event changes nothing.
+        let mut routes = Vec::with_capacity(objects.len());
+        for object in objects {
+            self.deployment.check_bucket(&object.bucket)?;
+            match route_key(config, &object.key) {
+                KeyRoute::Foreign(why) => {
+                    return Err(Error::BadEvent(format!(
+                        "{:?} starts no work: {why}. Narrow the trigger's prefix/suffix filter \
+                         to the configured datasets",
+                        object.key
+                    )))
+                }
+                route => routes.push((object, route)),
+            }
+        }
+        let now = chrono::Utc::now();
+        let mut ignored = Vec::new();
+        let mut cold: BTreeSet<(String, String)> = BTreeSet::new();
+        for (object, route) in routes {
+            let KeyRoute::Partition { dataset, partition } = route else {
+                if let KeyRoute::Own(what) = route {
+                    ignored.push(json!({"key": object.key, "why": what}));
+                }
+                continue;
+            };
+            let ds = config.dataset(&dataset)?;
+            let values = ds.template()?.parse_partition(&partition)?;
+            let late =
+                coldness(&values, ds.effective_granularity()?, ds.grace.0, now) == Coldness::Cold;
+            let delta = Counters {
+                files_seen: 1,
+                bytes_seen: object.size,
+                late_files: u64::from(late),
+                ..Counters::default()
+            };
+            let id = PartitionId::new(&dataset, &partition);
+            self.deployment
+                .state
+                .add_counters(&id, &delta, now.timestamp_millis())
+                .await?;
+            metrics.count("FilesSeen", 1);
+            if late {
+                tracing::warn!(%id, key = object.key, "late file in a cold partition; it will be compacted again");
+                metrics.count("LateFiles", 1);
+                cold.insert((dataset, partition));
+            }
+        }
+        let mut plans = Vec::new();
+        for (dataset, partition) in cold {
+            let ds = config.dataset(&dataset)?;
+            let options = PlanOptions {
+                only: Some(vec![partition]),
+                recover: false,
+                ..PlanOptions::sweep(now, false)
+            };
+            plans.push(planner.plan_dataset(ds, &options).await?);
+        }
+        record_plans(&plans, metrics);
+        Ok(json!({"ignored": ignored, "plans": plans_json(&plans)}))
+    }
+
+    async fn command(
+        &self,
+        planner: &Planner,
+        command: PlannerCommand,
+        stop_at: Instant,
+        metrics: &mut Metrics,
+    ) -> Result<Value> {
+        let now = chrono::Utc::now();
+        match command {
+            PlannerCommand::Sweep {
+                dataset,
+                dry_run,
+                force,
+            } => {
+                self.sweep(
+                    planner,
+                    dataset.as_deref(),
+                    dry_run,
+                    force,
+                    stop_at,
+                    metrics,
+                )
+                .await
+            }
+            PlannerCommand::Plan {
+                dataset,
+                partition,
+                dry_run,
+                force,
+            } => {
+                let options = PlanOptions {
+                    only: Some(vec![partition.clone()]),
+                    force,
+                    recover: false,
+                    ..PlanOptions::sweep(now, dry_run)
+                };
+                let plan = match self.any_dataset(&dataset)? {
+                    AnyDataset::Files(ds) => {
+                        ds.template()?.parse_partition(&partition)?;
+                        planner.plan_dataset(ds, &options).await?
+                    }
+                    AnyDataset::Hot(hot) => {
+                        hot.range_of_key(&partition)?;
+                        planner.plan_hot_dataset(hot, &options).await?
+                    }
+                };
+                let plans = vec![plan];
+                record_plans(&plans, metrics);
+                Ok(json!({"plans": plans_json(&plans)}))
+            }
+            PlannerCommand::Backfill {
+                dataset,
+                date,
+                from,
+                to,
+                dry_run,
+                force,
+            } => {
+                let AnyDataset::Files(ds) = self.any_dataset(&dataset)? else {
+                    return Err(Error::BadEvent(format!(
+                        "{dataset:?} is a hot dataset: backfills are for file datasets; export a \
+                         range with {{\"command\": \"plan\", \"dataset\": \"{dataset}\", \"partition_key\": \"START-END\"}}"
+                    )));
+                };
+                let window = backfill_window(date.as_deref(), from.as_deref(), to.as_deref())?;
+                let options = PlanOptions {
+                    window: Some(window),
+                    force,
+                    deadline: Some(stop_at),
+                    ..PlanOptions::sweep(now, dry_run)
+                };
+                let plans = vec![planner.plan_dataset(ds, &options).await?];
+                record_plans(&plans, metrics);
+                Ok(json!({"plans": plans_json(&plans)}))
+            }
+        }
+    }
+
+    /// A dataset named by an event: unknown names are the event's fault.
+    fn any_dataset(&self, name: &str) -> Result<AnyDataset<'_>> {
+        self.deployment
+            .config
+            .find(name)
+            .map_err(|e| Error::BadEvent(e.to_string()))
+    }
+
+    /// Walks each dataset (or one), resuming from the saved position and saving a new one when
+    /// the invocation runs out of time.
+    async fn sweep(
+        &self,
+        planner: &Planner,
+        only: Option<&str>,
+        dry_run: bool,
+        force: bool,
+        stop_at: Instant,
+        metrics: &mut Metrics,
+    ) -> Result<Value> {
+        let config = &self.deployment.config;
+        let (datasets, hot_datasets): (Vec<_>, Vec<_>) = match only {
+            Some(name) => match self.any_dataset(name)? {
+                AnyDataset::Files(ds) => (vec![ds], vec![]),
+                AnyDataset::Hot(hot) => (vec![], vec![hot]),
+            },
+            None => (
+                config.datasets.iter().collect(),
+                config.hot_datasets.iter().collect(),
+            ),
+        };
+        let state = &self.deployment.state;
+        let mut plans = Vec::new();
+        for ds in datasets {
+            if Instant::now() >= stop_at {
+                break;
+            }
+            let after = state.sweep_cursor(&ds.name).await?;
+            if let Some(after) = &after {
+                tracing::info!(dataset = ds.name, after, "resuming an interrupted sweep");
+            }
+            let options = PlanOptions {
+                after,
+                force,
+                deadline: Some(stop_at),
+                ..PlanOptions::sweep(chrono::Utc::now(), dry_run)
+            };
+            let plan = planner.plan_dataset(ds, &options).await?;
+            if !dry_run {
+                state
+                    .set_sweep_cursor(&ds.name, plan.resume_after.as_deref())
+                    .await?;
+            }
+            if let Some(at) = &plan.resume_after {
+                tracing::warn!(
+                    dataset = ds.name,
+                    at,
+                    "sweep stopped at the time limit; the next one resumes here"
+                );
+            }
+            plans.push(plan);
+        }
+        for hot in hot_datasets {
+            if Instant::now() >= stop_at {
+                break;
+            }
+            let options = PlanOptions {
+                force,
+                deadline: Some(stop_at),
+                ..PlanOptions::sweep(chrono::Utc::now(), dry_run)
+            };
+            plans.push(planner.plan_hot_dataset(hot, &options).await?);
+        }
+        record_plans(&plans, metrics);
+        Ok(json!({"plans": plans_json(&plans)}))
+    }
+}
+
+/// Caps `max_task_bytes` so a task merges within the merger's time limit.
+pub fn cap_task_size(config: &mut Config, merger_timeout_secs: u64, throughput: u64) {
+    let usable = merger_timeout_secs.saturating_sub(SAFETY_MARGIN.as_secs() * 2);
+    let cap = (usable * throughput).max(1);
+    for ds in &mut config.datasets {
+        if ds.max_task_bytes.bytes() > cap {
+            tracing::info!(
+                dataset = ds.name,
+                cap,
+                "max_task_bytes capped to fit the merger's time limit"
+            );
+            ds.max_task_bytes = ByteSize(cap);
+        }
+    }
+}
+
+/// `[start, end)` of a backfill: one date, or `from`..=`to` (dates `YYYY-MM-DD` or RFC 3339).
+pub fn backfill_window(
+    date: Option<&str>,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> {
+    let parse = |field: &str, raw: &str, end: bool| -> Result<chrono::DateTime<chrono::Utc>> {
+        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(raw) {
+            return Ok(t.with_timezone(&chrono::Utc));
+        }
+        let day = chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d").map_err(|e| {
+            Error::BadEvent(format!(
+                "backfill {field} {raw:?}: {e}; write YYYY-MM-DD or an RFC 3339 time"
+            ))
+        })?;
+        let day = if end {
+            day.succ_opt().unwrap_or(day)
+        } else {
+            day
+        };
+        Ok(day.and_time(chrono::NaiveTime::MIN).and_utc())
+    };
+    let (start, end) = match (date, from, to) {
+        (Some(d), None, None) => (parse("date", d, false)?, parse("date", d, true)?),
+        (None, Some(f), Some(t)) => (parse("from", f, false)?, parse("to", t, true)?),
+        _ => {
+            return Err(Error::BadEvent(
+                "backfill needs either \"date\" or both \"from\" and \"to\"".into(),
+            ))
+        }
+    };
+    if start >= end {
+        return Err(Error::BadEvent(format!(
+            "backfill range is empty: {start} is not before {end}"
+        )));
+    }
+    Ok((start, end))
+}
+
+fn record_plans(plans: &[DatasetPlan], metrics: &mut Metrics) {
+    for plan in plans.iter().filter(|p| !p.dry_run) {
+        for p in &plan.partitions {
+            if let Some(anomaly) = &p.anomaly {
+                metrics.count("StrandedRowsFound", 1);
+                tracing::warn!(
+                    anomaly = "stranded_rows",
+                    dataset = plan.dataset,
+                    partition = p.partition,
+                    detail = anomaly,
+                    "rows found in a range already moved"
+                );
+            }
+            match &p.outcome {
+                PartitionOutcome::Planned { tasks } => {
+                    metrics.count("TasksDispatched", tasks.len() as u64);
+                }
+                PartitionOutcome::Failed(error) => {
+                    metrics.count("PartitionsFailed", 1);
+                    tracing::error!(
+                        dataset = plan.dataset,
+                        partition = p.partition,
+                        error,
+                        "planning the partition failed"
+                    );
+                }
+                PartitionOutcome::BackingOff { .. } => {
+                    metrics.count("PartitionsBackingOff", 1);
+                }
+                _ => {
+                    metrics.count("PartitionsSkipped", 1);
+                }
+            }
+        }
+    }
+}
+
+fn plans_json(plans: &[DatasetPlan]) -> Value {
+    Value::Array(
+        plans
+            .iter()
+            .map(|plan| {
+                json!({
+                    "dataset": plan.dataset,
+                    "dry_run": plan.dry_run,
+                    "resume_after": plan.resume_after,
+                    "recovered": plan.recovery.actions.len(),
+                    "recovery_failed": plan.recovery.failed.iter().map(|f| json!({"task_dir": f.task_dir, "error": f.error, "postgres_rows_deleted": f.postgres_rows_deleted})).collect::<Vec<_>>(),
+                    "partitions": plan.partitions.iter().map(|p| json!({
+                        "partition": p.partition,
+                        "files": p.data_files,
+                        "bytes": p.data_bytes,
+                        "outcome": outcome_json(&p.outcome),
+                        "anomaly": p.anomaly,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
+fn outcome_json(outcome: &PartitionOutcome) -> Value {
+    match outcome {
+        PartitionOutcome::Hot { until } => json!({"hot_until": until.to_rfc3339()}),
+        PartitionOutcome::Skipped(reason) => json!({"skipped": reason.to_string()}),
+        PartitionOutcome::LeaseHeld {
+            owner,
+            expires_at_ms,
+        } => json!({"lease_held_by": owner, "expires_at_ms": expires_at_ms}),
+        PartitionOutcome::Planned { tasks } => json!({"tasks": tasks.iter().map(|t| json!({
+            "task_id": t.task_id, "inputs": t.inputs, "input_bytes": t.input_bytes,
+        })).collect::<Vec<_>>()}),
+        PartitionOutcome::BackingOff {
+            failures,
+            until_ms,
+            error,
+        } => json!({"backing_off": {"failures": failures, "until_ms": until_ms, "error": error}}),
+        PartitionOutcome::Failed(error) => json!({"failed": error}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backfill_windows_cover_whole_days() {
+        let (s, e) = backfill_window(Some("2024-05-01"), None, None).unwrap();
+        assert_eq!(s.to_rfc3339(), "2024-05-01T00:00:00+00:00");
+        assert_eq!(e.to_rfc3339(), "2024-05-02T00:00:00+00:00");
+        let (s, e) = backfill_window(None, Some("2024-05-01"), Some("2024-05-03")).unwrap();
+        assert_eq!((e - s).num_days(), 3);
+        assert!(backfill_window(None, Some("2024-05-03"), Some("2024-05-01")).is_err());
+        assert!(backfill_window(None, None, None).is_err());
+        assert!(backfill_window(Some("May 1st"), None, None).is_err());
+    }
+
+    #[test]
+    fn tasks_are_capped_to_the_merger_time_limit() {
+        let mut config = Config {
+            datasets: vec![crate::model::dataset::DatasetConfig::new(
+                "d",
+                "p",
+                "dt={date}",
+            )],
+            ..Config::default()
+        };
+        cap_task_size(&mut config, 900, 1024 * 1024);
+        assert_eq!(config.datasets[0].max_task_bytes.bytes(), 840 * 1024 * 1024);
+    }
+}
