@@ -218,6 +218,14 @@ mod tests {
     }
 
     #[test]
+    fn task_ids_name_their_generation() {
+        assert_eq!(generation_of("g000012-t0003"), Some(12));
+        assert_eq!(generation_of("junk"), None);
+        assert!(is_task_id("g000012-t0003"));
+        assert!(!is_task_id("g12-t3"));
+    }
+
+    #[test]
     fn layout_is_deterministic() {
         let t = task();
         assert_eq!(t.task_id, "g000003-t0001");

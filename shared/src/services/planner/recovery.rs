@@ -1,0 +1,129 @@
+//! Recovery of interrupted work left in a dataset's staging area by earlier runs: finished
+//! merges are committed, decided commits rolled forward, merges of a dead run dispatched again
+//! (once), stale ones abandoned.
+use std::collections::{BTreeMap, HashSet};
+
+use crate::error::{Error, Result};
+use crate::model::state::{PartitionId, PartitionStatus};
+use crate::model::task::{dataset_staging_dir, generation_of, Task, DECISION, SUCCESS, TASK_SPEC};
+use crate::ports::store::read_json;
+use crate::ports::store::{list_all, PutMode};
+use crate::support::process::is_dead_local_owner;
+
+use super::{PlanOptions, Planner, RecoveryFailure, RecoveryReport};
+
+/// Marks a task directory whose interrupted merge recovery dispatched again.
+const RETRIED: &str = "_RETRIED";
+
+impl Planner {
+    /// Deals with task directories left in the dataset's staging area by earlier runs.
+    pub async fn recover(&self, dataset: &str, options: &PlanOptions) -> Result<RecoveryReport> {
+        let root = dataset_staging_dir(&self.settings.staging_prefix, dataset);
+        let listing = list_all(self.store.as_ref(), &root, None).await?;
+        let mut dirs: BTreeMap<String, HashSet<String>> = BTreeMap::new();
+        for object in listing.objects {
+            if let Some((dir, name)) = object.key.rsplit_once('/') {
+                dirs.entry(format!("{dir}/"))
+                    .or_default()
+                    .insert(name.to_string());
+            }
+        }
+        let mut report = RecoveryReport::default();
+        let now_ms = options.now.timestamp_millis();
+        for (dir, names) in dirs {
+            let Some((partition, task)) = dir
+                .strip_prefix(&root)
+                .and_then(|rest| rest.trim_end_matches('/').rsplit_once('/'))
+            else {
+                continue;
+            };
+            let generation = generation_of(task);
+            let action = if names.contains(DECISION) || names.contains(SUCCESS) {
+                if !options.dry_run {
+                    match self.committer.commit(&dir).await {
+                        Ok(outcome) => report.committed.push(outcome),
+                        Err(e) => {
+                            tracing::error!(task_dir = %dir, error = %e, "could not finish an interrupted commit; the next run tries again");
+                            report.failed.push(RecoveryFailure {
+                                task_dir: dir.clone(),
+                                error: e.to_string(),
+                                postgres_rows_deleted: e.postgres_rows_deleted(),
+                            });
+                        }
+                    }
+                }
+                "commit the finished merge"
+            } else {
+                let id = PartitionId::new(dataset, partition);
+                let record = self.state.get(&id).await?;
+                let current_generation = record.as_ref().map_or(0, |r| r.generation);
+                let live = record
+                    .as_ref()
+                    .and_then(|r| r.live_lease(now_ms))
+                    .filter(|l| {
+                        l.generation == generation.unwrap_or(0) && !is_dead_local_owner(&l.owner)
+                    });
+                if live.is_some() {
+                    "leave it: its merge is still running"
+                } else if generation == Some(current_generation)
+                    && names.contains(TASK_SPEC)
+                    && record
+                        .as_ref()
+                        .is_none_or(|r| r.status != PartitionStatus::Failed)
+                {
+                    // Interrupted (not failed): run it again, once. A failed task is
+                    // abandoned instead; the partition is planned anew, with the current
+                    // settings.
+                    let retried = format!("{dir}{RETRIED}");
+                    if names.contains(RETRIED) {
+                        if !options.dry_run {
+                            let reason = "its merge died twice (killed or out of memory?); the partition is planned anew";
+                            tracing::warn!(task_dir = %dir, "{reason}");
+                            self.committer.abandon(&dir, reason).await?;
+                            if let Some(generation) = generation {
+                                self.state
+                                    .finish_round(
+                                        &id,
+                                        generation,
+                                        PartitionStatus::Failed,
+                                        Some(reason.into()),
+                                        now_ms,
+                                    )
+                                    .await?;
+                            }
+                        }
+                        "abandon the merge that died twice"
+                    } else {
+                        if !options.dry_run {
+                            let spec = read_json::<Task>(
+                                self.store.as_ref(),
+                                &format!("{dir}{TASK_SPEC}"),
+                            )
+                            .await?
+                            .ok_or_else(|| Error::Manifest {
+                                key: format!("{dir}{TASK_SPEC}"),
+                                message: "vanished during recovery".into(),
+                            })?;
+                            self.store
+                                .put(&retried, bytes::Bytes::new(), PutMode::Overwrite)
+                                .await?;
+                            self.dispatcher.dispatch(spec).await?;
+                            report.redispatched.push(dir.clone());
+                        }
+                        "re-run the interrupted merge"
+                    }
+                } else {
+                    if !options.dry_run {
+                        self.committer
+                            .abandon(&dir, "a failed task, or a stale one of an earlier lease generation; the partition is planned anew")
+                            .await?;
+                    }
+                    "abandon the failed or stale merge"
+                }
+            };
+            tracing::info!(task_dir = %dir, action, dry_run = options.dry_run, "recovering staged task");
+            report.actions.push((dir, action.to_string()));
+        }
+        Ok(report)
+    }
+}
