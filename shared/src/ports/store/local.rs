@@ -12,6 +12,9 @@
 //! never replaces (if the key was written again meanwhile, the moved file is kept beside it
 //! under `<name>.kept-<id>.<ext>`). A note written before the rename lets the next process
 //! finish the job if this one dies in between.
+//!
+//! One file on purpose (about 700 lines): every operation shares one discipline of temporary
+//! names, advisory locks and renames, and the crash-safety argument reads best in one place.
 
 use std::fs::{self, File};
 use std::io::Write as _;

@@ -1,5 +1,7 @@
 //! Decoders from Postgres's binary wire format into Arrow arrays, one builder per exported
 //! column. Pure: every rule is unit-tested on hand-made bytes.
+//!
+//! About 470 lines of decoders; the rest of the file is their tests.
 
 use std::sync::Arc;
 
