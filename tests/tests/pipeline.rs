@@ -1,4 +1,4 @@
-//! End-to-end behaviour of the local pipeline on real directories: the contract of DESIGN.md.
+//! End-to-end behaviour of the local pipeline on real directories: the contract of docs/architecture.md.
 
 use std::sync::Arc;
 

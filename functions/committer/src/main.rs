@@ -1,5 +1,5 @@
 //! The committer Lambda: a task's `_SUCCESS` (S3 or EventBridge event, or `{"task_dir": ...}`)
-//! in; the outputs swapped in and the inputs deleted. See `compaction::functions`.
+//! in; the outputs swapped in and the inputs deleted. See `compaction::drivers::lambda::committer`.
 
 use compaction::drivers::lambda::committer::CommitterFunction;
 use compaction::drivers::lambda::init_logging;

@@ -1,5 +1,5 @@
 //! The merger Lambda: one merge task in (inline or by reference to its `_task.json`); outputs,
-//! `_manifest.json` and `_SUCCESS` out, in staging. See `compaction::functions`.
+//! `_manifest.json` and `_SUCCESS` out, in staging. See `compaction::drivers::lambda::merger`.
 
 use compaction::drivers::lambda::merger::MergerFunction;
 use compaction::drivers::lambda::{deadline_from_epoch_ms, init_logging};

@@ -1,5 +1,5 @@
 //! The planner Lambda: S3 events, EventBridge events, schedules and manual commands in; merge
-//! tasks out, as asynchronous invocations of the merger. See `compaction::functions`.
+//! tasks out, as asynchronous invocations of the merger. See `compaction::drivers::lambda::planner`.
 
 use compaction::drivers::lambda::planner::PlannerFunction;
 use compaction::drivers::lambda::{deadline_from_epoch_ms, init_logging};
