@@ -165,7 +165,10 @@ fn lower_layers_never_import_higher_ones() {
         }
     }
     assert!(unknown.is_empty(), "modules in no layer: {unknown:?}");
-    assert!(upward.is_empty(), "imports from a higher layer: {upward:#?}");
+    assert!(
+        upward.is_empty(),
+        "imports from a higher layer: {upward:#?}"
+    );
 }
 
 #[test]

@@ -199,16 +199,21 @@ impl RollingWriter {
             let mut sink = file.writer.into_inner();
             sink.abort().await;
         }
-        let requests: Vec<DeleteRequest> = self
-            .done
-            .iter()
-            .map(|o| DeleteRequest {
-                key: o.staging_key.clone(),
-                version: None,
-            })
-            .collect();
-        if let Err(e) = self.store.delete_many(&requests).await {
-            tracing::warn!(error = %e, "could not remove outputs of an aborted attempt; the committer removes staging later");
-        }
+        discard_staged(self.store.as_ref(), &self.done).await;
+    }
+}
+
+/// Removes staged outputs that will not be used (best effort: whatever stays is removed with
+/// the staging directory later).
+pub async fn discard_staged(store: &dyn ObjectStore, outputs: &[OutputFile]) {
+    let requests: Vec<DeleteRequest> = outputs
+        .iter()
+        .map(|o| DeleteRequest {
+            key: o.staging_key.clone(),
+            version: None,
+        })
+        .collect();
+    if let Err(e) = store.delete_many(&requests).await {
+        tracing::warn!(error = %e, "could not remove discarded staged outputs; the committer removes staging later");
     }
 }

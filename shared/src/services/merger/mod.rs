@@ -15,13 +15,14 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 
 use crate::error::{Error, Result};
+use crate::format::writer::discard_staged;
 use crate::model::manifest::{
     to_json, ColumnDesc, Decision, OutputFile, SkippedInput, TaskManifest, Verdict, FORMAT_VERSION,
 };
 use crate::model::object::file_name;
 use crate::model::task::{Task, TaskKind, DECISION, MANIFEST, SUCCESS};
 use crate::ports::hot::HotSource;
-use crate::ports::store::{list_all, DeleteRequest, ObjectStore, PutMode};
+use crate::ports::store::{list_all, ObjectStore, PutMode};
 use crate::support::faults::crash_point;
 use crate::support::progress::Progress;
 
@@ -168,16 +169,7 @@ impl Merger {
     }
 
     async fn discard(&self, outputs: &[OutputFile]) {
-        let requests: Vec<DeleteRequest> = outputs
-            .iter()
-            .map(|o| DeleteRequest {
-                key: o.staging_key.clone(),
-                version: None,
-            })
-            .collect();
-        if let Err(e) = self.store.delete_many(&requests).await {
-            tracing::warn!(error = %e, "could not delete discarded outputs; the committer removes staging later");
-        }
+        discard_staged(self.store.as_ref(), outputs).await;
     }
 }
 
