@@ -157,66 +157,49 @@ pub struct DatasetFlags {
     pub lease_ttl: Option<HumanDuration>,
 }
 
+/// Sets `slot` when a flag gave a value.
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
+    }
+}
+
 impl DatasetFlags {
     fn apply(&self, ds: &mut DatasetConfig) {
         let f = self.clone();
-        if let Some(v) = f.prefix {
-            ds.source_prefix = v;
-        }
-        if let Some(v) = f.template {
-            ds.partition_template = v;
-        }
-        if let Some(v) = f.mode {
-            ds.mode = match v {
+        set(&mut ds.source_prefix, f.prefix);
+        set(&mut ds.partition_template, f.template);
+        set(
+            &mut ds.mode,
+            f.mode.map(|v| match v {
                 ModeArg::Concat => Mode::Concat,
                 ModeArg::Sort => Mode::Sort,
-            };
-        }
-        if let Some(v) = f.sort_key {
-            ds.sort_key = v;
-        }
-        if let Some(v) = f.seq_column {
-            ds.seq_column = Some(v);
-        }
-        if let Some(v) = f.target_file_size {
-            ds.target_file_size = v;
-        }
-        if let Some(v) = f.row_group_size {
-            ds.row_group_size = v;
-        }
-        if let Some(v) = f.row_group_rows {
-            ds.row_group_rows = v;
-        }
-        if let Some(v) = f.max_task_bytes {
-            ds.max_task_bytes = v;
-        }
-        if let Some(v) = f.small_file_threshold {
-            ds.small_file_threshold = v;
-        }
-        if let Some(v) = f.min_files {
-            ds.min_file_count = v;
-        }
-        if let Some(v) = f.compression {
-            ds.compression = v;
-        }
-        if let Some(v) = f.output_prefix {
-            ds.output_prefix = Some(v);
-        }
-        if let Some(v) = f.grace {
-            ds.grace = v;
-        }
-        if let Some(v) = f.granularity {
-            ds.granularity = Some(match v {
-                GranularityArg::Minute => Granularity::Minute,
-                GranularityArg::Hour => Granularity::Hour,
-                GranularityArg::Day => Granularity::Day,
-                GranularityArg::Month => Granularity::Month,
-                GranularityArg::Year => Granularity::Year,
-            });
-        }
-        if let Some(v) = f.file_suffix {
-            ds.file_suffix = v;
-        }
+            }),
+        );
+        set(&mut ds.sort_key, f.sort_key);
+        set(&mut ds.seq_column, f.seq_column.map(Some));
+        set(&mut ds.target_file_size, f.target_file_size);
+        set(&mut ds.row_group_size, f.row_group_size);
+        set(&mut ds.row_group_rows, f.row_group_rows);
+        set(&mut ds.max_task_bytes, f.max_task_bytes);
+        set(&mut ds.small_file_threshold, f.small_file_threshold);
+        set(&mut ds.min_file_count, f.min_files);
+        set(&mut ds.compression, f.compression);
+        set(&mut ds.output_prefix, f.output_prefix.map(Some));
+        set(&mut ds.grace, f.grace);
+        set(
+            &mut ds.granularity,
+            f.granularity.map(|v| {
+                Some(match v {
+                    GranularityArg::Minute => Granularity::Minute,
+                    GranularityArg::Hour => Granularity::Hour,
+                    GranularityArg::Day => Granularity::Day,
+                    GranularityArg::Month => Granularity::Month,
+                    GranularityArg::Year => Granularity::Year,
+                })
+            }),
+        );
+        set(&mut ds.file_suffix, f.file_suffix);
     }
 }
 

@@ -23,10 +23,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 
 use crate::error::{Error, Result};
-use crate::model::hot::cold::ColdRange;
-use crate::model::state::{
-    CommitProgress, Counters, Lease, PartitionId, PartitionRecord, PartitionStatus,
-};
+use crate::model::state::{Counters, PartitionId, PartitionRecord, PartitionStatus};
 use crate::ports::aws::ErrorInfo;
 use crate::ports::state::StateStore;
 
@@ -159,7 +156,7 @@ impl DynamoState {
         &self,
         id: &PartitionId,
         now_ms: i64,
-        f: impl Fn(&mut PartitionRecord) -> Result<T>,
+        mut f: impl FnMut(&mut PartitionRecord) -> Result<T>,
     ) -> Result<T> {
         for attempt in 0..MAX_ATTEMPTS {
             let (mut record, rev) = match self.read(id).await? {
@@ -306,6 +303,15 @@ impl StateStore for DynamoState {
         format!("dynamodb table {}", self.table)
     }
 
+    async fn update_record(
+        &self,
+        id: &PartitionId,
+        now_ms: i64,
+        change: &mut (dyn for<'r> FnMut(&'r mut PartitionRecord) -> Result<()> + Send),
+    ) -> Result<()> {
+        self.modify(id, now_ms, |record| change(record)).await
+    }
+
     async fn get(&self, id: &PartitionId) -> Result<Option<PartitionRecord>> {
         Ok(self.read(id).await?.map(|(record, _)| record))
     }
@@ -339,89 +345,6 @@ impl StateStore for DynamoState {
             .await
             .map_err(|e| self.err(format!("counting {id}: {}", ErrorInfo::of(&e).message)))?;
         Ok(())
-    }
-
-    async fn acquire_lease(
-        &self,
-        id: &PartitionId,
-        owner: &str,
-        now_ms: i64,
-        ttl_ms: i64,
-    ) -> Result<Option<Lease>> {
-        self.modify(id, now_ms, |r| Ok(r.try_acquire(owner, now_ms, ttl_ms)))
-            .await
-    }
-
-    async fn take_over_lease(
-        &self,
-        id: &PartitionId,
-        generation: u64,
-        owner: &str,
-        now_ms: i64,
-        ttl_ms: i64,
-    ) -> Result<Option<Lease>> {
-        self.modify(id, now_ms, |r| {
-            Ok(r.try_take_over(generation, owner, now_ms, ttl_ms))
-        })
-        .await
-    }
-
-    async fn renew_lease(
-        &self,
-        id: &PartitionId,
-        lease: &Lease,
-        now_ms: i64,
-        ttl_ms: i64,
-    ) -> Result<Lease> {
-        self.modify(id, now_ms, |r| r.try_renew(lease, now_ms, ttl_ms))
-            .await
-    }
-
-    async fn set_round(&self, id: &PartitionId, lease: &Lease, task_ids: &[String]) -> Result<()> {
-        let now = crate::support::clock::now_ms();
-        self.modify(id, now, |r| r.try_set_round(lease, task_ids, now))
-            .await
-    }
-
-    async fn record_commit(
-        &self,
-        id: &PartitionId,
-        generation: u64,
-        task_id: &str,
-        delta: &Counters,
-        now_ms: i64,
-    ) -> Result<CommitProgress> {
-        self.modify(id, now_ms, |r| {
-            Ok(r.apply_commit(generation, task_id, delta, now_ms))
-        })
-        .await
-    }
-
-    async fn finish_round(
-        &self,
-        id: &PartitionId,
-        generation: u64,
-        status: PartitionStatus,
-        error: Option<String>,
-        now_ms: i64,
-    ) -> Result<bool> {
-        self.modify(id, now_ms, |r| {
-            Ok(r.apply_finish_round(generation, status, error.clone(), now_ms))
-        })
-        .await
-    }
-
-    async fn record_cold_range(
-        &self,
-        id: &PartitionId,
-        cold: &ColdRange,
-        now_ms: i64,
-    ) -> Result<()> {
-        self.modify(id, now_ms, |r| {
-            r.apply_cold_range(cold, now_ms);
-            Ok(())
-        })
-        .await
     }
 
     async fn list_by_status(

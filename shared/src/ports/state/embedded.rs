@@ -13,10 +13,7 @@ use redb::{
 };
 
 use crate::error::{Error, Result};
-use crate::model::hot::cold::ColdRange;
-use crate::model::state::{
-    CommitProgress, Counters, Lease, PartitionId, PartitionRecord, PartitionStatus,
-};
+use crate::model::state::{PartitionId, PartitionRecord, PartitionStatus};
 use crate::ports::state::StateStore;
 
 const PARTITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("partitions");
@@ -185,95 +182,20 @@ impl StateStore for EmbeddedState {
         format!("embedded state {}", self.path.display())
     }
 
+    async fn update_record(
+        &self,
+        id: &PartitionId,
+        now_ms: i64,
+        change: &mut (dyn for<'r> FnMut(&'r mut PartitionRecord) -> Result<()> + Send),
+    ) -> Result<()> {
+        self.modify(id, now_ms, |record| change(record))
+    }
+
     async fn get(&self, id: &PartitionId) -> Result<Option<PartitionRecord>> {
         let txn = self.begin_read()?;
         let table = txn.open_table(PARTITIONS).map_err(|e| self.err(e))?;
         let value = table.get(table_key(id).as_str()).map_err(|e| self.err(e))?;
         value.map(|v| decode(&self.path, v.value())).transpose()
-    }
-
-    async fn add_counters(&self, id: &PartitionId, delta: &Counters, now_ms: i64) -> Result<()> {
-        self.modify(id, now_ms, |r| {
-            r.counters.add(delta);
-            r.updated_at_ms = now_ms;
-            Ok(())
-        })
-    }
-
-    async fn acquire_lease(
-        &self,
-        id: &PartitionId,
-        owner: &str,
-        now_ms: i64,
-        ttl_ms: i64,
-    ) -> Result<Option<Lease>> {
-        self.modify(id, now_ms, |r| Ok(r.try_acquire(owner, now_ms, ttl_ms)))
-    }
-
-    async fn take_over_lease(
-        &self,
-        id: &PartitionId,
-        generation: u64,
-        owner: &str,
-        now_ms: i64,
-        ttl_ms: i64,
-    ) -> Result<Option<Lease>> {
-        self.modify(id, now_ms, |r| {
-            Ok(r.try_take_over(generation, owner, now_ms, ttl_ms))
-        })
-    }
-
-    async fn renew_lease(
-        &self,
-        id: &PartitionId,
-        lease: &Lease,
-        now_ms: i64,
-        ttl_ms: i64,
-    ) -> Result<Lease> {
-        self.modify(id, now_ms, |r| r.try_renew(lease, now_ms, ttl_ms))
-    }
-
-    async fn set_round(&self, id: &PartitionId, lease: &Lease, task_ids: &[String]) -> Result<()> {
-        let now = crate::support::clock::now_ms();
-        self.modify(id, now, |r| r.try_set_round(lease, task_ids, now))
-    }
-
-    async fn record_commit(
-        &self,
-        id: &PartitionId,
-        generation: u64,
-        task_id: &str,
-        delta: &Counters,
-        now_ms: i64,
-    ) -> Result<CommitProgress> {
-        self.modify(id, now_ms, |r| {
-            Ok(r.apply_commit(generation, task_id, delta, now_ms))
-        })
-    }
-
-    async fn finish_round(
-        &self,
-        id: &PartitionId,
-        generation: u64,
-        status: PartitionStatus,
-        error: Option<String>,
-        now_ms: i64,
-    ) -> Result<bool> {
-        self.modify(id, now_ms, |r| {
-            Ok(r.apply_finish_round(generation, status, error, now_ms))
-        })
-    }
-
-    async fn record_cold_range(
-        &self,
-        id: &PartitionId,
-        cold: &ColdRange,
-        now_ms: i64,
-    ) -> Result<()> {
-        self.modify(id, now_ms, |r| {
-            r.apply_cold_range(cold, now_ms);
-            Ok(())
-        })
     }
 
     async fn list_by_status(

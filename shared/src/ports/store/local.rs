@@ -174,6 +174,16 @@ impl Inner {
         if let Some(parent) = path.parent() {
             let _ = fs::create_dir_all(parent);
         }
+        // Never delete what was not ours: when it cannot be put back, it stays in the trash.
+        let stuck_in_trash = |e: std::io::Error| {
+            Some(DeleteFailure {
+                key: key.to_string(),
+                reason: format!(
+                    "object changed; it could not be put back ({e}) and is kept at {}",
+                    trash.display()
+                ),
+            })
+        };
         let reason = match fs::hard_link(trash, &path) {
             Ok(()) => format!(
                 "object changed (version {} != {expected}); kept",
@@ -188,27 +198,10 @@ impl Inner {
                         moved.version,
                         kept.display()
                     ),
-                    Err(e) => {
-                        // Never delete what was not ours: leave it in the store's directory.
-                        return Some(DeleteFailure {
-                            key: key.to_string(),
-                            reason: format!(
-                                "object changed; it could not be put back ({e}) and is kept at {}",
-                                trash.display()
-                            ),
-                        });
-                    }
+                    Err(e) => return stuck_in_trash(e),
                 }
             }
-            Err(e) => {
-                return Some(DeleteFailure {
-                    key: key.to_string(),
-                    reason: format!(
-                        "object changed; it could not be put back ({e}) and is kept at {}",
-                        trash.display()
-                    ),
-                })
-            }
+            Err(e) => return stuck_in_trash(e),
         };
         let _ = fs::remove_file(trash);
         Some(DeleteFailure {

@@ -69,12 +69,23 @@ pub async fn table_oid(client: &Client, table: &QualifiedName) -> Result<u32> {
     })
 }
 
-pub async fn catalog_columns(client: &Client, table: &QualifiedName) -> Result<Vec<CatalogColumn>> {
+/// The rows of a catalog `query` whose one parameter is `table`'s oid; `what` names them in
+/// errors.
+async fn rows_of_table(
+    client: &Client,
+    table: &QualifiedName,
+    query: &str,
+    what: &str,
+) -> Result<Vec<tokio_postgres::Row>> {
     let oid = table_oid(client, table).await?;
-    let rows = client
-        .query(CATALOG_QUERY, &[&oid])
+    client
+        .query(query, &[&oid])
         .await
-        .map_err(pg_err(format!("reading the columns of {}", table.sql())))?;
+        .map_err(pg_err(format!("reading {what} of {}", table.sql())))
+}
+
+pub async fn catalog_columns(client: &Client, table: &QualifiedName) -> Result<Vec<CatalogColumn>> {
+    let rows = rows_of_table(client, table, CATALOG_QUERY, "the columns").await?;
     Ok(rows
         .iter()
         .map(|r| CatalogColumn {
@@ -183,11 +194,7 @@ pub struct PartitionNode {
 }
 
 pub async fn partition_tree(client: &Client, table: &QualifiedName) -> Result<Vec<PartitionNode>> {
-    let oid = table_oid(client, table).await?;
-    let rows = client
-        .query(PARTITION_TREE_QUERY, &[&oid])
-        .await
-        .map_err(pg_err(format!("reading the partitions of {}", table.sql())))?;
+    let rows = rows_of_table(client, table, PARTITION_TREE_QUERY, "the partitions").await?;
     Ok(rows
         .iter()
         .map(|r| {
