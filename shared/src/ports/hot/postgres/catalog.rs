@@ -225,6 +225,13 @@ fn bound_values(list: &str) -> Option<Vec<i64>> {
         .collect()
 }
 
+/// The bounds of a range partition, `FROM (a, ...) TO (b, ...)`, as `N` values each.
+fn range_bound<const N: usize>(bound: &str) -> Option<([i64; N], [i64; N])> {
+    let (from, to) = bound.strip_prefix("FROM ")?.split_once(" TO ")?;
+    let values = |v: &str| <[i64; N]>::try_from(bound_values(v)?).ok();
+    Some((values(from)?, values(to)?))
+}
+
 /// The leaf partition holding exactly `range` (and, with a chain filter, exactly that chain):
 /// found from the bounds of the leaf and its ancestors. Supported shapes: `RANGE (range)`,
 /// `RANGE (chain, range)`, and `LIST (chain)` above `RANGE (range)`.
@@ -247,29 +254,15 @@ pub fn find_exact_partition(
                 continue 'leaves;
             };
             match (parent.strategy.as_str(), names.as_slice()) {
-                ("r", [col]) if *col == hot.range_column => {
-                    let Some((from, to)) = bound
-                        .strip_prefix("FROM ")
-                        .and_then(|b| b.split_once(" TO "))
-                    else {
-                        continue 'leaves;
-                    };
-                    match (bound_values(from).as_deref(), bound_values(to).as_deref()) {
-                        (Some([s]), Some([e])) => range_bounds = Some((*s, *e)),
-                        _ => continue 'leaves,
-                    }
-                }
+                ("r", [col]) if *col == hot.range_column => match range_bound(bound) {
+                    Some(([s], [e])) => range_bounds = Some((s, e)),
+                    _ => continue 'leaves,
+                },
                 ("r", [c, r]) if *c == hot.chain_column && *r == hot.range_column => {
-                    let Some((from, to)) = bound
-                        .strip_prefix("FROM ")
-                        .and_then(|b| b.split_once(" TO "))
-                    else {
-                        continue 'leaves;
-                    };
-                    match (bound_values(from).as_deref(), bound_values(to).as_deref()) {
-                        (Some([c1, s]), Some([c2, e])) if c1 == c2 => {
-                            chain = Some(*c1);
-                            range_bounds = Some((*s, *e));
+                    match range_bound(bound) {
+                        Some(([c1, s], [c2, e])) if c1 == c2 => {
+                            chain = Some(c1);
+                            range_bounds = Some((s, e));
                         }
                         _ => continue 'leaves,
                     }
