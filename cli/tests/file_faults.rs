@@ -268,14 +268,16 @@ fn kills_writers_and_lost_state_lose_and_duplicate_nothing() {
                 .unwrap();
             let summary: serde_json::Value =
                 serde_json::from_slice(&out.stdout).unwrap_or_default();
+            let stderr = String::from_utf8_lossy(&out.stderr);
             log.push(format!(
-                "settle: exit {:?}, {} compacted; anomalies {} failures {} refused {} corrupt {}",
+                "settle: exit {:?}, {} compacted; anomalies {} failures {} refused {} corrupt {}; stderr {:?}",
                 out.status.code(),
                 summary["partitions_compacted"],
                 summary["anomalies"],
                 summary["failures"],
                 summary["refused"],
-                summary["corrupt_skipped"]
+                summary["corrupt_skipped"],
+                stderr.lines().last().unwrap_or("")
             ));
             if out.status.code() == Some(0) && summary["partitions_compacted"] == 0 {
                 settled = true;

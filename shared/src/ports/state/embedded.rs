@@ -70,6 +70,54 @@ fn open_error(path: &Path, e: redb::DatabaseError) -> Error {
     }
 }
 
+/// Creates a new state file so that it appears whole or not at all: a process killed while
+/// creating one would otherwise leave a file without its header, which no later run can open.
+/// The file is made beside its final name and linked into place only if nothing is there yet
+/// (two first runs at once: the second one uses the first one's file).
+fn create_atomically(path: &Path) -> Result<()> {
+    let err = |e: std::io::Error| Error::state(path.display().to_string(), e);
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(format!(
+        ".new-{}",
+        crate::support::process::ProcessIdentity::current().tag()
+    ));
+    let temp = std::path::PathBuf::from(temp);
+    let created = builder().create(&temp).map_err(|e| open_error(&temp, e));
+    let linked = created.and_then(|db| {
+        drop(db);
+        match std::fs::hard_link(&temp, path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(err(e)),
+        }
+    });
+    let _ = std::fs::remove_file(&temp);
+    remove_dead_creations(path);
+    linked
+}
+
+/// Removes the half-made state files of creating processes that were killed.
+fn remove_dead_creations(path: &Path) {
+    use crate::support::process::ProcessIdentity;
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let prefix = format!("{}.new-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let dead = file
+            .strip_prefix(&prefix)
+            .and_then(ProcessIdentity::parse)
+            .is_some_and(|owner| !owner.is_alive());
+        if dead {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 impl EmbeddedState {
     /// Opens (creating if needed) the state file for writing.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
@@ -77,6 +125,9 @@ impl EmbeddedState {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
                 .map_err(|e| Error::state(path.display().to_string(), e))?;
+        }
+        if !path.exists() {
+            create_atomically(&path)?;
         }
         let db = builder().create(&path).map_err(|e| open_error(&path, e))?;
         let state = Self {
