@@ -128,6 +128,9 @@ pub struct DatasetFlags {
     /// Files smaller than this are compacted [default: 32MiB].
     #[arg(long)]
     pub small_file_threshold: Option<ByteSize>,
+    /// Larger files with two or more row groups under this size (and row_group_rows rows) are compacted too [default: 8MiB].
+    #[arg(long)]
+    pub healthy_row_group_size: Option<ByteSize>,
     /// Minimum candidate files for a partition to be compacted [default: 2].
     #[arg(long)]
     pub min_files: Option<usize>,
@@ -183,6 +186,7 @@ impl DatasetFlags {
         set(&mut ds.row_group_rows, f.row_group_rows);
         set(&mut ds.max_task_bytes, f.max_task_bytes);
         set(&mut ds.small_file_threshold, f.small_file_threshold);
+        set(&mut ds.healthy_row_group_size, f.healthy_row_group_size);
         set(&mut ds.min_file_count, f.min_files);
         set(&mut ds.compression, f.compression);
         set(&mut ds.output_prefix, f.output_prefix.map(Some));

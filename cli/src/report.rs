@@ -6,6 +6,8 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 use compaction::drivers::pipeline::RunSummary;
 use compaction::model::config::Config;
 use compaction::model::hot::cold::DeleteState;
+use compaction::model::object::file_name;
+use compaction::model::plan::FileVerdict;
 use compaction::model::state::PartitionRecord;
 use compaction::services::planner::PartitionOutcome;
 use compaction::support::progress::Progress;
@@ -259,6 +261,21 @@ fn print_plan(summary: &RunSummary, config: &Config) {
         }
     }
     println!("{table}");
+    // Why each large file is, or is not, compacted (small files always are).
+    for plan in &summary.plans {
+        for p in &plan.partitions {
+            for note in p.files.iter().filter(|n| n.verdict != FileVerdict::Small) {
+                println!(
+                    "{}/{}: {} ({}): {}",
+                    plan.dataset,
+                    p.partition,
+                    file_name(&note.key),
+                    human_bytes(note.size),
+                    note.verdict
+                );
+            }
+        }
+    }
     for anomaly in summary.anomalies() {
         println!("{anomaly}");
     }
@@ -298,6 +315,12 @@ pub fn json(summary: &RunSummary, config: &Config) -> serde_json::Value {
             "bytes": r.data_bytes,
             "outcome": format!("{:?}", r.outcome),
             "anomaly": r.anomaly,
+            "file_verdicts": r.files.iter().map(|n| json!({
+                "key": n.key,
+                "bytes": n.size,
+                "candidate": n.verdict.is_candidate(),
+                "why": n.verdict.to_string(),
+            })).collect::<Vec<_>>(),
         }))).collect::<Vec<_>>(),
     })
 }

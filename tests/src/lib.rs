@@ -68,13 +68,21 @@ impl Env {
     }
 
     pub async fn try_run(&self, config: &Config) -> compaction::Result<RunSummary> {
+        self.try_run_with(config, run_options(false)).await
+    }
+
+    pub async fn try_run_with(
+        &self,
+        config: &Config,
+        options: RunOptions,
+    ) -> compaction::Result<RunSummary> {
         run_local(
             config,
             Arc::clone(&self.store),
             Arc::clone(&self.state),
             None,
             Arc::new(NoProgress),
-            &run_options(false),
+            &options,
         )
         .await
     }

@@ -681,3 +681,94 @@ async fn outputs_to_another_prefix_leave_sources_clean() {
         ))
         .exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_fragmented_file_is_rewritten_and_a_healthy_one_left_alone() {
+    use compaction::drivers::sample::{encode_small_file, partition_path, sample_batch};
+    let env = Env::new();
+    let hour = chrono::Utc::now() - chrono::Duration::hours(3);
+    let hour = hour - chrono::Duration::seconds(hour.timestamp() % 3600);
+    let dir = env.path(&format!("events/{}", partition_path(hour)));
+    // 40 row groups of 1,000 rows each (a streaming appender's file), well over the small-file
+    // threshold; and a file as large in one healthy row group.
+    let fragmented = encode_small_file(&sample_batch(hour, 0, 2, 40_000, 7).unwrap()).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("appender.parquet"), &fragmented).unwrap();
+    write_parquet(
+        &dir.join("healthy.parquet"),
+        &sample_batch(hour, 1, 2, 40_000, 8).unwrap(),
+    );
+    let mut config = small_config();
+    config.datasets[0].healthy_row_group_size = compaction::support::units::ByteSize(256 * 1024);
+    let small = config.datasets[0].small_file_threshold.bytes();
+    for name in ["appender.parquet", "healthy.parquet"] {
+        let size = std::fs::metadata(dir.join(name)).unwrap().len();
+        assert!(size > small, "{name} is {size} bytes: not a small file");
+    }
+    let healthy_before = std::fs::read(dir.join("healthy.parquet")).unwrap();
+    let before = row_multiset(&parquet_files(&dir), SAMPLE_COLUMNS);
+
+    // The dry run says why each large file is or is not compacted.
+    let plan = env.try_run_with(&config, run_options(true)).await.unwrap();
+    let notes: Vec<(String, String)> = plan.plans[0]
+        .partitions
+        .iter()
+        .flat_map(|p| p.files.iter())
+        .map(|n| {
+            (
+                n.key.rsplit('/').next().unwrap().to_string(),
+                n.verdict.to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        notes.contains(&(
+            "appender.parquet".into(),
+            "fragmented: 39 of its 40 row groups under healthy_row_group_size".into()
+        )),
+        "{notes:?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|(k, v)| k == "healthy.parquet" && v.starts_with("healthy")),
+        "{notes:?}"
+    );
+
+    let summary = env.run(&config).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    assert_eq!(summary.commits.len(), 1, "{:?}", summary.commits);
+    let files = parquet_files(&dir);
+    assert!(
+        !dir.join("appender.parquet").exists(),
+        "the fragmented file was replaced"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("healthy.parquet")).unwrap(),
+        healthy_before,
+        "the healthy file is untouched"
+    );
+    assert_eq!(
+        row_multiset(&files, SAMPLE_COLUMNS),
+        before,
+        "every row kept"
+    );
+    for f in files
+        .iter()
+        .filter(|f| f.to_string_lossy().contains("compacted-"))
+    {
+        let reader =
+            parquet::file::reader::SerializedFileReader::new(std::fs::File::open(f).unwrap())
+                .unwrap();
+        use parquet::file::reader::FileReader;
+        assert!(
+            reader.metadata().num_row_groups() < 5,
+            "{} has {} row groups",
+            f.display(),
+            reader.metadata().num_row_groups()
+        );
+    }
+    // Nothing left to do: the output is healthy and the healthy file stays healthy.
+    let again = env.run(&config).await;
+    assert!(again.commits.is_empty(), "{:?}", again.commits);
+}

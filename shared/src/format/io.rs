@@ -17,6 +17,7 @@ use parquet::file::metadata::{FooterTail, ParquetMetaData, ParquetMetaDataReader
 
 use crate::error::{Error, Result};
 use crate::model::object::ObjectMeta;
+use crate::model::plan::{FileLayout, RowGroupLayout};
 use crate::ports::store::{ObjectSink, ObjectStore};
 
 const FOOTER_TAIL: u64 = 8;
@@ -54,6 +55,29 @@ pub async fn read_footer(store: &dyn ObjectStore, key: &str) -> Result<Arc<Parqu
     let start = size - FOOTER_TAIL - len;
     let buf = store.get_range(key, start..size - FOOTER_TAIL).await?;
     decode_metadata(key, &buf, size)
+}
+
+/// A file's row groups and codecs, as the planner weighs them.
+pub fn layout_of(footer: &ParquetMetaData) -> FileLayout {
+    let mut codecs: Vec<String> = Vec::new();
+    let row_groups = footer
+        .row_groups()
+        .iter()
+        .map(|g| {
+            for column in g.columns() {
+                let codec = column.compression().to_string();
+                if !codecs.contains(&codec) {
+                    codecs.push(codec);
+                }
+            }
+            RowGroupLayout {
+                rows: g.num_rows().max(0) as u64,
+                compressed: g.compressed_size().max(0) as u64,
+                uncompressed: g.total_byte_size().max(0) as u64,
+            }
+        })
+        .collect();
+    FileLayout { row_groups, codecs }
 }
 
 /// Decodes the footer of a file that is wholly in memory.

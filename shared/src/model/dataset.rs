@@ -59,6 +59,12 @@ pub struct DatasetConfig {
     /// Files smaller than this are compaction candidates.
     #[serde(default = "default_small_file_threshold")]
     pub small_file_threshold: ByteSize,
+    /// A row group smaller than this (compressed; at most `row_group_size`), holding fewer than
+    /// `row_group_rows` rows, is fragmented; a file larger than `small_file_threshold` with two
+    /// or more such row groups is a candidate too (its last row group may be short without
+    /// making it one).
+    #[serde(default = "default_healthy_row_group_size")]
+    pub healthy_row_group_size: ByteSize,
     /// A partition is compacted only when it has at least this many candidate files.
     #[serde(default = "default_min_file_count")]
     pub min_file_count: usize,
@@ -99,6 +105,9 @@ fn default_max_task_bytes() -> ByteSize {
 fn default_small_file_threshold() -> ByteSize {
     ByteSize::mib(32)
 }
+fn default_healthy_row_group_size() -> ByteSize {
+    ByteSize::mib(8)
+}
 fn default_min_file_count() -> usize {
     2
 }
@@ -123,6 +132,7 @@ impl DatasetConfig {
             row_group_rows: default_row_group_rows(),
             max_task_bytes: default_max_task_bytes(),
             small_file_threshold: default_small_file_threshold(),
+            healthy_row_group_size: default_healthy_row_group_size(),
             min_file_count: default_min_file_count(),
             mode: Mode::default(),
             sort_key: Vec::new(),

@@ -1,7 +1,7 @@
 //! Pure planning: which files of a partition to compact and how to group them into merge tasks.
 //! No I/O here, so every rule is unit-tested directly.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::model::dataset::{DatasetConfig, Mode};
 use crate::model::object::{file_name, ObjectMeta};
@@ -16,6 +16,111 @@ pub fn is_data_file(key: &str, suffix: &str) -> bool {
             || name
                 .to_ascii_lowercase()
                 .ends_with(&suffix.to_ascii_lowercase()))
+}
+
+/// One row group as a file's footer describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowGroupLayout {
+    pub rows: u64,
+    /// Bytes of its column chunks as stored (compressed).
+    pub compressed: u64,
+    pub uncompressed: u64,
+}
+
+/// A file's row groups and codecs, from its footer alone (two small ranged reads).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileLayout {
+    pub row_groups: Vec<RowGroupLayout>,
+    /// The distinct codecs of its column chunks, e.g. `["SNAPPY"]`.
+    pub codecs: Vec<String>,
+}
+
+impl FileLayout {
+    /// Row groups under `healthy_row_group_size` that also hold fewer than `row_group_rows`
+    /// rows, not counting the last one (a writer's remainder).
+    pub fn fragmented_row_groups(&self, dataset: &DatasetConfig) -> usize {
+        // The product's own row groups are healthy whatever the setting.
+        let healthy = dataset
+            .healthy_row_group_size
+            .bytes()
+            .min(dataset.row_group_size.bytes());
+        let rows = dataset.row_group_rows as u64;
+        let all_but_last = self.row_groups.len().saturating_sub(1);
+        self.row_groups[..all_but_last]
+            .iter()
+            .filter(|g| g.compressed < healthy && g.rows < rows)
+            .count()
+    }
+}
+
+/// Why a file is, or is not, a compaction candidate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileVerdict {
+    /// Under `small_file_threshold`.
+    Small,
+    /// Large, but with `tiny` of its `row_groups` under the healthy size.
+    Fragmented { tiny: usize, row_groups: usize },
+    /// Large, and its row groups are healthy (or only its last one is short).
+    Healthy { row_groups: usize },
+    /// Large, and its footer was not read (an output of this product, or unreadable).
+    Large,
+    /// Sort mode: every file of the partition is merged.
+    Sorted,
+}
+
+impl FileVerdict {
+    pub fn is_candidate(&self) -> bool {
+        matches!(
+            self,
+            FileVerdict::Small | FileVerdict::Fragmented { .. } | FileVerdict::Sorted
+        )
+    }
+}
+
+impl std::fmt::Display for FileVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileVerdict::Small => write!(f, "small: under small_file_threshold"),
+            FileVerdict::Fragmented { tiny, row_groups } => write!(
+                f,
+                "fragmented: {tiny} of its {row_groups} row groups under healthy_row_group_size"
+            ),
+            FileVerdict::Healthy { row_groups } => {
+                write!(
+                    f,
+                    "healthy: large, {row_groups} healthy row group(s); left alone"
+                )
+            }
+            FileVerdict::Large => write!(f, "large; left alone"),
+            FileVerdict::Sorted => write!(f, "sort mode: merged with the whole partition"),
+        }
+    }
+}
+
+/// The verdict on one file, given the layouts read from large files' footers.
+pub fn verdict(
+    file: &ObjectMeta,
+    layouts: &HashMap<String, FileLayout>,
+    dataset: &DatasetConfig,
+) -> FileVerdict {
+    if dataset.mode == Mode::Sort {
+        return FileVerdict::Sorted;
+    }
+    if file.size < dataset.small_file_threshold.bytes() {
+        return FileVerdict::Small;
+    }
+    match layouts.get(&file.key) {
+        None => FileVerdict::Large,
+        Some(layout) => {
+            let tiny = layout.fragmented_row_groups(dataset);
+            let row_groups = layout.row_groups.len();
+            if tiny >= 2 {
+                FileVerdict::Fragmented { tiny, row_groups }
+            } else {
+                FileVerdict::Healthy { row_groups }
+            }
+        }
+    }
 }
 
 /// What the planner decided for one partition.
@@ -58,31 +163,31 @@ impl std::fmt::Display for SkipReason {
 /// wrote in earlier rounds (from the partition manifest): they never trigger work on their own,
 /// which makes a second run a no-op, but they are merged again when new files arrive (small
 /// leftovers in concat mode, everything in sort mode so the partition stays globally sorted).
+/// `layouts` holds the footers read from large files: a fragmented one is a candidate.
 pub fn decide(
     files: &[ObjectMeta],
     own_outputs: &HashSet<String>,
+    layouts: &HashMap<String, FileLayout>,
     dataset: &DatasetConfig,
 ) -> PartitionDecision {
-    let threshold = dataset.small_file_threshold.bytes();
     let (own, new): (Vec<&ObjectMeta>, Vec<&ObjectMeta>) =
         files.iter().partition(|f| own_outputs.contains(&f.key));
-    let candidates: Vec<ObjectMeta> = match dataset.mode {
-        Mode::Concat => new
-            .iter()
-            .chain(own.iter())
-            .filter(|f| f.size < threshold)
-            .map(|f| (*f).clone())
-            .collect(),
-        Mode::Sort => files.to_vec(),
-    };
-    let new_candidates = match dataset.mode {
-        Mode::Concat => new.iter().filter(|f| f.size < threshold).count(),
-        Mode::Sort => new.len(),
-    };
+    let is_candidate = |f: &ObjectMeta| verdict(f, layouts, dataset).is_candidate();
+    let candidates: Vec<ObjectMeta> = new
+        .iter()
+        .chain(own.iter())
+        .filter(|f| is_candidate(f))
+        .map(|f| (*f).clone())
+        .collect();
+    let new_candidates = new.iter().filter(|f| is_candidate(f)).count();
     if new_candidates == 0 {
         return PartitionDecision::Skip(SkipReason::NothingNew);
     }
-    if candidates.len() < dataset.min_file_count {
+    // A fragmented file is worth rewriting on its own; small files wait for company.
+    let fragmented = candidates
+        .iter()
+        .any(|f| matches!(verdict(f, layouts, dataset), FileVerdict::Fragmented { .. }));
+    if candidates.len() < dataset.min_file_count && !fragmented {
         return PartitionDecision::Skip(SkipReason::TooFewFiles {
             candidates: candidates.len(),
             min: dataset.min_file_count,
@@ -164,6 +269,83 @@ mod tests {
         assert!(is_data_file("a/firehose-1-2024", ""));
     }
 
+    fn layout(groups: &[(u64, u64)]) -> FileLayout {
+        FileLayout {
+            row_groups: groups
+                .iter()
+                .map(|&(rows, compressed)| RowGroupLayout {
+                    rows,
+                    compressed,
+                    uncompressed: compressed * 3,
+                })
+                .collect(),
+            codecs: vec!["SNAPPY".into()],
+        }
+    }
+
+    #[test]
+    fn large_files_are_candidates_only_when_fragmented() {
+        let mut d = dataset(Mode::Concat);
+        d.healthy_row_group_size = ByteSize(20);
+        d.row_group_rows = 1000;
+        let files = vec![
+            file("p/fragmented.parquet", 90),
+            file("p/healthy.parquet", 90),
+            file("p/short-tail.parquet", 90),
+            file("p/compressible.parquet", 90),
+            file("p/unread.parquet", 90),
+            file("p/small.parquet", 10),
+        ];
+        let layouts = HashMap::from([
+            ("p/fragmented.parquet".to_string(), layout(&[(10, 5); 18])),
+            (
+                "p/healthy.parquet".to_string(),
+                layout(&[(500, 45), (500, 45)]),
+            ),
+            (
+                "p/short-tail.parquet".to_string(),
+                layout(&[(800, 80), (100, 10)]),
+            ),
+            // Tiny in bytes, but each holds the row target: healthy.
+            (
+                "p/compressible.parquet".to_string(),
+                layout(&[(1000, 5); 18]),
+            ),
+        ]);
+        let verdicts: Vec<String> = files
+            .iter()
+            .map(|f| verdict(f, &layouts, &d).to_string())
+            .collect();
+        assert_eq!(
+            verdicts,
+            vec![
+                "fragmented: 17 of its 18 row groups under healthy_row_group_size",
+                "healthy: large, 2 healthy row group(s); left alone",
+                "healthy: large, 2 healthy row group(s); left alone",
+                "healthy: large, 18 healthy row group(s); left alone",
+                "large; left alone",
+                "small: under small_file_threshold",
+            ]
+        );
+        match decide(&files, &HashSet::new(), &layouts, &d) {
+            PartitionDecision::Compact(groups) => {
+                let keys: Vec<&str> = groups.iter().flatten().map(|f| f.key.as_str()).collect();
+                assert_eq!(keys, vec!["p/fragmented.parquet", "p/small.parquet"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        // A fragmented file alone is rewritten: it is as slow to read as many small files.
+        assert!(matches!(
+            decide(&files[..1], &HashSet::new(), &layouts, &d),
+            PartitionDecision::Compact(groups) if groups.len() == 1
+        ));
+        // Without the fragmented file's footer, only the small file is a candidate: too few.
+        assert!(matches!(
+            decide(&files, &HashSet::new(), &HashMap::new(), &d),
+            PartitionDecision::Skip(SkipReason::TooFewFiles { candidates: 1, .. })
+        ));
+    }
+
     #[test]
     fn bin_pack_respects_target_and_order() {
         let sizes = vec![40, 40, 40, 10, 90, 200, 5, 5];
@@ -203,7 +385,12 @@ mod tests {
             file("p/c", 30),
             file("p/big", 80),
         ];
-        match decide(&files, &HashSet::new(), &dataset(Mode::Concat)) {
+        match decide(
+            &files,
+            &HashSet::new(),
+            &HashMap::new(),
+            &dataset(Mode::Concat),
+        ) {
             PartitionDecision::Compact(groups) => {
                 let keys: Vec<Vec<&str>> = groups
                     .iter()
@@ -221,7 +408,7 @@ mod tests {
         let own: HashSet<String> = files.iter().map(|f| f.key.clone()).collect();
         for mode in [Mode::Concat, Mode::Sort] {
             assert_eq!(
-                decide(&files, &own, &dataset(mode)),
+                decide(&files, &own, &HashMap::new(), &dataset(mode)),
                 PartitionDecision::Skip(SkipReason::NothingNew)
             );
         }
@@ -234,7 +421,7 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        match decide(&files, &own, &dataset(Mode::Concat)) {
+        match decide(&files, &own, &HashMap::new(), &dataset(Mode::Concat)) {
             PartitionDecision::Compact(groups) => {
                 assert_eq!(groups.len(), 1);
                 let keys: Vec<&str> = groups[0].iter().map(|f| f.key.as_str()).collect();
@@ -248,7 +435,7 @@ mod tests {
     fn sort_mode_keeps_the_whole_partition_in_one_group() {
         let files = vec![file("p/out-0", 90), file("p/late", 10), file("p/big", 500)];
         let own: HashSet<String> = ["p/out-0".to_string()].into_iter().collect();
-        match decide(&files, &own, &dataset(Mode::Sort)) {
+        match decide(&files, &own, &HashMap::new(), &dataset(Mode::Sort)) {
             PartitionDecision::Compact(groups) => {
                 assert_eq!(groups.len(), 1);
                 assert_eq!(groups[0].len(), 3);
@@ -261,7 +448,12 @@ mod tests {
     fn too_few_files_is_explained() {
         let files = vec![file("p/a", 10)];
         assert_eq!(
-            decide(&files, &HashSet::new(), &dataset(Mode::Concat)),
+            decide(
+                &files,
+                &HashSet::new(),
+                &HashMap::new(),
+                &dataset(Mode::Concat)
+            ),
             PartitionDecision::Skip(SkipReason::TooFewFiles {
                 candidates: 1,
                 min: 2

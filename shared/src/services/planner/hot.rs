@@ -250,6 +250,7 @@ impl Planner {
             data_bytes: files.iter().map(|f| f.size).sum(),
             outcome,
             anomaly: None,
+            files: Vec::new(),
         };
         if !final_through.is_some_and(|through| crate::model::hot::range::is_final(range, through))
         {

@@ -7,17 +7,21 @@
 mod hot;
 mod recovery;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 
 use crate::error::Result;
+use crate::format::io::{layout_of, read_footer};
 use crate::model::dataset::{DatasetConfig, Mode};
 use crate::model::manifest::{to_json, PartitionManifest};
 use crate::model::object::{dir_prefix, file_name, ObjectMeta};
 use crate::model::partition::{coldness, Coldness, PartitionTemplate};
-use crate::model::plan::{decide, is_data_file, PartitionDecision, SkipReason};
+use crate::model::plan::{
+    decide, is_data_file, verdict, FileLayout, FileVerdict, PartitionDecision, SkipReason,
+};
 use crate::model::state::{PartitionId, PartitionStatus};
 use crate::model::task::{
     partition_output_dir, partition_source_dir, task_id, Task, TaskKind, PARTITION_MANIFEST,
@@ -84,6 +88,9 @@ pub struct TaskSummary {
     pub input_bytes: u64,
 }
 
+/// Footers read at once when the planner looks for fragmented files.
+const FOOTER_READS: usize = 16;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PartitionOutcome {
     Hot {
@@ -118,6 +125,16 @@ pub struct PartitionReport {
     /// Something found that should not happen, and what is done about it (e.g. rows that
     /// reached a hot range after it was moved).
     pub anomaly: Option<String>,
+    /// Each data file and why it is, or is not, compacted (file datasets that were planned).
+    pub files: Vec<FileNote>,
+}
+
+/// One data file of a planned partition and the planner's verdict on it.
+#[derive(Clone, Debug)]
+pub struct FileNote {
+    pub key: String,
+    pub size: u64,
+    pub verdict: FileVerdict,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -304,6 +321,7 @@ impl Planner {
                         data_bytes: 0,
                         outcome: PartitionOutcome::Failed(e.to_string()),
                         anomaly: None,
+                        files: Vec::new(),
                     });
                 }
             }
@@ -326,12 +344,15 @@ impl Planner {
     ) -> Result<PartitionReport> {
         let values = template.parse_partition(partition)?;
         let files = self.partition_files(dataset, partition).await?;
-        let report = |outcome| PartitionReport {
+        let (files_count, data_bytes) = (files.len(), files.iter().map(|f| f.size).sum());
+        let mut notes = Vec::new();
+        let report = |outcome, files: &mut Vec<FileNote>| PartitionReport {
             partition: partition.to_string(),
-            data_files: files.len(),
-            data_bytes: files.iter().map(|f| f.size).sum(),
+            data_files: files_count,
+            data_bytes,
             outcome,
             anomaly: None,
+            files: std::mem::take(files),
         };
         if let Coldness::Hot { until } = coldness(
             &values,
@@ -340,7 +361,7 @@ impl Planner {
             options.now,
         ) {
             if !options.force {
-                return Ok(report(PartitionOutcome::Hot { until }));
+                return Ok(report(PartitionOutcome::Hot { until }, &mut notes));
             }
         }
         let manifest = self.partition_manifest(dataset, partition).await?;
@@ -365,9 +386,18 @@ impl Planner {
             })
             .cloned()
             .collect();
-        let groups = match decide(&candidates, &own, dataset) {
+        let layouts = self.large_file_layouts(&candidates, &own, dataset).await;
+        notes = candidates
+            .iter()
+            .map(|f| FileNote {
+                key: f.key.clone(),
+                size: f.size,
+                verdict: verdict(f, &layouts, dataset),
+            })
+            .collect();
+        let groups = match decide(&candidates, &own, &layouts, dataset) {
             PartitionDecision::Skip(reason) => {
-                return Ok(report(PartitionOutcome::Skipped(reason)))
+                return Ok(report(PartitionOutcome::Skipped(reason), &mut notes))
             }
             PartitionDecision::Compact(groups) => groups,
         };
@@ -393,7 +423,7 @@ impl Planner {
                     .collect()
             })
             .await?;
-        Ok(report(outcome))
+        Ok(report(outcome, &mut notes))
     }
 
     /// Takes the partition's lease and dispatches the tasks `make_tasks` builds for its
@@ -495,6 +525,40 @@ impl Planner {
             }
         }
         Ok(PartitionOutcome::Planned { tasks: planned })
+    }
+
+    /// The layouts of the large files that may be fragmented (concat mode; not this product's
+    /// outputs), from their footers, read concurrently. A file whose footer cannot be read is
+    /// left out, so it is left alone (a merge never deletes what it cannot read).
+    async fn large_file_layouts(
+        &self,
+        files: &[ObjectMeta],
+        own: &HashSet<String>,
+        dataset: &DatasetConfig,
+    ) -> HashMap<String, FileLayout> {
+        if dataset.mode == Mode::Sort {
+            return HashMap::new();
+        }
+        let threshold = dataset.small_file_threshold.bytes();
+        let store = self.store.as_ref();
+        futures::stream::iter(
+            files
+                .iter()
+                .filter(|f| f.size >= threshold && !own.contains(&f.key)),
+        )
+        .map(|f| async move {
+            match read_footer(store, &f.key).await {
+                Ok(footer) => Some((f.key.clone(), layout_of(&footer))),
+                Err(e) => {
+                    tracing::warn!(key = f.key, error = %e, "footer unreadable; the file is left alone");
+                    None
+                }
+            }
+        })
+        .buffer_unordered(FOOTER_READS)
+        .filter_map(std::future::ready)
+        .collect()
+        .await
     }
 
     /// Data files of a partition: those in the source directory, plus in sort mode the earlier
