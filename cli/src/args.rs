@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use compaction::drivers::sample::SampleSpec;
 use compaction::model::config::Config;
 use compaction::model::dataset::{DatasetConfig, Mode};
-use compaction::model::partition::Granularity;
+use compaction::model::partition::{ColdRule, Granularity};
 use compaction::support::units::{ByteSize, HumanDuration};
 
 #[derive(Parser, Debug)]
@@ -49,6 +49,16 @@ pub enum Command {
 pub enum ModeArg {
     Concat,
     Sort,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ColdnessArg {
+    /// The partition's time span is over (templates with time fields).
+    Time,
+    /// No new file for `--grace` (the default without time fields).
+    Quiet,
+    /// {start}-{end} layouts: a later range exists (see --range-finality, --range-tip).
+    Range,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -140,9 +150,18 @@ pub struct DatasetFlags {
     /// Write outputs under this prefix instead of in place.
     #[arg(long)]
     pub output_prefix: Option<String>,
-    /// Wait after a partition's span ends before compacting it [default: 15m].
+    /// Wait after a partition's span ends (with --coldness quiet: after its newest file) before compacting it [default: 15m].
     #[arg(long)]
     pub grace: Option<HumanDuration>,
+    /// How a partition is found cold [default: time with time fields in the template, else quiet].
+    #[arg(long, value_enum)]
+    pub coldness: Option<ColdnessArg>,
+    /// --coldness range: a range is cold once a later range starts at least this far past its end [default: 0].
+    #[arg(long)]
+    pub range_finality: Option<u64>,
+    /// --coldness range: ranges ending at or below this value are cold.
+    #[arg(long)]
+    pub range_tip: Option<i64>,
     /// Span that must be over before compacting [default: the template's finest field].
     #[arg(long, value_enum)]
     pub granularity: Option<GranularityArg>,
@@ -191,6 +210,18 @@ impl DatasetFlags {
         set(&mut ds.compression, f.compression);
         set(&mut ds.output_prefix, f.output_prefix.map(Some));
         set(&mut ds.grace, f.grace);
+        set(
+            &mut ds.coldness,
+            f.coldness.map(|v| {
+                Some(match v {
+                    ColdnessArg::Time => ColdRule::Time,
+                    ColdnessArg::Quiet => ColdRule::Quiet,
+                    ColdnessArg::Range => ColdRule::Range,
+                })
+            }),
+        );
+        set(&mut ds.range_finality, f.range_finality);
+        set(&mut ds.range_tip, f.range_tip.map(Some));
         set(
             &mut ds.granularity,
             f.granularity.map(|v| {

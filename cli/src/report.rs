@@ -227,6 +227,11 @@ fn print_plan(summary: &RunSummary, config: &Config) {
         }
         for p in &plan.partitions {
             let decision = match &p.outcome {
+                PartitionOutcome::Hot { until }
+                    if *until == chrono::DateTime::<chrono::Utc>::MAX_UTC =>
+                {
+                    "hot: no later range yet".to_string()
+                }
                 PartitionOutcome::Hot { until } => {
                     format!("hot until {}", until.format("%Y-%m-%d %H:%M UTC"))
                 }

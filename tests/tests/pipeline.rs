@@ -772,3 +772,128 @@ async fn a_large_fragmented_file_is_rewritten_and_a_healthy_one_left_alone() {
     let again = env.run(&config).await;
     assert!(again.commits.is_empty(), "{:?}", again.commits);
 }
+
+/// Writes `count` small sample files into `dir`, their times set `age` back.
+fn small_files(dir: &std::path::Path, count: usize, seed: u64, age: std::time::Duration) {
+    let hour = chrono::Utc::now() - chrono::Duration::hours(1);
+    for i in 0..count {
+        let path = dir.join(format!("part-{i}.parquet"));
+        write_parquet(
+            &path,
+            &compaction::drivers::sample::sample_batch(hour, i, count, 200, seed).unwrap(),
+        );
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(std::time::SystemTime::now() - age)
+            .unwrap();
+    }
+}
+
+fn compacted_partitions(summary: &compaction::drivers::pipeline::RunSummary) -> Vec<String> {
+    let mut partitions: Vec<String> = summary
+        .commits
+        .iter()
+        .map(|c| c.partition.partition.clone())
+        .collect();
+    partitions.sort();
+    partitions.dedup();
+    partitions
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layout_without_time_fields_compacts_once_it_is_quiet() {
+    let env = Env::new();
+    let fresh = std::time::Duration::ZERO;
+    for product in ["ES", "NQ"] {
+        small_files(&env.path(&format!("ticks/product={product}")), 4, 3, fresh);
+    }
+    let mut config = small_config();
+    let ds = &mut config.datasets[0];
+    ds.source_prefix = "ticks/".into();
+    ds.partition_template = "product={product}".into();
+    ds.grace = compaction::support::units::HumanDuration(std::time::Duration::from_secs(3600));
+    let before = row_multiset(&parquet_files(&env.path("ticks")), SAMPLE_COLUMNS);
+
+    // Files written just now: not quiet for an hour yet.
+    let first = env.run(&config).await;
+    assert!(first.commits.is_empty(), "{:?}", first.commits);
+    assert!(first.plans[0].partitions.iter().all(|p| matches!(
+        p.outcome,
+        compaction::services::planner::PartitionOutcome::Hot { .. }
+    )));
+
+    // Two hours later (the files' times moved back): both partitions are quiet and compacted.
+    for product in ["ES", "NQ"] {
+        for f in parquet_files(&env.path(&format!("ticks/product={product}"))) {
+            let file = std::fs::File::options().write(true).open(&f).unwrap();
+            file.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
+                .unwrap();
+        }
+    }
+    let second = env.run(&config).await;
+    assert!(second.failures.is_empty(), "{:?}", second.failures);
+    assert_eq!(
+        compacted_partitions(&second),
+        vec!["product=ES", "product=NQ"]
+    );
+    for product in ["ES", "NQ"] {
+        assert_eq!(
+            parquet_files(&env.path(&format!("ticks/product={product}"))).len(),
+            1
+        );
+    }
+    assert_eq!(
+        row_multiset(&parquet_files(&env.path("ticks")), SAMPLE_COLUMNS),
+        before,
+        "every row kept"
+    );
+    assert!(staging_leftovers(env.root()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_layout_compacts_a_range_once_a_later_one_exists_or_the_tip_passes_it() {
+    let env = Env::new();
+    let old = std::time::Duration::from_secs(7200);
+    for (chain, range) in [(1, "0-100"), (1, "100-200"), (1, "200-300"), (2, "0-100")] {
+        small_files(
+            &env.path(&format!("transfers/chain={chain}/range={range}")),
+            3,
+            chain,
+            old,
+        );
+    }
+    let mut config = small_config();
+    let ds = &mut config.datasets[0];
+    ds.source_prefix = "transfers/".into();
+    ds.partition_template = "chain={chain}/range={start}-{end}".into();
+    ds.coldness = Some(compaction::model::partition::ColdRule::Range);
+    let before = row_multiset(&parquet_files(&env.path("transfers")), SAMPLE_COLUMNS);
+
+    // Chain 1's last range and chain 2's only one have no later range: they wait.
+    let first = env.run(&config).await;
+    assert!(first.failures.is_empty(), "{:?}", first.failures);
+    assert_eq!(
+        compacted_partitions(&first),
+        vec!["chain=1/range=0-100", "chain=1/range=100-200"]
+    );
+    // A tip past chain 1's last range (and chain 2's) makes them final.
+    config.datasets[0].range_tip = Some(299);
+    let second = env.run(&config).await;
+    assert_eq!(
+        compacted_partitions(&second),
+        vec!["chain=1/range=200-300", "chain=2/range=0-100"]
+    );
+    assert_eq!(
+        row_multiset(&parquet_files(&env.path("transfers")), SAMPLE_COLUMNS),
+        before,
+        "every row kept"
+    );
+    // A finality distance is honoured: with 1000, range 300-400 waits for a range from 1400 on.
+    let mut strict = small_config();
+    strict.datasets[0] = config.datasets[0].clone();
+    strict.datasets[0].range_tip = None;
+    strict.datasets[0].range_finality = 1000;
+    small_files(&env.path("transfers/chain=1/range=300-400"), 3, 9, old);
+    small_files(&env.path("transfers/chain=1/range=400-500"), 3, 10, old);
+    let third = env.run(&strict).await;
+    assert!(third.commits.is_empty(), "{:?}", third.commits);
+}

@@ -403,6 +403,28 @@ mod tests {
             parse_planner_event(&sample("planner-scheduled.json")).unwrap(),
             PlannerEvent::Scheduled
         );
+        // A layout without time fields: routed to its range partition.
+        let PlannerEvent::ObjectsCreated(objects) =
+            parse_planner_event(&sample("planner-s3-put-range-layout.json")).unwrap()
+        else {
+            panic!("not an object-created event")
+        };
+        let mut ranges = config();
+        let mut transfers = DatasetConfig::new(
+            "transfers",
+            "raw/transfers",
+            "chain={chain}/range={start}-{end}",
+        );
+        transfers.coldness = Some(crate::model::partition::ColdRule::Range);
+        transfers.validate().unwrap();
+        ranges.datasets.push(transfers);
+        assert_eq!(
+            route_key(&ranges, &objects[0].key),
+            KeyRoute::Partition {
+                dataset: "transfers".into(),
+                partition: "chain=1/range=19000000-19010000".into()
+            }
+        );
         assert_eq!(
             parse_planner_event(&sample("planner-export-range.json")).unwrap(),
             PlannerEvent::Command(PlannerCommand::Plan {

@@ -334,11 +334,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("source_prefix"), "{e}");
-        let e = parse(&MINIMAL.replace("dt={date}/hour={hour}", "region={region}"))
+        // A template without time fields is accepted, but not with the time rule.
+        assert!(parse(&MINIMAL.replace("dt={date}/hour={hour}", "region={region}")).is_ok());
+        let e = parse(&format!(
+            "{}coldness = \"time\"\n",
+            MINIMAL.replace("dt={date}/hour={hour}", "region={region}")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("coldness") && e.contains("quiet"), "{e}");
+        let e = parse(&format!(
+            "{}coldness = \"range\"\n",
+            MINIMAL.replace("dt={date}/hour={hour}", "region={region}")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("coldness") && e.contains("{start}"), "{e}");
+        let e = parse(&MINIMAL.replace("dt={date}/hour={hour}", "region={region}/h={hour}"))
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("partition_template") && e.contains("time field"),
+            e.contains("partition_template") && e.contains("{year}"),
             "{e}"
         );
         let e = parse("").unwrap_err().to_string();

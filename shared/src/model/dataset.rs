@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::object::validate_prefix;
-use crate::model::partition::{Granularity, PartitionTemplate};
+use crate::model::partition::{ColdRule, Granularity, PartitionTemplate};
 use crate::support::units::{ByteSize, HumanDuration};
 
 /// Dataset names: letters, digits, `-`, `_` and `.` (they appear in keys and state).
@@ -40,9 +40,22 @@ pub struct DatasetConfig {
     /// time field. May be coarser than the template (hourly partitions, compacted per day).
     #[serde(default)]
     pub granularity: Option<Granularity>,
-    /// Extra wait after the span ends, for late writers.
+    /// Extra wait after the span ends, for late writers (with `coldness = "quiet"`: how long a
+    /// partition must have had no new file).
     #[serde(default = "default_grace")]
     pub grace: HumanDuration,
+    /// How a partition is found cold: `time` (its span is over; templates with time fields),
+    /// `quiet` (no new file for `grace`; the default without time fields) or `range`
+    /// (`{start}-{end}` layouts: see `range_finality` and `range_tip`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coldness: Option<ColdRule>,
+    /// `coldness = "range"`: a range is cold once a later range of its family starts at least
+    /// this far past its end (0: as soon as any later range exists).
+    #[serde(default)]
+    pub range_finality: u64,
+    /// `coldness = "range"`: ranges ending at or below this value are cold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range_tip: Option<i64>,
     #[serde(default = "default_target_file_size")]
     pub target_file_size: ByteSize,
     /// Compressed bytes per row group in outputs.
@@ -127,6 +140,9 @@ impl DatasetConfig {
             partition_template: partition_template.to_string(),
             granularity: None,
             grace: default_grace(),
+            coldness: None,
+            range_finality: 0,
+            range_tip: None,
             target_file_size: default_target_file_size(),
             row_group_size: default_row_group_size(),
             row_group_rows: default_row_group_rows(),
@@ -149,6 +165,14 @@ impl DatasetConfig {
                 "partition_template",
                 format!("{e}; e.g. \"dt={{date}}/hour={{hour}}\""),
             )
+        })
+    }
+
+    /// How partitions are found cold: the configured rule or the template's default.
+    pub fn cold_rule(&self) -> Result<ColdRule> {
+        Ok(match self.coldness {
+            Some(rule) => rule,
+            None => self.template()?.default_cold_rule(),
         })
     }
 
@@ -197,6 +221,25 @@ impl DatasetConfig {
                 .or_else(|e| fail("output_prefix", format!("{e}; use a relative prefix")))?;
         }
         let template = self.template()?;
+        match self.cold_rule()? {
+            ColdRule::Time if !template.has_time() => {
+                return fail(
+                    "coldness",
+                    "\"time\" needs a template with {date} or {year}; use \"quiet\" (no new file \
+                     for `grace`) or, for {start}-{end} layouts, \"range\""
+                        .into(),
+                )
+            }
+            ColdRule::Range if !template.has_range() => {
+                return fail(
+                    "coldness",
+                    "\"range\" needs a template with integer {start} and {end} fields, e.g. \
+                     \"chain={chain}/range={start}-{end}\""
+                        .into(),
+                )
+            }
+            _ => {}
+        }
         if let Some(g) = self.granularity {
             if g < template.granularity() {
                 return fail(

@@ -1,6 +1,8 @@
-//! Partition templates such as `dt={date}/hour={hour}` or `year={year}/month={month}/day={day}`:
-//! matching directory names during discovery, and deciding from the partition's time whether it
-//! is cold enough to compact.
+//! Partition templates such as `dt={date}/hour={hour}`, `year={year}/month={month}/day={day}`,
+//! `product={product}` or `chain={chain}/range={start}-{end}`: matching directory names during
+//! discovery, and deciding whether a partition is cold enough to compact — from its time span
+//! (templates with time fields), from how long it has been quiet, or, for ranges of an integer,
+//! from the ranges after it (see [`ColdRule`]).
 
 use std::collections::BTreeMap;
 
@@ -97,12 +99,46 @@ pub struct PartitionTemplate {
     segments: Vec<Vec<Part>>,
 }
 
-/// The values a partition path gave for each template field, and the time span it covers.
+/// The values a partition path gave for each template field, and the time span it covers
+/// (`None` for a template without time fields).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionValues {
     pub fields: BTreeMap<String, String>,
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
+    pub span: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+impl PartitionValues {
+    /// `[start, end)` of a range layout's `{start}` and `{end}` fields.
+    pub fn integer_range(&self) -> Option<(i64, i64)> {
+        let start = self.fields.get("start")?.parse().ok()?;
+        let end = self.fields.get("end")?.parse().ok()?;
+        Some((start, end))
+    }
+
+    /// The values of every field but `{start}` and `{end}`: the ranges of one family (one
+    /// chain, say) are compared with each other.
+    pub fn family(&self) -> Vec<(&str, &str)> {
+        self.fields
+            .iter()
+            .filter(|(k, _)| *k != "start" && *k != "end")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect()
+    }
+}
+
+/// How a partition is found cold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColdRule {
+    /// Its time span (coarsened to `granularity`) plus `grace` is over. Templates with time
+    /// fields.
+    Time,
+    /// Its newest data file is older than `grace`. The default without time fields.
+    Quiet,
+    /// A range layout (`{start}-{end}` integer fields, end exclusive): a later range of the same
+    /// family starts at least `range_finality` past its end, or its end is at or below
+    /// `range_tip` (`end - 1 <= tip`).
+    Range,
 }
 
 /// Whether a partition may be compacted now.
@@ -124,7 +160,11 @@ impl PartitionTemplate {
         };
         let trimmed = raw.trim_matches('/');
         if trimmed.is_empty() {
-            return Err(err("the template is empty".into()));
+            return Err(err(
+                "the template is empty; a dataset whose files sit directly under its prefix is \
+                 not supported yet: put them under one directory level (e.g. part={part})"
+                    .into(),
+            ));
         }
         let mut segments = Vec::new();
         for segment in trimmed.split('/') {
@@ -204,10 +244,8 @@ impl PartitionTemplate {
         if date && (year || month || day) {
             return Err("use either {date} or {year}/{month}/{day}, not both".into());
         }
-        if !date && !year {
-            return Err(
-                "the template has no time field; add {date} or {year} (with {month}, {day}, {hour} as needed) so that cold partitions can be told from hot ones".into(),
-            );
+        if !date && !year && (month || day || self.has(&Field::Hour) || self.has(&Field::Minute)) {
+            return Err("{month}, {day}, {hour} and {minute} need {date} or {year}".into());
         }
         if !date && ((day && !month) || (month && !year)) {
             return Err("{day} needs {month}, and {month} needs {year}".into());
@@ -224,6 +262,26 @@ impl PartitionTemplate {
 
     pub fn as_str(&self) -> &str {
         &self.raw
+    }
+
+    /// True when partitions have a time span ({date} or {year} and finer).
+    pub fn has_time(&self) -> bool {
+        self.has(&Field::Date) || self.has(&Field::Year)
+    }
+
+    /// True for a range layout: integer `{start}` and `{end}` fields.
+    pub fn has_range(&self) -> bool {
+        self.has(&Field::Named("start".into())) && self.has(&Field::Named("end".into()))
+    }
+
+    /// The rule used when the configuration names none: time for a template with time fields,
+    /// else a quiet period.
+    pub fn default_cold_rule(&self) -> ColdRule {
+        if self.has_time() {
+            ColdRule::Time
+        } else {
+            ColdRule::Quiet
+        }
     }
 
     /// Number of directory levels a partition path has.
@@ -300,6 +358,9 @@ impl PartitionTemplate {
                 .ok_or_else(|| err(&format!("level {level} ({name:?}) does not match")))?;
             fields.extend(values);
         }
+        if !self.has_time() {
+            return Ok(PartitionValues { fields, span: None });
+        }
         let num = |k: &str, default: u32| -> u32 {
             fields
                 .get(k)
@@ -316,9 +377,8 @@ impl PartitionTemplate {
             .ok_or_else(|| err("the hour or minute is out of range"))?;
         let start = Utc.from_utc_datetime(&naive);
         Ok(PartitionValues {
-            end: self.granularity().end_of(start),
+            span: Some((start, self.granularity().end_of(start))),
             fields,
-            start,
         })
     }
 }
@@ -338,16 +398,55 @@ fn valid_value(field: &Field, value: &str) -> bool {
 }
 
 /// A partition is cold once its whole span, coarsened to `granularity`, plus `grace` has passed.
-/// The current span is therefore never cold, whatever the grace.
+/// The current span is therefore never cold, whatever the grace. A partition without a time
+/// span is never cold by time.
 pub fn coldness(
     values: &PartitionValues,
     granularity: Granularity,
     grace: std::time::Duration,
     now: DateTime<Utc>,
 ) -> Coldness {
-    let end = coarsen_end(values, granularity);
+    match values.span {
+        Some((start, end)) => cold_after(coarsen_end(start, end, granularity), grace, now),
+        None => Coldness::Hot {
+            until: DateTime::<Utc>::MAX_UTC,
+        },
+    }
+}
+
+/// Cold once `grace` has passed since `quiet_since` (the newest data file's time).
+pub fn quiet_coldness(
+    quiet_since: DateTime<Utc>,
+    grace: std::time::Duration,
+    now: DateTime<Utc>,
+) -> Coldness {
+    cold_after(quiet_since, grace, now)
+}
+
+/// Cold when a later range of the same family starts at least `finality` past this one's end
+/// (`later_start`: the largest start seen), or when `tip` is given and the range ends at or
+/// below it. `Hot` has no time then: the range turns cold when the data moves on.
+pub fn range_coldness(
+    range: (i64, i64),
+    later_start: Option<i64>,
+    finality: u64,
+    tip: Option<i64>,
+) -> Coldness {
+    let (_, end) = range;
+    let by_later = later_start.is_some_and(|s| s >= end.saturating_add(finality as i64));
+    let by_tip = tip.is_some_and(|t| end.saturating_sub(1) <= t);
+    if by_later || by_tip {
+        Coldness::Cold
+    } else {
+        Coldness::Hot {
+            until: DateTime::<Utc>::MAX_UTC,
+        }
+    }
+}
+
+fn cold_after(from: DateTime<Utc>, grace: std::time::Duration, now: DateTime<Utc>) -> Coldness {
     let grace = Duration::from_std(grace).unwrap_or(Duration::MAX);
-    let until = end
+    let until = from
         .checked_add_signed(grace)
         .unwrap_or(DateTime::<Utc>::MAX_UTC);
     if now >= until {
@@ -359,9 +458,8 @@ pub fn coldness(
 
 /// The end of the `granularity` span containing the partition (e.g. the end of its day when
 /// hourly partitions should only be compacted once the whole day is over).
-fn coarsen_end(values: &PartitionValues, granularity: Granularity) -> DateTime<Utc> {
+fn coarsen_end(s: DateTime<Utc>, end: DateTime<Utc>, granularity: Granularity) -> DateTime<Utc> {
     use chrono::{Datelike, Timelike};
-    let s = values.start;
     let start = match granularity {
         Granularity::Minute => s.with_second(0),
         Granularity::Hour => s.with_minute(0),
@@ -377,7 +475,7 @@ fn coarsen_end(values: &PartitionValues, granularity: Granularity) -> DateTime<U
             .and_then(|t| t.with_minute(0)),
     }
     .unwrap_or(s);
-    granularity.end_of(start).max(values.end)
+    granularity.end_of(start).max(end)
 }
 
 #[cfg(test)]
@@ -402,8 +500,10 @@ mod tests {
         assert_eq!(tpl.match_segment(1, "hour=7"), None);
         assert_eq!(tpl.match_segment(0, "_staging"), None);
         let v = tpl.parse_partition("dt=2024-03-01/hour=05").unwrap();
-        assert_eq!(v.start, t("2024-03-01T05:00:00Z"));
-        assert_eq!(v.end, t("2024-03-01T06:00:00Z"));
+        assert_eq!(
+            v.span,
+            Some((t("2024-03-01T05:00:00Z"), t("2024-03-01T06:00:00Z")))
+        );
     }
 
     #[test]
@@ -412,9 +512,73 @@ mod tests {
         assert_eq!(tpl.granularity(), Granularity::Day);
         let v = tpl.parse_partition("region=eu-west/2024/02/29").unwrap();
         assert_eq!(v.fields["region"], "eu-west");
-        assert_eq!(v.end, t("2024-03-01T00:00:00Z"));
+        assert_eq!(v.span.unwrap().1, t("2024-03-01T00:00:00Z"));
         assert!(tpl.parse_partition("region=eu/2023/02/29").is_err());
         assert!(tpl.parse_partition("region=eu/2024/02").is_err());
+    }
+
+    #[test]
+    fn layouts_without_time_fields_are_accepted() {
+        let products = PartitionTemplate::parse("product={product}").unwrap();
+        assert!(!products.has_time());
+        assert_eq!(products.default_cold_rule(), ColdRule::Quiet);
+        let v = products.parse_partition("product=ES").unwrap();
+        assert_eq!((v.fields["product"].as_str(), v.span), ("ES", None));
+
+        let ranges = PartitionTemplate::parse("chain={chain}/range={start}-{end}").unwrap();
+        assert!(ranges.has_range() && !ranges.has_time());
+        let v = ranges.parse_partition("chain=1/range=100-200").unwrap();
+        assert_eq!(v.integer_range(), Some((100, 200)));
+        assert_eq!(v.family(), vec![("chain", "1")]);
+        assert_eq!(
+            PartitionTemplate::parse("dt={date}")
+                .unwrap()
+                .default_cold_rule(),
+            ColdRule::Time
+        );
+    }
+
+    #[test]
+    fn quiet_and_range_rules() {
+        let grace = std::time::Duration::from_secs(600);
+        let newest = t("2024-03-01T05:00:00Z");
+        assert_eq!(
+            quiet_coldness(newest, grace, t("2024-03-01T05:09:59Z")),
+            Coldness::Hot {
+                until: t("2024-03-01T05:10:00Z")
+            }
+        );
+        assert_eq!(
+            quiet_coldness(newest, grace, t("2024-03-01T05:10:00Z")),
+            Coldness::Cold
+        );
+        // No later range yet: hot whatever the time.
+        assert!(matches!(
+            range_coldness((100, 200), Some(100), 0, None),
+            Coldness::Hot { .. }
+        ));
+        assert_eq!(
+            range_coldness((100, 200), Some(200), 0, None),
+            Coldness::Cold
+        );
+        // A finality of 50 needs a range starting at 250 or later.
+        assert!(matches!(
+            range_coldness((100, 200), Some(200), 50, None),
+            Coldness::Hot { .. }
+        ));
+        assert_eq!(
+            range_coldness((100, 200), Some(300), 50, None),
+            Coldness::Cold
+        );
+        // A tip at or past the last value makes it cold on its own.
+        assert_eq!(
+            range_coldness((100, 200), None, 0, Some(199)),
+            Coldness::Cold
+        );
+        assert!(matches!(
+            range_coldness((100, 200), None, 0, Some(198)),
+            Coldness::Hot { .. }
+        ));
     }
 
     #[test]
@@ -422,7 +586,7 @@ mod tests {
         for bad in [
             "",
             "dt={date",
-            "region={region}",
+            "region={region}/h={hour}",
             "{a}{b}/{date}",
             "dt={date}/{year}",
             "h={hour}/{year}",

@@ -13,12 +13,15 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::io::{layout_of, read_footer};
 use crate::model::dataset::{DatasetConfig, Mode};
 use crate::model::manifest::{to_json, PartitionManifest};
 use crate::model::object::{dir_prefix, file_name, ObjectMeta};
-use crate::model::partition::{coldness, Coldness, PartitionTemplate};
+use crate::model::partition::{
+    coldness, quiet_coldness, range_coldness, ColdRule, Coldness, PartitionTemplate,
+    PartitionValues,
+};
 use crate::model::plan::{
     decide, is_data_file, verdict, FileLayout, FileVerdict, PartitionDecision, SkipReason,
 };
@@ -284,9 +287,13 @@ impl Planner {
             partitions.retain(|p| {
                 template
                     .parse_partition(p)
-                    .is_ok_and(|v| v.start < end && v.end > start)
+                    .is_ok_and(|v| v.span.is_some_and(|(s, e)| s < end && e > start))
             });
         }
+        let later_starts = match dataset.cold_rule()? {
+            ColdRule::Range => self.later_range_starts(dataset, &template).await?,
+            _ => HashMap::new(),
+        };
         let mut reports = Vec::with_capacity(partitions.len());
         let mut resume_after = None;
         for partition in partitions {
@@ -308,7 +315,7 @@ impl Planner {
                 continue;
             }
             match self
-                .plan_partition(dataset, &template, &partition, options)
+                .plan_partition(dataset, &template, &partition, &later_starts, options)
                 .await
             {
                 Ok(report) => reports.push(report),
@@ -335,11 +342,78 @@ impl Planner {
         })
     }
 
+    /// The largest range start of each family (range layouts), over every partition.
+    async fn later_range_starts(
+        &self,
+        dataset: &DatasetConfig,
+        template: &PartitionTemplate,
+    ) -> Result<HashMap<String, i64>> {
+        let mut starts = HashMap::new();
+        for partition in self.discover(dataset).await? {
+            let Ok(values) = template.parse_partition(&partition) else {
+                continue;
+            };
+            if let Some((start, _)) = values.integer_range() {
+                let newest = starts.entry(family_key(&values)).or_insert(start);
+                *newest = (*newest).max(start);
+            }
+        }
+        Ok(starts)
+    }
+
+    /// Whether the partition is cold, by the dataset's rule.
+    fn coldness_of(
+        &self,
+        dataset: &DatasetConfig,
+        values: &PartitionValues,
+        files: &[ObjectMeta],
+        later_starts: &HashMap<String, i64>,
+        now: DateTime<Utc>,
+    ) -> Result<Coldness> {
+        Ok(match dataset.cold_rule()? {
+            ColdRule::Time => coldness(
+                values,
+                dataset.effective_granularity()?,
+                dataset.grace.0,
+                now,
+            ),
+            ColdRule::Quiet => match files.iter().map(|f| f.last_modified_ms).max() {
+                Some(newest) => quiet_coldness(
+                    DateTime::from_timestamp_millis(newest).unwrap_or(now),
+                    dataset.grace.0,
+                    now,
+                ),
+                None => Coldness::Cold,
+            },
+            ColdRule::Range => match values.integer_range() {
+                Some(range) => range_coldness(
+                    range,
+                    later_starts.get(&family_key(values)).copied(),
+                    dataset.range_finality,
+                    dataset.range_tip,
+                ),
+                None => {
+                    return Err(Error::Partition {
+                        key: values
+                            .fields
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        template: dataset.partition_template.clone(),
+                        reason: "{start} and {end} are not integers".into(),
+                    })
+                }
+            },
+        })
+    }
+
     async fn plan_partition(
         &self,
         dataset: &DatasetConfig,
         template: &PartitionTemplate,
         partition: &str,
+        later_starts: &HashMap<String, i64>,
         options: &PlanOptions,
     ) -> Result<PartitionReport> {
         let values = template.parse_partition(partition)?;
@@ -354,12 +428,9 @@ impl Planner {
             anomaly: None,
             files: std::mem::take(files),
         };
-        if let Coldness::Hot { until } = coldness(
-            &values,
-            dataset.effective_granularity()?,
-            dataset.grace.0,
-            options.now,
-        ) {
+        if let Coldness::Hot { until } =
+            self.coldness_of(dataset, &values, &files, later_starts, options.now)?
+        {
             if !options.force {
                 return Ok(report(PartitionOutcome::Hot { until }, &mut notes));
             }
@@ -612,4 +683,14 @@ impl Planner {
             .await?
             .unwrap_or_default())
     }
+}
+
+/// The family of a range partition (every field but `{start}` and `{end}`), as a map key.
+fn family_key(values: &PartitionValues) -> String {
+    values
+        .family()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("/")
 }
