@@ -456,3 +456,85 @@ async fn a_hot_range_moves_from_postgres_to_s3_through_the_functions() {
     let swept = p.plan(&aws::scheduled_event()).await;
     assert!(p.take_tasks().await.is_empty(), "{swept}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_layout_compacts_through_the_functions() {
+    use compaction::drivers::sample::{encode_small_file, sample_batch};
+    let mut config = small_config();
+    let ds = &mut config.datasets[0];
+    ds.partition_template = "chain={chain}/range={start}-{end}".into();
+    ds.coldness = Some(compaction::model::partition::ColdRule::Range);
+    let p = Pipeline::new(config).await;
+    let hour = chrono::Utc::now() - chrono::Duration::hours(2);
+    let mut keys = Vec::new();
+    for (n, range) in ["0-100", "100-200", "200-300"].iter().enumerate() {
+        for i in 0..4 {
+            let key = format!("events/chain=1/range={range}/part-{i}.parquet");
+            let batch = sample_batch(hour, i, 4, 250, n as u64).unwrap();
+            p.store()
+                .put(
+                    &key,
+                    encode_small_file(&batch).unwrap(),
+                    compaction::ports::store::PutMode::Overwrite,
+                )
+                .await
+                .unwrap();
+            keys.push(key);
+        }
+    }
+    let before = tempfile::tempdir().unwrap();
+    aws::mirror(p.store(), "events/", before.path()).await;
+
+    // An S3 event is routed to its range partition; the schedule plans the ranges with a
+    // later range after them, and the last range waits.
+    p.plan(&aws::s3_put_event(&p.deployment.bucket, &keys[0], 1))
+        .await;
+    let record = p
+        .deployment
+        .state
+        .get(&PartitionId::new("events", "chain=1/range=0-100"))
+        .await
+        .unwrap()
+        .expect("the event was counted on its range");
+    assert!(record.counters.files_seen >= 1);
+    p.take_tasks().await;
+    p.plan(&aws::scheduled_event()).await;
+    let tasks = p.take_tasks().await;
+    let planned: std::collections::BTreeSet<String> = tasks
+        .iter()
+        .map(|t| t.partition.partition.clone())
+        .collect();
+    assert_eq!(
+        planned,
+        ["chain=1/range=0-100", "chain=1/range=100-200"]
+            .into_iter()
+            .map(String::from)
+            .collect()
+    );
+    for task in &tasks {
+        let merged = p.merge(task, false).await;
+        assert_eq!(merged["staged"], json!(true), "{merged}");
+        let committed = p.commit(task).await;
+        assert_eq!(
+            committed["results"][0]["committed"],
+            json!(true),
+            "{committed}"
+        );
+    }
+    let after = tempfile::tempdir().unwrap();
+    let live = aws::mirror(p.store(), "events/", after.path()).await;
+    assert_eq!(
+        rows_under(before.path()),
+        rows_under(after.path()),
+        "every row kept"
+    );
+    let in_range = |range: &str| {
+        live.iter()
+            .filter(|k| k.contains(&format!("/range={range}/")) && k.ends_with(".parquet"))
+            .count()
+    };
+    assert_eq!(
+        (in_range("0-100"), in_range("100-200"), in_range("200-300")),
+        (1, 1, 4)
+    );
+}
