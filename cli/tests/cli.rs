@@ -451,3 +451,108 @@ fn a_hot_export_killed_around_the_postgres_delete_resumes_and_deletes_once() {
         );
     }
 }
+
+#[test]
+fn a_flagged_range_whose_rows_all_left_postgres_is_exported_again() {
+    // The export of range [0, 1000) is committed, then killed before its delete; meanwhile the
+    // application deletes every row of the range. The resumed delete finds none of the cold
+    // copy's rows and is refused (flagged). Postgres then holds no row of the range, and the
+    // next run must still export it again, or the cold copy keeps rows that no longer exist.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (pg, schema) = rt.block_on(async {
+        let pg = e2e_tests::pg::connect().await;
+        let schema = e2e_tests::pg::schema(&pg).await;
+        pg.batch_execute(&format!(
+            "CREATE TABLE {schema}.tx (chain_id int8, block_number int8, v text);
+             INSERT INTO {schema}.tx SELECT 1, g, 'v' || g FROM generate_series(0, 1009) g;"
+        ))
+        .await
+        .unwrap();
+        (pg, schema)
+    });
+    let count = |sql: String| rt.block_on(e2e_tests::pg::count(&pg, &sql));
+    let config = dir.path().join("hot.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[hot_dataset]]\nname = \"tx\"\ntable = \"{schema}.tx\"\nchain_id = 1\nrange_size = 1000\n\
+             finality_depth_blocks = 5\nchunk_size = 300\ndelete_after_compact = true\ndelete_batch_rows = 100\n"
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let run = |crash: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "compact",
+            data.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+        ])
+        .env_remove(CRASH_ENV)
+        .env("RUST_LOG", "error")
+        .env("COMPACTOR_PG_DSN", e2e_tests::pg::dsn());
+        if let Some(point) = crash {
+            cmd.env(CRASH_ENV, point);
+        }
+        cmd.output().expect("run compactor")
+    };
+    let cold_rows = || {
+        let files = parquet_files(&data.join("cold/1/tx/0-1000"));
+        e2e_tests::hot::parquet_rows(&files, &["block_number"]).len()
+    };
+
+    let crashed = run(Some("after-manifest"));
+    assert!(crashed.status.code().is_none(), "killed after the commit");
+    assert_eq!(cold_rows(), 1000, "the range's cold copy is live");
+    rt.block_on(pg.batch_execute(&format!(
+        "DELETE FROM {schema}.tx WHERE block_number < 1000"
+    )))
+    .unwrap();
+
+    // The resumed run finishes the commit, whose delete is refused (flagged, exit 3), and then
+    // exports the flagged range again although Postgres holds none of its rows.
+    let resumed = run(None);
+    assert_eq!(
+        resumed.status.code(),
+        Some(3),
+        "the refused delete is reported: {}",
+        String::from_utf8_lossy(&resumed.stdout)
+    );
+    let report = json(&resumed);
+    assert_eq!(report["hot_ranges_flagged"], 1, "{report}");
+    let last = report["events"]
+        .as_array()
+        .and_then(|e| e.last())
+        .cloned()
+        .expect("commit events");
+    assert_eq!(
+        (&last["dataset_version"], &last["postgres"]["state"]),
+        (&serde_json::json!(2), &serde_json::json!("moved")),
+        "the flagged range is exported again: {report}"
+    );
+    assert_eq!(
+        cold_rows(),
+        0,
+        "no row the application deleted stays in the cold copy"
+    );
+    assert_eq!(
+        count(format!("SELECT count(*) FROM {schema}.tx")),
+        10,
+        "the rows of the range not final yet stay in Postgres"
+    );
+    let settled = run(None);
+    assert!(
+        settled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&settled.stderr)
+    );
+    assert_eq!(
+        json(&settled)["partitions_compacted"],
+        0,
+        "nothing left to do"
+    );
+}

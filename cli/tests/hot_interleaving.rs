@@ -337,6 +337,23 @@ async fn settle(
     panic!("{context}: did not settle in 10 runs; writes: {log:?}; last run: {last}");
 }
 
+/// Every file called `name` under `dir`.
+fn walk_named(dir: &std::path::Path, name: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.file_name().is_some_and(|n| n == name) {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
 async fn rows_of(pg: &tokio_postgres::Client, table: &str) -> Vec<Vec<Option<String>>> {
     let (sql, _) = canonical_columns();
     pg_rows(pg, &format!("SELECT {} FROM {table}", sql.join(", "))).await
@@ -480,6 +497,31 @@ async fn crashes_crossed_with_concurrent_writes_lose_and_duplicate_nothing() {
         let expected = rows_of(&pg, &format!("{}.mirror", trial.schema)).await;
         let lost = multiset_difference(&expected, &actual);
         let extra = multiset_difference(&actual, &expected);
+        if !(lost.is_empty() && extra.is_empty()) {
+            // Where each differing row is, and the ranges' manifests, for the investigation; the
+            // trial's directory is kept.
+            let in_pg = rows_of(&pg, &trial.table()).await;
+            for row in lost.iter().chain(&extra).take(3) {
+                let files: Vec<String> = cold
+                    .iter()
+                    .filter(|f| parquet_rows(&[(*f).clone()], &names).contains(row))
+                    .map(|f| f.strip_prefix(&data).unwrap_or(f).display().to_string())
+                    .collect();
+                eprintln!(
+                    "row {:?}: {} time(s) in Postgres, in cold files {files:?}",
+                    &row[..3],
+                    in_pg.iter().filter(|r| *r == row).count()
+                );
+            }
+            for manifest in walk_named(&data, "_compactor_manifest.json") {
+                eprintln!(
+                    "{}: {}",
+                    manifest.display(),
+                    std::fs::read_to_string(&manifest).unwrap_or_default()
+                );
+            }
+            eprintln!("trial data kept in {}", dir.keep().display());
+        }
         assert!(
             lost.is_empty() && extra.is_empty(),
             "{context}: {} row(s) lost, {} duplicated or stale; writes: {log:?}\nlost: {:?}\nextra: {:?}",

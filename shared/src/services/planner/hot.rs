@@ -111,13 +111,26 @@ impl Planner {
         final_through: Option<i64>,
         options: &PlanOptions,
     ) -> Result<Vec<(KeyRange, Option<String>)>> {
+        // Flagged ranges were final when exported; they are candidates whatever Postgres holds.
+        let flagged: Vec<KeyRange> = self
+            .state
+            .list_by_status(&hot.name, PartitionStatus::Flagged)
+            .await?
+            .iter()
+            .filter_map(|r| KeyRange::parse(&r.id.partition).ok())
+            .collect();
+        let only_flagged = |mut flagged: Vec<KeyRange>| {
+            flagged.sort();
+            flagged.truncate(hot.max_ranges_per_sweep);
+            flagged.into_iter().map(|r| (r, None)).collect()
+        };
         let (Some(through), Some(max)) = (final_through, source.max_value(hot).await?) else {
-            return Ok(Vec::new());
+            return Ok(only_flagged(flagged));
         };
         let final_end = hot.range_containing(through.saturating_add(1)).start;
         let limit = final_end.min(hot.range_containing(max).end);
         if limit <= hot.range_start {
-            return Ok(Vec::new());
+            return Ok(only_flagged(flagged));
         }
         let starts = source.ranges_with_rows(hot, hot.range_start, limit).await?;
         let mut records = RangeRecords::new(self.state.as_ref(), &hot.name);
@@ -204,6 +217,15 @@ impl Planner {
                     )),
                 )),
                 _ => out.push((range, None)),
+            }
+        }
+        // A flagged range stays a candidate even when Postgres holds none of its rows any more
+        // (the rows a refused batch left there were deleted or moved by someone else after the
+        // export's snapshot): its cold copy still holds them, and only a new export, which
+        // finds them gone, replaces that copy.
+        for range in flagged {
+            if with_rows.insert(range.start) {
+                out.push((range, None));
             }
         }
         for start in (watermark.max(hot.range_start)..limit).step_by(size as usize) {
