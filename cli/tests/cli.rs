@@ -339,53 +339,18 @@ fn a_hot_export_killed_around_the_postgres_delete_resumes_and_deletes_once() {
     use compaction::support::faults::POSTGRES_POINTS;
     let rt = tokio::runtime::Runtime::new().unwrap();
     for point in POSTGRES_POINTS {
-        let dir = tempfile::tempdir().unwrap();
-        let (pg, schema) = rt.block_on(async {
-            let pg = e2e_tests::pg::connect().await;
-            let schema = e2e_tests::pg::schema(&pg).await;
-            pg.batch_execute(&format!(
-                "CREATE TABLE {schema}.tx (chain_id int8, block_number int8, v text);
-                 INSERT INTO {schema}.tx SELECT c, g, c || ':' || g FROM generate_series(0, 2009) g, generate_series(1, 2) c;
-                 CREATE TABLE {schema}.deleted (chain_id int8, block_number int8);
-                 CREATE FUNCTION {schema}.log() RETURNS trigger LANGUAGE plpgsql AS
-                   $$ BEGIN INSERT INTO {schema}.deleted VALUES (OLD.chain_id, OLD.block_number); RETURN OLD; END $$;
-                 CREATE TRIGGER log AFTER DELETE ON {schema}.tx FOR EACH ROW EXECUTE FUNCTION {schema}.log();"
-            ))
-            .await
-            .unwrap();
-            (pg, schema)
-        });
-        let count = |sql: String| rt.block_on(e2e_tests::pg::count(&pg, &sql));
-        let config = dir.path().join("hot.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[[hot_dataset]]\nname = \"tx\"\ntable = \"{schema}.tx\"\nchain_id = 1\nrange_size = 1000\n\
-                 finality_depth_blocks = 5\nchunk_size = 300\ndelete_after_compact = true\ndelete_batch_rows = 100\n"
-            ),
-        )
-        .unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir(&data).unwrap();
-        let args: Vec<String> = [
-            "compact",
-            data.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-            "--json",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let with_dsn = |crash: Option<&str>| {
-            let mut cmd = Command::new(BIN);
-            cmd.args(&args)
-                .env_remove(CRASH_ENV)
-                .env("RUST_LOG", "error")
-                .env("COMPACTOR_PG_DSN", e2e_tests::pg::dsn())
-                .env("COMPACTOR_CRASH_AT", crash.unwrap_or(""));
-            cmd.output().expect("run compactor")
-        };
+        let hot = HotFixture::new(
+            &rt,
+            "CREATE TABLE {schema}.tx (chain_id int8, block_number int8, v text);
+             INSERT INTO {schema}.tx SELECT c, g, c || ':' || g FROM generate_series(0, 2009) g, generate_series(1, 2) c;
+             CREATE TABLE {schema}.deleted (chain_id int8, block_number int8);
+             CREATE FUNCTION {schema}.log() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN INSERT INTO {schema}.deleted VALUES (OLD.chain_id, OLD.block_number); RETURN OLD; END $$;
+             CREATE TRIGGER log AFTER DELETE ON {schema}.tx FOR EACH ROW EXECUTE FUNCTION {schema}.log();",
+        );
+        let (pg, schema, data) = (&hot.pg, &hot.schema, &hot.data);
+        let count = |sql: String| rt.block_on(e2e_tests::pg::count(pg, &sql));
+        let with_dsn = |crash: Option<&str>| hot.run(crash);
 
         let crashed = with_dsn(Some(point));
         assert!(
@@ -440,7 +405,7 @@ fn a_hot_export_killed_around_the_postgres_delete_resumes_and_deletes_once() {
         unique.dedup();
         assert_eq!(unique.len(), 2000, "{point}: duplicates in the cold copy");
         assert!(
-            staging_leftovers(&data).is_empty(),
+            staging_leftovers(data).is_empty(),
             "{point}: staging not cleaned"
         );
 
@@ -459,47 +424,14 @@ fn a_flagged_range_whose_rows_all_left_postgres_is_exported_again() {
     // copy's rows and is refused (flagged). Postgres then holds no row of the range, and the
     // next run must still export it again, or the cold copy keeps rows that no longer exist.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (pg, schema) = rt.block_on(async {
-        let pg = e2e_tests::pg::connect().await;
-        let schema = e2e_tests::pg::schema(&pg).await;
-        pg.batch_execute(&format!(
-            "CREATE TABLE {schema}.tx (chain_id int8, block_number int8, v text);
-             INSERT INTO {schema}.tx SELECT 1, g, 'v' || g FROM generate_series(0, 1009) g;"
-        ))
-        .await
-        .unwrap();
-        (pg, schema)
-    });
-    let count = |sql: String| rt.block_on(e2e_tests::pg::count(&pg, &sql));
-    let config = dir.path().join("hot.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[hot_dataset]]\nname = \"tx\"\ntable = \"{schema}.tx\"\nchain_id = 1\nrange_size = 1000\n\
-             finality_depth_blocks = 5\nchunk_size = 300\ndelete_after_compact = true\ndelete_batch_rows = 100\n"
-        ),
-    )
-    .unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir(&data).unwrap();
-    let run = |crash: Option<&str>| {
-        let mut cmd = Command::new(BIN);
-        cmd.args([
-            "compact",
-            data.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-            "--json",
-        ])
-        .env_remove(CRASH_ENV)
-        .env("RUST_LOG", "error")
-        .env("COMPACTOR_PG_DSN", e2e_tests::pg::dsn());
-        if let Some(point) = crash {
-            cmd.env(CRASH_ENV, point);
-        }
-        cmd.output().expect("run compactor")
-    };
+    let hot = HotFixture::new(
+        &rt,
+        "CREATE TABLE {schema}.tx (chain_id int8, block_number int8, v text);
+         INSERT INTO {schema}.tx SELECT 1, g, 'v' || g FROM generate_series(0, 1009) g;",
+    );
+    let (pg, schema, data) = (&hot.pg, &hot.schema, &hot.data);
+    let count = |sql: String| rt.block_on(e2e_tests::pg::count(pg, &sql));
+    let run = |crash: Option<&str>| hot.run(crash);
     let cold_rows = || {
         let files = parquet_files(&data.join("cold/1/tx/0-1000"));
         e2e_tests::hot::parquet_rows(&files, &["block_number"]).len()
@@ -555,4 +487,66 @@ fn a_flagged_range_whose_rows_all_left_postgres_is_exported_again() {
         0,
         "nothing left to do"
     );
+}
+
+/// A hot dataset `tx` (chain 1, ranges of 1000 blocks, final 5 blocks behind the tip, rows
+/// deleted after the export) over a table made by `ddl` in a fresh schema (`{schema}` in `ddl`
+/// names it), and the compactor run on it.
+struct HotFixture {
+    _dir: tempfile::TempDir,
+    pg: tokio_postgres::Client,
+    schema: String,
+    config: std::path::PathBuf,
+    data: std::path::PathBuf,
+}
+
+impl HotFixture {
+    fn new(rt: &tokio::runtime::Runtime, ddl: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (pg, schema) = rt.block_on(async {
+            let pg = e2e_tests::pg::connect().await;
+            let schema = e2e_tests::pg::schema(&pg).await;
+            pg.batch_execute(&ddl.replace("{schema}", &schema))
+                .await
+                .unwrap();
+            (pg, schema)
+        });
+        let config = dir.path().join("hot.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[hot_dataset]]\nname = \"tx\"\ntable = \"{schema}.tx\"\nchain_id = 1\nrange_size = 1000\n\
+                 finality_depth_blocks = 5\nchunk_size = 300\ndelete_after_compact = true\ndelete_batch_rows = 100\n"
+            ),
+        )
+        .unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        Self {
+            _dir: dir,
+            pg,
+            schema,
+            config,
+            data,
+        }
+    }
+
+    /// `compactor compact --json` on the dataset, crashing at `crash` if given.
+    fn run(&self, crash: Option<&str>) -> Output {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "compact",
+            self.data.to_str().unwrap(),
+            "--config",
+            self.config.to_str().unwrap(),
+            "--json",
+        ])
+        .env_remove(CRASH_ENV)
+        .env("RUST_LOG", "error")
+        .env("COMPACTOR_PG_DSN", e2e_tests::pg::dsn());
+        if let Some(point) = crash {
+            cmd.env(CRASH_ENV, point);
+        }
+        cmd.output().expect("run compactor")
+    }
 }

@@ -92,7 +92,6 @@ fn create_atomically(path: &Path) -> Result<()> {
         }
     });
     let _ = std::fs::remove_file(&temp);
-    remove_dead_creations(path);
     linked
 }
 
@@ -129,6 +128,7 @@ impl EmbeddedState {
         if !path.exists() {
             create_atomically(&path)?;
         }
+        remove_dead_creations(&path);
         let db = builder().create(&path).map_err(|e| open_error(&path, e))?;
         let state = Self {
             db: Arc::new(Handle::Write(db)),
