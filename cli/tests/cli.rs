@@ -163,6 +163,59 @@ fn a_first_run_killed_while_it_creates_its_state_leaves_a_usable_one() {
 }
 
 #[test]
+fn a_flat_folder_killed_between_merge_and_commit_is_finished_by_the_next_run() {
+    // No partition directories: the staging layout has no partition level, and recovery must
+    // still find and finish the staged task.
+    let dir = tempfile::tempdir().unwrap();
+    generate(dir.path(), "1", "12", "400");
+    // Move the sample's files of its one cold partition up into a flat folder.
+    let flat = dir.path().join("flat");
+    std::fs::create_dir(&flat).unwrap();
+    for f in parquet_files(&dir.path().join("events")) {
+        let name = f.file_name().unwrap().to_owned();
+        std::fs::rename(&f, flat.join(name)).unwrap();
+    }
+    let before = row_multiset(&parquet_files(&flat), SAMPLE_COLUMNS);
+    let args: Vec<String> = [
+        "compact",
+        dir.path().to_str().unwrap(),
+        "--prefix",
+        "flat/",
+        "--template",
+        "",
+        "--grace",
+        "0s",
+        "--json",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let crashed = run(&args, Some("after-merge"));
+    assert!(crashed.status.code().is_none(), "killed after the merge");
+    assert!(
+        !staging_leftovers(dir.path()).is_empty(),
+        "a staged task was left"
+    );
+    let rerun = run(&args, None);
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    assert!(
+        staging_leftovers(dir.path()).is_empty(),
+        "recovery finished it"
+    );
+    let files = parquet_files(&flat);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(
+        row_multiset(&files, SAMPLE_COLUMNS),
+        before,
+        "every row kept"
+    );
+}
+
+#[test]
 fn exit_codes_tell_success_partial_and_error() {
     let dir = tempfile::tempdir().unwrap();
     generate(dir.path(), "1", "10", "100");

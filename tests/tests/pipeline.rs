@@ -897,3 +897,30 @@ async fn a_range_layout_compacts_a_range_once_a_later_one_exists_or_the_tip_pass
     let third = env.run(&strict).await;
     assert!(third.commits.is_empty(), "{:?}", third.commits);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_folder_of_files_without_partitions_compacts_as_one_partition() {
+    let env = Env::new();
+    let old = std::time::Duration::from_secs(7200);
+    small_files(&env.path("flat"), 6, 4, old);
+    let mut config = small_config();
+    let ds = &mut config.datasets[0];
+    ds.source_prefix = "flat/".into();
+    ds.partition_template = String::new();
+    let before = row_multiset(&parquet_files(&env.path("flat")), SAMPLE_COLUMNS);
+
+    let summary = env.run(&config).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    assert_eq!(compacted_partitions(&summary), vec![""]);
+    let files = parquet_files(&env.path("flat"));
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(env.path("flat/_compactor_manifest.json").exists());
+    assert_eq!(
+        row_multiset(&files, SAMPLE_COLUMNS),
+        before,
+        "every row kept"
+    );
+    assert!(staging_leftovers(env.root()).is_empty());
+    let again = env.run(&config).await;
+    assert!(again.commits.is_empty(), "{:?}", again.commits);
+}

@@ -259,7 +259,10 @@ fn partition_of(dataset: &DatasetConfig, key: &str) -> Option<String> {
     let source = dir_prefix(&dataset.source_dir());
     let relative = key.strip_prefix(source.as_str())?;
     let template = dataset.template().ok()?;
-    let (directory, _) = relative.rsplit_once('/')?;
+    let directory = match relative.rsplit_once('/') {
+        Some((directory, _)) => directory,
+        None => "",
+    };
     template.parse_partition(directory).ok()?;
     Some(directory.to_string())
 }

@@ -159,14 +159,14 @@ impl PartitionTemplate {
             reason,
         };
         let trimmed = raw.trim_matches('/');
-        if trimmed.is_empty() {
-            return Err(err(
-                "the template is empty; a dataset whose files sit directly under its prefix is \
-                 not supported yet: put them under one directory level (e.g. part={part})"
-                    .into(),
-            ));
-        }
         let mut segments = Vec::new();
+        if trimmed.is_empty() {
+            // No directory levels: the dataset's prefix itself is its one partition ("").
+            return Ok(Self {
+                raw: raw.to_string(),
+                segments,
+            });
+        }
         for segment in trimmed.split('/') {
             let mut parts = Vec::new();
             let mut rest = segment;
@@ -343,7 +343,12 @@ impl PartitionTemplate {
             template: self.raw.clone(),
             reason: reason.to_string(),
         };
-        let names: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let trimmed = path.trim_matches('/');
+        let names: Vec<&str> = if trimmed.is_empty() {
+            Vec::new()
+        } else {
+            trimmed.split('/').collect()
+        };
         if names.len() != self.depth() {
             return Err(err(&format!(
                 "expected {} directory levels, found {}",
@@ -539,6 +544,15 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_template_makes_the_prefix_one_partition() {
+        let flat = PartitionTemplate::parse("").unwrap();
+        assert_eq!(flat.depth(), 0);
+        assert_eq!(flat.default_cold_rule(), ColdRule::Quiet);
+        assert_eq!(flat.parse_partition("").unwrap().span, None);
+        assert!(flat.parse_partition("x=1").is_err());
+    }
+
+    #[test]
     fn quiet_and_range_rules() {
         let grace = std::time::Duration::from_secs(600);
         let newest = t("2024-03-01T05:00:00Z");
@@ -584,7 +598,6 @@ mod tests {
     #[test]
     fn bad_templates_are_explained() {
         for bad in [
-            "",
             "dt={date",
             "region={region}/h={hour}",
             "{a}{b}/{date}",

@@ -136,6 +136,20 @@ pub fn is_task_id(name: &str) -> bool {
         && b[1..7].iter().chain(&b[9..]).all(u8::is_ascii_digit)
 }
 
+/// `(dataset, partition, task id)` of a task directory `<staging>/<dataset>/<partition>/<task>/`
+/// (the partition may be empty: a dataset without directory levels).
+pub fn parse_task_dir<'a>(
+    staging_prefix: &str,
+    dir: &'a str,
+) -> Option<(&'a str, &'a str, &'a str)> {
+    let rest = dir
+        .strip_prefix(dir_prefix(staging_prefix).as_str())?
+        .trim_end_matches('/');
+    let (dataset, rest) = rest.split_once('/')?;
+    let (partition, task) = rest.rsplit_once('/').unwrap_or(("", rest));
+    is_task_id(task).then_some((dataset, partition, task))
+}
+
 /// `<staging>/<dataset>/<partition>/`
 pub fn partition_staging_dir(staging_prefix: &str, partition: &PartitionId) -> String {
     dir_prefix(&join_key(&[
@@ -215,6 +229,27 @@ mod tests {
             nonce: String::new(),
             lease_owner: String::new(),
         }
+    }
+
+    #[test]
+    fn task_directories_are_parsed_with_or_without_a_partition() {
+        let staging = "_compactor/staging";
+        assert_eq!(
+            parse_task_dir(
+                staging,
+                "_compactor/staging/ev/dt=2024-01-01/hour=05/g000003-t0001/"
+            ),
+            Some(("ev", "dt=2024-01-01/hour=05", "g000003-t0001"))
+        );
+        assert_eq!(
+            parse_task_dir(staging, "_compactor/staging/ev/g000003-t0001/"),
+            Some(("ev", "", "g000003-t0001"))
+        );
+        assert_eq!(
+            parse_task_dir(staging, "_compactor/staging/ev/notatask/"),
+            None
+        );
+        assert_eq!(parse_task_dir(staging, "elsewhere/ev/g000003-t0001/"), None);
     }
 
     #[test]

@@ -189,13 +189,9 @@ impl Committer {
     /// True when the state store records the task of `task_dir` as committed (its staging
     /// directory is gone then, so a replayed `_SUCCESS` event finds nothing else).
     async fn was_committed(&self, task_dir: &str) -> Result<bool> {
-        let Some((dataset, rest)) = task_dir
-            .strip_prefix(&self.staging_prefix)
-            .and_then(|rest| rest.trim_end_matches('/').split_once('/'))
+        let Some((dataset, partition, task_id)) =
+            crate::model::task::parse_task_dir(&self.staging_prefix, task_dir)
         else {
-            return Ok(false);
-        };
-        let Some((partition, task_id)) = rest.rsplit_once('/') else {
             return Ok(false);
         };
         let record = self

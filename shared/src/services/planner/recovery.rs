@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashSet};
 
 use crate::error::{Error, Result};
 use crate::model::state::{PartitionId, PartitionStatus};
-use crate::model::task::{dataset_staging_dir, generation_of, Task, DECISION, SUCCESS, TASK_SPEC};
+use crate::model::task::{
+    dataset_staging_dir, generation_of, parse_task_dir, Task, DECISION, SUCCESS, TASK_SPEC,
+};
 use crate::ports::store::read_json;
 use crate::ports::store::{list_all, PutMode};
 use crate::support::process::is_dead_local_owner;
@@ -31,9 +33,7 @@ impl Planner {
         let mut report = RecoveryReport::default();
         let now_ms = options.now.timestamp_millis();
         for (dir, names) in dirs {
-            let Some((partition, task)) = dir
-                .strip_prefix(&root)
-                .and_then(|rest| rest.trim_end_matches('/').rsplit_once('/'))
+            let Some((_, partition, task)) = parse_task_dir(&self.settings.staging_prefix, &dir)
             else {
                 continue;
             };
