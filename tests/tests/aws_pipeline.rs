@@ -538,3 +538,72 @@ async fn a_range_layout_compacts_through_the_functions() {
         (1, 1, 4)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flat_folder_compacts_through_the_functions() {
+    use compaction::drivers::sample::{encode_small_file, sample_batch};
+    let mut config = small_config();
+    let ds = &mut config.datasets[0];
+    ds.partition_template = String::new();
+    ds.grace = compaction::support::units::HumanDuration(std::time::Duration::ZERO);
+    let p = Pipeline::new(config).await;
+    let hour = chrono::Utc::now() - chrono::Duration::hours(2);
+    let mut keys = Vec::new();
+    for i in 0..5 {
+        let key = format!("events/part-{i}.parquet");
+        let batch = sample_batch(hour, i, 5, 250, 3).unwrap();
+        p.store()
+            .put(
+                &key,
+                encode_small_file(&batch).unwrap(),
+                compaction::ports::store::PutMode::Overwrite,
+            )
+            .await
+            .unwrap();
+        keys.push(key);
+    }
+    let before = tempfile::tempdir().unwrap();
+    aws::mirror(p.store(), "events/", before.path()).await;
+
+    // An S3 event is counted on the one partition (the prefix itself).
+    p.plan(&aws::s3_put_event(&p.deployment.bucket, &keys[0], 1))
+        .await;
+    let record = p
+        .deployment
+        .state
+        .get(&PartitionId::new("events", ""))
+        .await
+        .unwrap()
+        .expect("the event was counted on the prefix's partition");
+    assert!(record.counters.files_seen >= 1);
+    p.take_tasks().await;
+    p.plan(&aws::scheduled_event()).await;
+    let tasks = p.take_tasks().await;
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(tasks[0].partition.partition, "");
+    let merged = p.merge(&tasks[0], true).await;
+    assert_eq!(merged["staged"], json!(true), "{merged}");
+    let committed = p.commit(&tasks[0]).await;
+    assert_eq!(
+        committed["results"][0]["committed"],
+        json!(true),
+        "{committed}"
+    );
+    let after = tempfile::tempdir().unwrap();
+    let live = aws::mirror(p.store(), "events/", after.path()).await;
+    assert_eq!(
+        rows_under(before.path()),
+        rows_under(after.path()),
+        "every row kept"
+    );
+    let data: Vec<&String> = live.iter().filter(|k| k.ends_with(".parquet")).collect();
+    assert_eq!(data.len(), 1, "{live:?}");
+    assert!(
+        list_all(p.store(), "_compactor/", None)
+            .await
+            .unwrap()
+            .objects
+            .is_empty(),
+        "staging is empty"
+    );
+}

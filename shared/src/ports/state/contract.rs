@@ -331,6 +331,44 @@ pub async fn dead_holders_lease_is_taken_over(store: Arc<dyn StateStore>, ds: &s
         .is_none());
 }
 
+/// A dataset without partition levels has one partition, named `""`: it is stored, leased and
+/// listed like any other.
+pub async fn the_flat_partition_is_a_partition_like_any_other(
+    store: Arc<dyn StateStore>,
+    ds: &str,
+) {
+    let pid = id(ds, "");
+    assert_eq!(store.get(&pid).await.unwrap(), None);
+    let lease = store
+        .acquire_lease(&pid, "me", 1_000, 60_000)
+        .await
+        .unwrap()
+        .expect("a free lease");
+    store
+        .finish_round(
+            &pid,
+            lease.generation,
+            PartitionStatus::Compacted,
+            None,
+            2_000,
+        )
+        .await
+        .unwrap();
+    let record = store.get(&pid).await.unwrap().expect("stored");
+    assert_eq!(
+        (record.id.partition.as_str(), record.status),
+        ("", PartitionStatus::Compacted)
+    );
+    let listed = store
+        .list_by_status(ds, PartitionStatus::Compacted)
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+        vec![pid]
+    );
+}
+
 /// Runs the whole suite; `dataset` must be unique to this run (every test uses its own records).
 pub async fn run_all(store: Arc<dyn StateStore>, dataset: &str) {
     missing_partition_reads_as_none(Arc::clone(&store), dataset).await;
@@ -341,5 +379,10 @@ pub async fn run_all(store: Arc<dyn StateStore>, dataset: &str) {
     dead_holders_lease_is_taken_over(Arc::clone(&store), &format!("{dataset}-dead")).await;
     sweep_cursor_is_saved_and_cleared(Arc::clone(&store), &format!("{dataset}-cursor")).await;
     cold_ranges_survive_new_rounds_and_flag(Arc::clone(&store), &format!("{dataset}-cold")).await;
+    the_flat_partition_is_a_partition_like_any_other(
+        Arc::clone(&store),
+        &format!("{dataset}-flat"),
+    )
+    .await;
     partitions_are_queried_by_status(store, &format!("{dataset}-status")).await;
 }

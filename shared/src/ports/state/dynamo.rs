@@ -117,7 +117,7 @@ impl DynamoState {
     fn key(dataset: &str, partition: &str) -> Item {
         HashMap::from([
             ("dataset".to_string(), s(dataset)),
-            ("partition".to_string(), s(partition)),
+            ("partition".to_string(), s(stored_partition(partition))),
         ])
     }
 
@@ -240,6 +240,27 @@ fn n(v: u64) -> AttributeValue {
 
 fn number(v: Option<&AttributeValue>) -> Option<u64> {
     v.and_then(|v| v.as_n().ok()).and_then(|v| v.parse().ok())
+}
+
+/// DynamoDB refuses an empty key attribute: the one partition of a dataset without partition
+/// levels (`""`) is stored as `"."`, which no partition path can be (the store refuses `.`
+/// segments).
+const FLAT_PARTITION: &str = ".";
+
+fn stored_partition(partition: &str) -> &str {
+    if partition.is_empty() {
+        FLAT_PARTITION
+    } else {
+        partition
+    }
+}
+
+fn read_partition(stored: &str) -> &str {
+    if stored == FLAT_PARTITION {
+        ""
+    } else {
+        stored
+    }
 }
 
 fn status_key(dataset: &str, status: PartitionStatus) -> String {
@@ -375,7 +396,7 @@ impl StateStore for DynamoState {
                 let Some(partition) = item.get("partition").and_then(|v| v.as_s().ok()) else {
                     continue;
                 };
-                let id = PartitionId::new(dataset, partition.as_str());
+                let id = PartitionId::new(dataset, read_partition(partition));
                 out.push(self.decode(&id, item)?.0);
             }
             match response.last_evaluated_key {
