@@ -80,19 +80,25 @@ impl Ledger {
     }
 }
 
+/// `compactor compact` on the trial's data, as every run of the trial calls it.
+fn compact(data: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "compact",
+        data.to_str().unwrap(),
+        "--prefix",
+        "events/",
+        "--template",
+        "dt={date}/hour={hour}",
+        "--quiet",
+        "--json",
+    ])
+    .env("RUST_LOG", "error");
+    cmd
+}
+
 fn spawn(data: &Path, crash: Option<&str>) -> Child {
-    Command::new(BIN)
-        .args([
-            "compact",
-            data.to_str().unwrap(),
-            "--prefix",
-            "events/",
-            "--template",
-            "dt={date}/hour={hour}",
-            "--quiet",
-            "--json",
-        ])
-        .env("RUST_LOG", "error")
+    compact(data)
         .env("COMPACTOR_CRASH_AT", crash.unwrap_or(""))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -252,20 +258,7 @@ fn kills_writers_and_lost_state_lose_and_duplicate_nothing() {
         // Settle: run until a run finishes cleanly with nothing left to do.
         let mut settled = false;
         for _ in 0..8 {
-            let out = Command::new(BIN)
-                .args([
-                    "compact",
-                    data.to_str().unwrap(),
-                    "--prefix",
-                    "events/",
-                    "--template",
-                    "dt={date}/hour={hour}",
-                    "--quiet",
-                    "--json",
-                ])
-                .env("RUST_LOG", "error")
-                .output()
-                .unwrap();
+            let out = compact(&data).output().unwrap();
             let summary: serde_json::Value =
                 serde_json::from_slice(&out.stdout).unwrap_or_default();
             let stderr = String::from_utf8_lossy(&out.stderr);

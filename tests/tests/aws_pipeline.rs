@@ -82,6 +82,18 @@ impl Pipeline {
         self.committer.handle(&event).await.unwrap()
     }
 
+    /// Merges `task` and commits it, as the functions do, and checks that both happened.
+    async fn merge_and_commit(&self, task: &Task, by_reference: bool) {
+        let merged = self.merge(task, by_reference).await;
+        assert_eq!(merged["staged"], json!(true), "{merged}");
+        let committed = self.commit(task).await;
+        assert_eq!(
+            committed["results"][0]["committed"],
+            json!(true),
+            "{committed}"
+        );
+    }
+
     async fn keys(&self) -> Vec<String> {
         list_all(self.store(), "", None)
             .await
@@ -109,6 +121,27 @@ async fn sample(p: &Pipeline, partitions: usize, files: usize) -> Vec<String> {
     .await
     .unwrap();
     p.keys().await
+}
+
+/// Writes `count` small sample files (a streaming writer's) under `dir`; returns their keys.
+async fn put_small_files(p: &Pipeline, dir: &str, count: usize) -> Vec<String> {
+    use compaction::drivers::sample::{encode_small_file, sample_batch};
+    let hour = chrono::Utc::now() - chrono::Duration::hours(2);
+    let mut keys = Vec::new();
+    for i in 0..count {
+        let key = format!("{dir}part-{i}.parquet");
+        let batch = sample_batch(hour, i, count, 250, dir.len() as u64).unwrap();
+        p.store()
+            .put(
+                &key,
+                encode_small_file(&batch).unwrap(),
+                compaction::ports::store::PutMode::Overwrite,
+            )
+            .await
+            .unwrap();
+        keys.push(key);
+    }
+    keys
 }
 
 /// The partition path of a sample key (`events/<partition>/<file>`).
@@ -459,28 +492,14 @@ async fn a_hot_range_moves_from_postgres_to_s3_through_the_functions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_layout_compacts_through_the_functions() {
-    use compaction::drivers::sample::{encode_small_file, sample_batch};
     let mut config = small_config();
     let ds = &mut config.datasets[0];
     ds.partition_template = "chain={chain}/range={start}-{end}".into();
     ds.coldness = Some(compaction::model::partition::ColdRule::Range);
     let p = Pipeline::new(config).await;
-    let hour = chrono::Utc::now() - chrono::Duration::hours(2);
     let mut keys = Vec::new();
-    for (n, range) in ["0-100", "100-200", "200-300"].iter().enumerate() {
-        for i in 0..4 {
-            let key = format!("events/chain=1/range={range}/part-{i}.parquet");
-            let batch = sample_batch(hour, i, 4, 250, n as u64).unwrap();
-            p.store()
-                .put(
-                    &key,
-                    encode_small_file(&batch).unwrap(),
-                    compaction::ports::store::PutMode::Overwrite,
-                )
-                .await
-                .unwrap();
-            keys.push(key);
-        }
+    for range in ["0-100", "100-200", "200-300"] {
+        keys.extend(put_small_files(&p, &format!("events/chain=1/range={range}/"), 4).await);
     }
     let before = tempfile::tempdir().unwrap();
     aws::mirror(p.store(), "events/", before.path()).await;
@@ -512,14 +531,7 @@ async fn a_range_layout_compacts_through_the_functions() {
             .collect()
     );
     for task in &tasks {
-        let merged = p.merge(task, false).await;
-        assert_eq!(merged["staged"], json!(true), "{merged}");
-        let committed = p.commit(task).await;
-        assert_eq!(
-            committed["results"][0]["committed"],
-            json!(true),
-            "{committed}"
-        );
+        p.merge_and_commit(task, false).await;
     }
     let after = tempfile::tempdir().unwrap();
     let live = aws::mirror(p.store(), "events/", after.path()).await;
@@ -541,27 +553,12 @@ async fn a_range_layout_compacts_through_the_functions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flat_folder_compacts_through_the_functions() {
-    use compaction::drivers::sample::{encode_small_file, sample_batch};
     let mut config = small_config();
     let ds = &mut config.datasets[0];
     ds.partition_template = String::new();
     ds.grace = compaction::support::units::HumanDuration(std::time::Duration::ZERO);
     let p = Pipeline::new(config).await;
-    let hour = chrono::Utc::now() - chrono::Duration::hours(2);
-    let mut keys = Vec::new();
-    for i in 0..5 {
-        let key = format!("events/part-{i}.parquet");
-        let batch = sample_batch(hour, i, 5, 250, 3).unwrap();
-        p.store()
-            .put(
-                &key,
-                encode_small_file(&batch).unwrap(),
-                compaction::ports::store::PutMode::Overwrite,
-            )
-            .await
-            .unwrap();
-        keys.push(key);
-    }
+    let keys = put_small_files(&p, "events/", 5).await;
     let before = tempfile::tempdir().unwrap();
     aws::mirror(p.store(), "events/", before.path()).await;
 
@@ -581,14 +578,7 @@ async fn a_flat_folder_compacts_through_the_functions() {
     let tasks = p.take_tasks().await;
     assert_eq!(tasks.len(), 1, "{tasks:?}");
     assert_eq!(tasks[0].partition.partition, "");
-    let merged = p.merge(&tasks[0], true).await;
-    assert_eq!(merged["staged"], json!(true), "{merged}");
-    let committed = p.commit(&tasks[0]).await;
-    assert_eq!(
-        committed["results"][0]["committed"],
-        json!(true),
-        "{committed}"
-    );
+    p.merge_and_commit(&tasks[0], true).await;
     let after = tempfile::tempdir().unwrap();
     let live = aws::mirror(p.store(), "events/", after.path()).await;
     assert_eq!(

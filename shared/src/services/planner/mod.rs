@@ -274,12 +274,21 @@ impl Planner {
         } else {
             RecoveryReport::default()
         };
-        let mut partitions = match &options.only {
-            Some(only) => only.clone(),
-            None => self.discover(dataset).await?,
-        };
-        partitions.sort();
         let template = dataset.template()?;
+        let range_rule = dataset.cold_rule()? == ColdRule::Range;
+        // One delimiter walk: the partitions to plan and, for the range rule, their siblings.
+        let discovered = if options.only.is_none() || range_rule {
+            self.discover(dataset).await?
+        } else {
+            Vec::new()
+        };
+        let later_starts = if range_rule {
+            later_range_starts(&template, &discovered)
+        } else {
+            HashMap::new()
+        };
+        let mut partitions = options.only.clone().unwrap_or(discovered);
+        partitions.sort();
         if let Some(after) = &options.after {
             partitions.retain(|p| p > after);
         }
@@ -290,10 +299,6 @@ impl Planner {
                     .is_ok_and(|v| v.span.is_some_and(|(s, e)| s < end && e > start))
             });
         }
-        let later_starts = match dataset.cold_rule()? {
-            ColdRule::Range => self.later_range_starts(dataset, &template).await?,
-            _ => HashMap::new(),
-        };
         let mut reports = Vec::with_capacity(partitions.len());
         let mut resume_after = None;
         for partition in partitions {
@@ -340,25 +345,6 @@ impl Planner {
             partitions: reports,
             resume_after,
         })
-    }
-
-    /// The largest range start of each family (range layouts), over every partition.
-    async fn later_range_starts(
-        &self,
-        dataset: &DatasetConfig,
-        template: &PartitionTemplate,
-    ) -> Result<HashMap<String, i64>> {
-        let mut starts = HashMap::new();
-        for partition in self.discover(dataset).await? {
-            let Ok(values) = template.parse_partition(&partition) else {
-                continue;
-            };
-            if let Some((start, _)) = values.integer_range() {
-                let newest = starts.entry(family_key(&values)).or_insert(start);
-                *newest = (*newest).max(start);
-            }
-        }
-        Ok(starts)
     }
 
     /// Whether the partition is cold, by the dataset's rule.
@@ -693,4 +679,19 @@ fn family_key(values: &PartitionValues) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// The largest range start of each family (range layouts) among `partitions`.
+fn later_range_starts(template: &PartitionTemplate, partitions: &[String]) -> HashMap<String, i64> {
+    let mut starts = HashMap::new();
+    for partition in partitions {
+        let Ok(values) = template.parse_partition(partition) else {
+            continue;
+        };
+        if let Some((start, _)) = values.integer_range() {
+            let newest = starts.entry(family_key(&values)).or_insert(start);
+            *newest = (*newest).max(start);
+        }
+    }
+    starts
 }
