@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use compaction::drivers::sample::SampleSpec;
 use compaction::model::config::Config;
-use compaction::model::dataset::{DatasetConfig, Mode};
+use compaction::model::dataset::{DatasetConfig, Mode, RowGroupCopy};
 use compaction::model::partition::{ColdRule, Granularity};
 use compaction::support::units::{ByteSize, HumanDuration};
 
@@ -49,6 +49,13 @@ pub enum Command {
 pub enum ModeArg {
     Concat,
     Sort,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum RowGroupCopyArg {
+    AnyCodec,
+    SameCodec,
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -141,6 +148,9 @@ pub struct DatasetFlags {
     /// Larger files with two or more row groups under this size (and row_group_rows rows) are compacted too [default: 8MiB].
     #[arg(long)]
     pub healthy_row_group_size: Option<ByteSize>,
+    /// Concat mode: copy healthy row groups as bytes whatever their codec (any-codec), only in the configured codec (same-codec), or never (off) [default: any-codec].
+    #[arg(long, value_enum)]
+    pub row_group_copy: Option<RowGroupCopyArg>,
     /// Minimum candidate files for a partition to be compacted [default: 2].
     #[arg(long)]
     pub min_files: Option<usize>,
@@ -206,6 +216,14 @@ impl DatasetFlags {
         set(&mut ds.max_task_bytes, f.max_task_bytes);
         set(&mut ds.small_file_threshold, f.small_file_threshold);
         set(&mut ds.healthy_row_group_size, f.healthy_row_group_size);
+        set(
+            &mut ds.row_group_copy,
+            f.row_group_copy.map(|v| match v {
+                RowGroupCopyArg::AnyCodec => RowGroupCopy::AnyCodec,
+                RowGroupCopyArg::SameCodec => RowGroupCopy::SameCodec,
+                RowGroupCopyArg::Off => RowGroupCopy::Off,
+            }),
+        );
         set(&mut ds.min_file_count, f.min_files);
         set(&mut ds.compression, f.compression);
         set(&mut ds.output_prefix, f.output_prefix.map(Some));

@@ -129,6 +129,48 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch) {
     writer.close().expect("close");
 }
 
+/// Writes `batch` as one Parquet file whose row groups hold `groups` rows each, in order (a
+/// streaming appender's file mixes large and tiny ones). The remaining rows form a last group.
+pub fn write_row_groups(path: &Path, batch: &RecordBatch, groups: &[usize]) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    let file = std::fs::File::create(path).expect("create");
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), None).expect("writer");
+    let mut at = 0;
+    for &rows in groups {
+        writer.write(&batch.slice(at, rows)).expect("write");
+        writer.flush().expect("flush");
+        at += rows;
+    }
+    if at < batch.num_rows() {
+        writer
+            .write(&batch.slice(at, batch.num_rows() - at))
+            .expect("write");
+    }
+    writer.close().expect("close");
+}
+
+/// The bytes of each row group's column chunks (contiguous in files of parquet-rs), with
+/// whether the row group's columns carry a page index.
+pub fn row_group_bytes(path: &Path) -> Vec<(Vec<u8>, bool)> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let data = std::fs::read(path).expect("read");
+    let reader = SerializedFileReader::new(bytes::Bytes::from(data.clone())).expect("footer");
+    reader
+        .metadata()
+        .row_groups()
+        .iter()
+        .map(|g| {
+            let start = g.columns()[0].byte_range().0 as usize;
+            let (last, len) = g.columns()[g.num_columns() - 1].byte_range();
+            let indexed = g
+                .columns()
+                .iter()
+                .all(|c| c.offset_index_range().is_some() && c.column_index_range().is_some());
+            (data[start..(last + len) as usize].to_vec(), indexed)
+        })
+        .collect()
+}
+
 /// Data files (non-hidden `.parquet`) under `dir`, recursively, sorted.
 pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

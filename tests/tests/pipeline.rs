@@ -924,3 +924,110 @@ async fn a_folder_of_files_without_partitions_compacts_as_one_partition() {
     let again = env.run(&config).await;
     assert!(again.commits.is_empty(), "{:?}", again.commits);
 }
+
+/// A fragmented file mixing healthy and tiny row groups: the healthy ones reach the outputs
+/// byte for byte (with their page index), the tiny ones are re-encoded together; a file whose
+/// schema differs from the unified one has its healthy row groups re-encoded, not copied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_row_groups_are_copied_byte_for_byte_and_tiny_ones_re_encoded() {
+    use compaction::drivers::sample::{partition_path, sample_batch};
+    let env = Env::new();
+    let hour = chrono::Utc::now() - chrono::Duration::hours(3);
+    let hour = hour - chrono::Duration::seconds(hour.timestamp() % 3600);
+    let dir = env.path(&format!("events/{}", partition_path(hour)));
+    let mixed = |big: usize| {
+        let mut groups = Vec::new();
+        for _ in 0..3 {
+            groups.push(big);
+            groups.extend([300; 6]);
+        }
+        groups
+    };
+    let appender = sample_batch(hour, 0, 3, 72_000, 7).unwrap();
+    write_row_groups(&dir.join("appender.parquet"), &appender, &mixed(22_000));
+    // `user_id` as a 32-bit integer: unified to 64 bits, so its row groups differ from the
+    // output schema and are re-encoded.
+    let drifted = {
+        let base = sample_batch(hour, 1, 3, 72_000, 8).unwrap();
+        let at = base.schema().index_of("user_id").unwrap();
+        let mut fields: Vec<Field> = base
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields[at] = Field::new("user_id", DataType::Int32, fields[at].is_nullable());
+        let mut columns = base.columns().to_vec();
+        columns[at] = arrow::compute::cast(&columns[at], &DataType::Int32).unwrap();
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+    };
+    write_row_groups(&dir.join("drifted.parquet"), &drifted, &mixed(22_000));
+
+    let mut config = small_config();
+    config.datasets[0].healthy_row_group_size = compaction::support::units::ByteSize(200 * 1024);
+    config.datasets[0].small_file_threshold = compaction::support::units::ByteSize(256 * 1024);
+    config.datasets[0].target_file_size = compaction::support::units::ByteSize::mib(2);
+    let healthy = config.datasets[0].healthy_row_group_size.bytes() as usize;
+    let groups_of = |name: &str| row_group_bytes(&dir.join(name));
+    let copyable: Vec<Vec<u8>> = groups_of("appender.parquet")
+        .into_iter()
+        .filter(|(bytes, indexed)| {
+            assert!(indexed, "the fixture's row groups carry a page index");
+            bytes.len() >= healthy
+        })
+        .map(|(bytes, _)| bytes)
+        .collect();
+    assert_eq!(
+        copyable.len(),
+        3,
+        "the fixture has three healthy row groups"
+    );
+    let drifted_groups: Vec<Vec<u8>> = groups_of("drifted.parquet")
+        .into_iter()
+        .filter(|(bytes, _)| bytes.len() >= healthy)
+        .map(|(bytes, _)| bytes)
+        .collect();
+    assert_eq!(drifted_groups.len(), 3);
+    let columns = SAMPLE_COLUMNS;
+    let before = row_multiset(&parquet_files(&dir), columns);
+
+    let summary = env.run(&config).await;
+    assert!(summary.failures.is_empty(), "{:?}", summary.failures);
+    assert_eq!(summary.commits.len(), 1, "{:?}", summary.commits);
+    let files = parquet_files(&dir);
+    assert!(
+        files
+            .iter()
+            .all(|f| f.to_string_lossy().contains("compacted-")),
+        "{files:?}"
+    );
+    assert_eq!(row_multiset(&files, columns), before, "every row kept");
+
+    let outputs: Vec<(Vec<u8>, bool)> = files.iter().flat_map(|f| row_group_bytes(f)).collect();
+    for (i, group) in copyable.iter().enumerate() {
+        let found: Vec<&(Vec<u8>, bool)> = outputs.iter().filter(|(b, _)| b == group).collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "healthy row group {i} is in the outputs byte for byte, once"
+        );
+        assert!(found[0].1, "copied row group {i} kept its page index");
+    }
+    for group in &drifted_groups {
+        assert!(
+            outputs.iter().all(|(b, _)| b != group),
+            "a row group of the drifted file was copied although its schema differs"
+        );
+    }
+    // 3 copied + the re-encoded rest (72,000 drifted rows and 5,400 tiny-group rows) in a few
+    // large row groups, not 36 tiny ones.
+    assert!(
+        outputs.len() <= 8,
+        "{} row groups in the outputs",
+        outputs.len()
+    );
+    assert!(
+        outputs.iter().all(|(_, indexed)| *indexed),
+        "every row group has a page index"
+    );
+}

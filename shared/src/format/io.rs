@@ -264,6 +264,8 @@ pub struct SinkWriter {
     key: String,
     sink: Option<Box<dyn ObjectSink>>,
     crc: u32,
+    /// False once the store copied some bytes itself: the CRC then covers only part of the file.
+    crc_whole: bool,
     bytes: u64,
     finished: Option<ObjectMeta>,
 }
@@ -274,13 +276,36 @@ impl SinkWriter {
             key,
             sink: Some(sink),
             crc: 0,
+            crc_whole: true,
             bytes: 0,
             finished: None,
         }
     }
 
-    pub fn crc32c_hex(&self) -> String {
-        format!("{:08x}", self.crc)
+    /// The CRC32C of the whole file, when every byte passed through this writer.
+    pub fn crc32c_hex(&self) -> Option<String> {
+        self.crc_whole.then(|| format!("{:08x}", self.crc))
+    }
+
+    /// Has the store append bytes `range` of `source` (see [`ObjectSink::copy_range`]).
+    pub async fn copy_range(
+        &mut self,
+        source: &str,
+        version: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<bool> {
+        let len = range.end - range.start;
+        let sink = self.sink.as_mut().ok_or_else(|| Error::Store {
+            operation: "copy",
+            key: self.key.clone(),
+            message: "already completed".into(),
+        })?;
+        let copied = sink.copy_range(source, version, range).await?;
+        if copied {
+            self.crc_whole = false;
+            self.bytes += len;
+        }
+        Ok(copied)
     }
 
     /// The stored object, once `complete` has run.

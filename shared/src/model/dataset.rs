@@ -28,6 +28,22 @@ pub enum Mode {
     Sort,
 }
 
+/// Which healthy row groups a concat merge copies into its outputs as bytes instead of decoding
+/// and encoding them again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RowGroupCopy {
+    /// Healthy row groups are copied whatever their codec (fastest; an output may then mix
+    /// codecs, which every reader handles).
+    #[default]
+    AnyCodec,
+    /// Only healthy row groups compressed with the dataset's `compression` are copied; others
+    /// are recompressed.
+    SameCodec,
+    /// Every row group is decoded and encoded again.
+    Off,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatasetConfig {
@@ -78,6 +94,11 @@ pub struct DatasetConfig {
     /// making it one).
     #[serde(default = "default_healthy_row_group_size")]
     pub healthy_row_group_size: ByteSize,
+    /// Concat mode: `any-codec` copies healthy row groups (those of `healthy_row_group_size` or
+    /// `row_group_rows` and more, with the output's schema) into outputs as bytes, `same-codec`
+    /// only those compressed with `compression`, `off` re-encodes everything.
+    #[serde(default)]
+    pub row_group_copy: RowGroupCopy,
     /// A partition is compacted only when it has at least this many candidate files.
     #[serde(default = "default_min_file_count")]
     pub min_file_count: usize,
@@ -149,6 +170,7 @@ impl DatasetConfig {
             max_task_bytes: default_max_task_bytes(),
             small_file_threshold: default_small_file_threshold(),
             healthy_row_group_size: default_healthy_row_group_size(),
+            row_group_copy: RowGroupCopy::default(),
             min_file_count: default_min_file_count(),
             mode: Mode::default(),
             sort_key: Vec::new(),

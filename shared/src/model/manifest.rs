@@ -19,8 +19,34 @@ pub struct OutputFile {
     pub size: u64,
     pub rows: u64,
     pub row_groups: usize,
-    /// CRC32C of the whole file, lowercase hex (the checksum S3 can verify natively).
+    /// Of `row_groups`, those copied verbatim from inputs (the rest were encoded here).
+    #[serde(default)]
+    pub row_groups_copied: usize,
+    /// Bytes the store copied from inputs itself (S3 `UploadPartCopy`, a ranged file copy
+    /// locally), which never passed through the merger.
+    #[serde(default)]
+    pub bytes_copied_in_store: u64,
+    /// CRC32C of the whole file, lowercase hex (the checksum S3 can verify natively); empty
+    /// when the store copied some of its bytes (then `footer` identifies the file).
     pub crc32c: String,
+    /// The file's footer: its last `bytes` bytes (metadata, length, magic) and their CRC32C.
+    /// The footer names the staged output it was written as, so it identifies the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub footer: Option<FooterMark>,
+}
+
+/// The tail of a Parquet file that identifies it: see [`OutputFile::footer`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FooterMark {
+    pub bytes: u64,
+    pub crc32c: String,
+}
+
+impl OutputFile {
+    /// Row groups encoded by the merger.
+    pub fn row_groups_encoded(&self) -> usize {
+        self.row_groups.saturating_sub(self.row_groups_copied)
+    }
 }
 
 /// Why an input was left out of a merge.
@@ -288,7 +314,10 @@ mod tests {
                 size: 25,
                 rows: 7,
                 row_groups: 1,
+                row_groups_copied: 0,
+                bytes_copied_in_store: 0,
                 crc32c: "deadbeef".into(),
+                footer: None,
             }],
             schema: vec![ColumnDesc {
                 name: "id".into(),

@@ -35,20 +35,26 @@ pub struct FileLayout {
     pub codecs: Vec<String>,
 }
 
-impl FileLayout {
-    /// Row groups under `healthy_row_group_size` that also hold fewer than `row_group_rows`
-    /// rows, not counting the last one (a writer's remainder).
-    pub fn fragmented_row_groups(&self, dataset: &DatasetConfig) -> usize {
-        // The product's own row groups are healthy whatever the setting.
+impl RowGroupLayout {
+    /// A row group of at least `healthy_row_group_size` (capped at `row_group_size`, so the
+    /// product's own row groups are healthy whatever the setting) or of `row_group_rows` rows.
+    /// Healthy row groups are copied into outputs as they are; the others are re-encoded.
+    pub fn is_healthy(&self, dataset: &DatasetConfig) -> bool {
         let healthy = dataset
             .healthy_row_group_size
             .bytes()
             .min(dataset.row_group_size.bytes());
-        let rows = dataset.row_group_rows as u64;
+        self.compressed >= healthy || self.rows >= dataset.row_group_rows as u64
+    }
+}
+
+impl FileLayout {
+    /// Row groups that are not healthy, not counting the last one (a writer's remainder).
+    pub fn fragmented_row_groups(&self, dataset: &DatasetConfig) -> usize {
         let all_but_last = self.row_groups.len().saturating_sub(1);
         self.row_groups[..all_but_last]
             .iter()
-            .filter(|g| g.compressed < healthy && g.rows < rows)
+            .filter(|g| !g.is_healthy(dataset))
             .count()
     }
 }

@@ -665,6 +665,53 @@ impl ObjectSink for LocalSink {
             .map_err(|e| Error::io(&self.key, e))
     }
 
+    /// A ranged file copy (the kernel's `copy_file_range` where the file system has it). The
+    /// source's version is not checked here: the merge compares every input's version after
+    /// writing and discards outputs made from a changed input.
+    async fn copy_range(
+        &mut self,
+        source: &str,
+        _version: &str,
+        range: Range<u64>,
+    ) -> Result<bool> {
+        let mut file = self.file.take().ok_or_else(|| Error::Store {
+            operation: "copy",
+            key: self.key.clone(),
+            message: "copy after finish".into(),
+        })?;
+        file.flush().await.map_err(|e| Error::io(&self.key, e))?;
+        let mut out = file.into_inner().into_std().await;
+        let src = self.store.inner.path(source)?;
+        let (key, source) = (self.key.clone(), source.to_string());
+        let copied = tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut from = fs::File::open(&src).map_err(|e| Error::io(&source, e))?;
+            from.seek(SeekFrom::Start(range.start))
+                .map_err(|e| Error::io(&source, e))?;
+            let want = range.end - range.start;
+            let n =
+                std::io::copy(&mut from.take(want), &mut out).map_err(|e| Error::io(&key, e))?;
+            if n != want {
+                return Err(Error::CorruptInput {
+                    key: source,
+                    reason: format!(
+                        "ends before byte {} (copied {n} of {want} bytes)",
+                        range.end
+                    ),
+                });
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| Error::Other(format!("local copy worker panicked: {e}")))?;
+        let out = copied?;
+        self.file = Some(tokio::io::BufWriter::with_capacity(
+            1 << 20,
+            tokio::fs::File::from_std(out),
+        ));
+        Ok(true)
+    }
+
     async fn finish(mut self: Box<Self>) -> Result<ObjectMeta> {
         if let Some(mut file) = self.file.take() {
             file.flush().await.map_err(|e| Error::io(&self.key, e))?;

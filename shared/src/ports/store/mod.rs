@@ -61,6 +61,15 @@ pub struct DeleteFailure {
 #[async_trait]
 pub trait ObjectSink: Send {
     async fn write(&mut self, data: Bytes) -> Result<()>;
+    /// Appends bytes `range` of the stored object `source` (expected at `version`) without
+    /// passing them through this process: S3 `UploadPartCopy`, a ranged file copy locally.
+    /// Returns `false`, having appended nothing, when the store cannot do it at this point (S3:
+    /// a range or a preceding part under the 5 MiB part minimum); the caller then writes the
+    /// bytes itself.
+    async fn copy_range(&mut self, source: &str, version: &str, range: Range<u64>) -> Result<bool> {
+        let _ = (source, version, range);
+        Ok(false)
+    }
     async fn finish(self: Box<Self>) -> Result<ObjectMeta>;
     async fn abort(self: Box<Self>) -> Result<()>;
 }

@@ -484,17 +484,15 @@ impl Committer {
         match copied {
             Ok(_) => Ok(()),
             Err(e) if e.is_precondition_failed() => {
-                let found = self.store.crc32c(&output.final_key).await?;
-                if found == output.crc32c {
+                let (ours, found) = self.holds_output(output).await?;
+                if ours {
                     return Ok(()); // copied by an earlier attempt of this commit
                 }
                 Err(Error::Manifest {
                     key: output.final_key.clone(),
                     message: format!(
-                        "holds another object (CRC32C {found}, the staged output's is {}); nothing \
-                         was overwritten and the inputs are kept. Move that object away, then \
-                         replay {task_dir}",
-                        output.crc32c
+                        "holds another object ({found}); nothing was overwritten and the inputs \
+                         are kept. Move that object away, then replay {task_dir}"
                     ),
                 })
             }
@@ -507,6 +505,36 @@ impl Committer {
                 ),
             }),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Is the object at the output's final key this output? By its footer (which names the
+    /// staged file it was written as) and size when the manifest has them, else by the CRC32C
+    /// of the whole file. Also says what was found, for the error when it is not.
+    async fn holds_output(
+        &self,
+        output: &crate::model::manifest::OutputFile,
+    ) -> Result<(bool, String)> {
+        match &output.footer {
+            Some(mark) => {
+                let (tail, size) = self.store.get_suffix(&output.final_key, mark.bytes).await?;
+                let crc = format!("{:08x}", crc32c::crc32c(&tail));
+                Ok((
+                    size == output.size && crc == mark.crc32c,
+                    format!(
+                        "{size} bytes, footer CRC32C {crc}; the staged output has {} bytes, footer \
+                         CRC32C {}",
+                        output.size, mark.crc32c
+                    ),
+                ))
+            }
+            None => {
+                let found = self.store.crc32c(&output.final_key).await?;
+                Ok((
+                    found == output.crc32c,
+                    format!("CRC32C {found}, the staged output's is {}", output.crc32c),
+                ))
+            }
         }
     }
 

@@ -4,9 +4,12 @@
 //! found corrupt is left out and the merge tried again without it; inputs rewritten since
 //! planning are left for the next round.
 
-use super::inputs::{input_stream, scan_footers, InputEvent, InputInfo, ReadBudget, ReadFailure};
+use super::inputs::{
+    input_stream, scan_footers, CopyRule, InputEvent, InputInfo, ReadBudget, ReadFailure,
+};
 use super::{task_manifest, Merger};
 use crate::error::{Error, Result};
+use crate::format::copy::output_descriptor;
 use crate::format::sort::{with_seq_column, ExternalSorter, SeqNumbering};
 use crate::format::writer::writer_properties;
 use crate::format::writer::RollingWriter;
@@ -46,11 +49,24 @@ impl Merger {
         let current = current_versions(store, &task.inputs).await?;
         let (unchanged, changed) = check_versions(&task.inputs, &current);
         skipped_inputs.extend(changed);
-        let (mut infos, corrupt) = scan_footers(Arc::clone(&self.store), unchanged).await?;
+        let copy_rule = match task.dataset.mode {
+            Mode::Concat => Some(CopyRule {
+                dataset: task.dataset.clone(),
+                props: writer_properties(&task.dataset, None)?,
+            }),
+            Mode::Sort => None,
+        };
+        let (mut infos, corrupt) =
+            scan_footers(Arc::clone(&self.store), unchanged, copy_rule.as_ref()).await?;
         skipped_inputs.extend(corrupt);
 
         let (schema, outputs, merged) = loop {
             let schema = self.unified_schema(task, &infos)?;
+            let descriptor =
+                output_descriptor(&schema).map_err(|e| Error::parquet(&task.task_id, e))?;
+            for info in &mut infos {
+                info.plan_copies(&schema, &descriptor);
+            }
             let outputs = match self.merge_attempt(task, attempt, &infos, &schema).await {
                 Ok(outputs) => outputs,
                 Err(AttemptFailure::Corrupt { index, reason }) => {
@@ -195,6 +211,10 @@ impl Merger {
                     Some(sorter) => sorter.push(batch)?,
                     None => sink.push(batch).await?,
                 },
+                Ok(InputEvent::Copy(group)) => {
+                    sink.rows += group.rows;
+                    sink.writer.copy_row_group(group).await?;
+                }
                 Ok(InputEvent::Done { index }) => self.progress.input_read(infos[index].meta.size),
                 Err(ReadFailure::Corrupt { index, reason }) => {
                     return Err(AttemptFailure::Corrupt { index, reason })

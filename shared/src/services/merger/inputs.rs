@@ -11,13 +11,19 @@ use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::errors::ParquetError;
+use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::properties::WriterProperties;
+use parquet::schema::types::{SchemaDescPtr, SchemaDescriptor};
 use tokio::sync::Semaphore;
 
 use crate::error::{Error, Result};
+use crate::format::copy::{bloom_ranges, copyable, describe, same_parquet_schema, CopiedRowGroup};
 use crate::format::io::{footer_from_bytes, read_footer, StoreReader};
+use crate::model::dataset::DatasetConfig;
 use crate::model::manifest::skipped;
 use crate::model::manifest::{SkipKind, SkippedInput};
 use crate::model::object::ObjectMeta;
+use crate::model::plan::RowGroupLayout;
 use crate::model::schema::conform;
 use crate::ports::store::ObjectStore;
 
@@ -35,6 +41,55 @@ pub struct InputInfo {
     /// Sum of the row groups' uncompressed sizes: a good estimate of the decoded size.
     pub uncompressed: u64,
     pub schema: SchemaRef,
+    /// Row groups that may be copied as they are if the schema allows (see [`CopyRule`]).
+    pub healthy: Vec<usize>,
+    /// The file's Parquet schema, kept only when `healthy` is not empty.
+    pub descr: Option<SchemaDescPtr>,
+    /// Row groups this merge copies (decided once the output schema is known).
+    pub copy: Vec<usize>,
+}
+
+/// Which row groups of inputs may be copied into outputs as they are.
+pub struct CopyRule {
+    pub dataset: DatasetConfig,
+    pub props: WriterProperties,
+}
+
+impl CopyRule {
+    fn healthy(&self, footer: &ParquetMetaData) -> Vec<usize> {
+        footer
+            .row_groups()
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| {
+                let layout = RowGroupLayout {
+                    rows: g.num_rows().max(0) as u64,
+                    compressed: g.compressed_size().max(0) as u64,
+                    uncompressed: g.total_byte_size().max(0) as u64,
+                };
+                layout.is_healthy(&self.dataset)
+                    && copyable(g, &self.props, self.dataset.row_group_copy)
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+}
+
+impl InputInfo {
+    /// Decides which healthy row groups are copied into outputs of `schema`: all of them when
+    /// the input's schema is the output's, none otherwise (they are re-encoded).
+    pub fn plan_copies(&mut self, schema: &SchemaRef, output: &SchemaDescriptor) {
+        let same = self.schema.fields() == schema.fields()
+            && self
+                .descr
+                .as_ref()
+                .is_some_and(|d| same_parquet_schema(d, output));
+        self.copy = if same {
+            self.healthy.clone()
+        } else {
+            Vec::new()
+        };
+    }
 }
 
 /// Reads every footer (two small ranged reads each). Unreadable files are returned as skipped;
@@ -42,6 +97,7 @@ pub struct InputInfo {
 pub async fn scan_footers(
     store: Arc<dyn ObjectStore>,
     inputs: Vec<ObjectMeta>,
+    copy_rule: Option<&CopyRule>,
 ) -> Result<(Vec<InputInfo>, Vec<SkippedInput>)> {
     let results: Vec<(ObjectMeta, Result<InputInfo>)> = stream::iter(inputs)
         .map(|meta| {
@@ -56,6 +112,9 @@ pub async fn scan_footers(
                                 reason: format!("schema cannot be read as Arrow: {e}"),
                             })?;
                         let md = arrow.metadata();
+                        let healthy = copy_rule.map(|r| r.healthy(md)).unwrap_or_default();
+                        let descr =
+                            (!healthy.is_empty()).then(|| md.file_metadata().schema_descr_ptr());
                         Ok(InputInfo {
                             meta: meta.clone(),
                             rows: md.file_metadata().num_rows().max(0) as u64,
@@ -65,6 +124,9 @@ pub async fn scan_footers(
                                 .map(|rg| rg.total_byte_size().max(0) as u64)
                                 .sum(),
                             schema: crate::format::zones::declared_zones(arrow.schema(), md),
+                            healthy,
+                            descr,
+                            copy: Vec::new(),
                         })
                     });
                 (meta, result)
@@ -93,6 +155,8 @@ pub async fn scan_footers(
 /// One item of the input stream.
 pub enum InputEvent {
     Batch(RecordBatch),
+    /// A row group to copy into the outputs as it is.
+    Copy(CopiedRowGroup),
     /// Input number `index` has been read completely.
     Done {
         index: usize,
@@ -166,6 +230,9 @@ pub fn input_stream(
             let semaphore = Arc::clone(&semaphore);
             let target = Arc::clone(&target);
             async move {
+                if !info.copy.is_empty() {
+                    return copy_and_decode(store, info, index, target).await;
+                }
                 let whole = info.meta.size <= budget.whole_file_limit
                     && info.uncompressed <= budget.read_ahead_bytes;
                 let batches: BoxStream<'static, std::result::Result<RecordBatch, ReadFailure>> =
@@ -200,17 +267,7 @@ pub fn input_stream(
                             .map_err(move |e| classify(index, e))
                             .boxed()
                     };
-                let conformed = batches.and_then(move |b| {
-                    let target = Arc::clone(&target);
-                    async move {
-                        conform(&b, &target)
-                            .map(InputEvent::Batch)
-                            .map_err(|reason| ReadFailure::Corrupt { index, reason })
-                    }
-                });
-                Ok::<_, ReadFailure>(
-                    conformed.chain(stream::once(async move { Ok(InputEvent::Done { index }) })),
-                )
+                Ok::<_, ReadFailure>(conformed(batches, target, index))
             }
         })
         .buffered(READ_AHEAD_FILES)
@@ -252,4 +309,75 @@ async fn decode_whole(
         .build()
         .map_err(|e| classify(index, e))?;
     stream.map_err(|e| classify(index, e)).try_collect().await
+}
+
+type Events = BoxStream<'static, std::result::Result<InputEvent, ReadFailure>>;
+
+/// The batches of input `index` conformed to `target`, then its `Done`.
+fn conformed(
+    batches: BoxStream<'static, std::result::Result<RecordBatch, ReadFailure>>,
+    target: SchemaRef,
+    index: usize,
+) -> Events {
+    batches
+        .and_then(move |b| {
+            let target = Arc::clone(&target);
+            async move {
+                conform(&b, &target)
+                    .map(InputEvent::Batch)
+                    .map_err(|reason| ReadFailure::Corrupt { index, reason })
+            }
+        })
+        .chain(stream::once(async move { Ok(InputEvent::Done { index }) }))
+        .boxed()
+}
+
+/// An input with row groups to copy: its footer is read again with the page index (which the
+/// copies carry into the outputs' footers), the copies are announced first, then its other row
+/// groups are decoded with ranged reads.
+async fn copy_and_decode(
+    store: Arc<dyn ObjectStore>,
+    info: InputInfo,
+    index: usize,
+    target: SchemaRef,
+) -> std::result::Result<Events, ReadFailure> {
+    let mut reader = StoreReader::ranged(Arc::clone(&store), &info.meta);
+    let footer = ParquetMetaDataReader::new()
+        .with_page_index_policy(PageIndexPolicy::Optional)
+        .load_and_finish(&mut reader, info.meta.size)
+        .await
+        .map_err(|e| classify(index, e))?;
+    let footer = Arc::new(footer);
+    let mut copies = Vec::with_capacity(info.copy.len());
+    for &group in &info.copy {
+        let mut blooms = Vec::new();
+        for range in bloom_ranges(footer.row_group(group)) {
+            blooms.push(match range {
+                Some(r) => Some((r.start, store.get_range(&info.meta.key, r).await?)),
+                None => None,
+            });
+        }
+        let copied = describe(&info.meta.key, &info.meta.version, &footer, group, blooms)
+            .map_err(|e| classify(index, e))?;
+        copies.push(Ok(InputEvent::Copy(copied)));
+    }
+    let rest: Vec<usize> = (0..footer.num_row_groups())
+        .filter(|g| !info.copy.contains(g))
+        .collect();
+    let batches = if rest.is_empty() {
+        stream::empty().boxed()
+    } else {
+        let arrow_meta = ArrowReaderMetadata::try_new(footer, Default::default())
+            .map_err(|e| classify(index, e))?;
+        ParquetRecordBatchStreamBuilder::new_with_metadata(reader, arrow_meta)
+            .with_batch_size(BATCH_ROWS)
+            .with_row_groups(rest)
+            .build()
+            .map_err(|e| classify(index, e))?
+            .map_err(move |e| classify(index, e))
+            .boxed()
+    };
+    Ok(stream::iter(copies)
+        .chain(conformed(batches, target, index))
+        .boxed())
 }

@@ -214,7 +214,7 @@ fn millis(t: Option<&aws_sdk_s3::primitives::DateTime>) -> i64 {
 }
 
 /// `CopySource` is `bucket/key` with the key URL-encoded (S3 decodes it; `/` may stay).
-fn copy_source(bucket: &str, key: &str) -> String {
+pub(super) fn copy_source(bucket: &str, key: &str) -> String {
     let encoded: String = key
         .split('/')
         .map(|segment| url::form_urlencoded::byte_serialize(segment.as_bytes()).collect::<String>())
@@ -413,6 +413,7 @@ impl ObjectStore for S3Store {
             self.bucket.clone(),
             key.to_string(),
             full,
+            self.root.clone(),
             self.part_size,
         )))
     }

@@ -1,6 +1,8 @@
 //! Multipart uploads on S3: the streaming sink outputs are written with (memory bounded by a few
 //! parts in flight), and the create / complete / abort calls the server-side copy shares.
 
+use std::ops::Range;
+
 use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -68,6 +70,16 @@ pub(super) async fn abort_upload(client: &Client, bucket: &str, key: &str, uploa
     }
 }
 
+/// S3's smallest part (all but the last).
+const MIN_PART: usize = 5 * 1024 * 1024;
+const PARQUET_MAGIC: &[u8] = b"PAR1";
+
+/// What one part holds: bytes sent from here, or a range of another object copied by S3.
+enum PartBody {
+    Data(Bytes),
+    Copy { source: String, range: Range<u64> },
+}
+
 /// A streaming multipart upload. Small objects (under one part) are sent with one `PutObject`
 /// on `finish`; larger ones start a multipart upload at the first full part. On failure,
 /// `abort` — or dropping the sink unfinished — aborts the upload so no parts stay billed.
@@ -76,6 +88,8 @@ pub(super) struct S3Sink {
     bucket: String,
     key: String,
     full_key: String,
+    /// The store's root prefix, to name copied sources.
+    root: String,
     part_size: usize,
     buffer: BytesMut,
     upload_id: Option<String>,
@@ -91,6 +105,7 @@ impl S3Sink {
         bucket: String,
         key: String,
         full_key: String,
+        root: String,
         part_size: usize,
     ) -> Self {
         Self {
@@ -98,6 +113,7 @@ impl S3Sink {
             bucket,
             key,
             full_key,
+            root,
             part_size,
             buffer: BytesMut::new(),
             upload_id: None,
@@ -108,7 +124,7 @@ impl S3Sink {
         }
     }
 
-    async fn start_part(&mut self, data: Bytes) -> Result<()> {
+    async fn start_part(&mut self, body: PartBody) -> Result<()> {
         let upload_id = match &self.upload_id {
             Some(id) => id.clone(),
             None => {
@@ -129,22 +145,59 @@ impl S3Sink {
             self.key.clone(),
         );
         self.in_flight.spawn(async move {
-            let part = client
-                .upload_part()
-                .bucket(bucket)
-                .key(full_key)
-                .upload_id(upload_id)
-                .part_number(number)
-                .body(ByteStream::from(data))
-                .send()
-                .await
-                .map_err(|e| store_error("UploadPart", &key, &e))?;
+            let e_tag = match body {
+                PartBody::Data(data) => client
+                    .upload_part()
+                    .bucket(bucket)
+                    .key(full_key)
+                    .upload_id(upload_id)
+                    .part_number(number)
+                    .body(ByteStream::from(data))
+                    .send()
+                    .await
+                    .map_err(|e| store_error("UploadPart", &key, &e))?
+                    .e_tag()
+                    .map(String::from),
+                PartBody::Copy { source, range } => client
+                    .upload_part_copy()
+                    .bucket(&bucket)
+                    .key(full_key)
+                    .upload_id(upload_id)
+                    .part_number(number)
+                    .copy_source(super::copy_source(&bucket, &source))
+                    .copy_source_range(format!("bytes={}-{}", range.start, range.end - 1))
+                    .send()
+                    .await
+                    .map_err(|e| store_error("UploadPartCopy", &key, &e))?
+                    .copy_part_result()
+                    .and_then(|r| r.e_tag())
+                    .map(String::from),
+            };
             Ok(CompletedPart::builder()
                 .part_number(number)
-                .set_e_tag(part.e_tag().map(String::from))
+                .set_e_tag(e_tag)
                 .build())
         });
         Ok(())
+    }
+
+    /// Does the object `full_source` begin with the Parquet magic?
+    async fn starts_with_magic(&self, full_source: &str) -> Result<bool> {
+        let got = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(full_source)
+            .range("bytes=0-3")
+            .send()
+            .await
+            .map_err(|e| store_error("GetObject", full_source, &e))?;
+        let head = got.body.collect().await.map_err(|e| Error::Store {
+            operation: "GetObject",
+            key: full_source.to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(head.into_bytes().as_ref() == PARQUET_MAGIC)
     }
 
     async fn join_one(&mut self) -> Result<()> {
@@ -180,7 +233,7 @@ impl S3Sink {
         }
         if !self.buffer.is_empty() {
             let data = std::mem::take(&mut self.buffer).freeze();
-            self.start_part(data).await?;
+            self.start_part(PartBody::Data(data)).await?;
         }
         while !self.in_flight.is_empty() {
             self.join_one().await?;
@@ -220,14 +273,61 @@ impl ObjectSink for S3Sink {
     async fn write(&mut self, data: Bytes) -> Result<()> {
         self.size += data.len() as u64;
         self.buffer.extend_from_slice(&data);
-        while self.buffer.len() >= self.part_size {
+        // What stays buffered is either everything since the last part or at least a minimum
+        // part, so a copied range that follows can become a part of its own.
+        while self.buffer.len() >= self.part_size + MIN_PART {
             let part = self.buffer.split_to(self.part_size).freeze();
-            if let Err(e) = self.start_part(part).await {
+            if let Err(e) = self.start_part(PartBody::Data(part)).await {
                 self.abort_inner().await;
                 return Err(e);
             }
         }
         Ok(())
+    }
+
+    /// `UploadPartCopy` of the range as one part, when S3 allows it here: the range is at least
+    /// the 5 MiB part minimum and the bytes buffered before it are none or a full part. A file
+    /// that starts with a copied first row group (the buffer holds only the Parquet magic and the
+    /// source's row group starts right after its own magic) copies the source's magic with it.
+    async fn copy_range(
+        &mut self,
+        source: &str,
+        _version: &str,
+        range: Range<u64>,
+    ) -> Result<bool> {
+        let len = range.end - range.start;
+        if len < MIN_PART as u64 {
+            return Ok(false);
+        }
+        let full_source = format!("{}{source}", self.root);
+        let mut range = range;
+        if self.buffer.len() >= MIN_PART {
+            let data = std::mem::take(&mut self.buffer).freeze();
+            if let Err(e) = self.start_part(PartBody::Data(data)).await {
+                self.abort_inner().await;
+                return Err(e);
+            }
+        } else if !self.buffer.is_empty() {
+            let only_magic = self.size == PARQUET_MAGIC.len() as u64
+                && self.buffer.as_ref() == PARQUET_MAGIC
+                && range.start == PARQUET_MAGIC.len() as u64;
+            if !(only_magic && self.starts_with_magic(&full_source).await?) {
+                return Ok(false);
+            }
+            self.buffer.clear();
+            self.size = 0;
+            range.start = 0;
+        }
+        self.size += range.end - range.start;
+        let body = PartBody::Copy {
+            source: full_source,
+            range,
+        };
+        if let Err(e) = self.start_part(body).await {
+            self.abort_inner().await;
+            return Err(e);
+        }
+        Ok(true)
     }
 
     async fn finish(mut self: Box<Self>) -> Result<ObjectMeta> {
