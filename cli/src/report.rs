@@ -65,6 +65,9 @@ struct Totals {
     bytes_before: u64,
     bytes_after: u64,
     rows: u64,
+    row_groups_copied: usize,
+    row_groups_encoded: usize,
+    bytes_copied_in_store: u64,
     secs: f64,
     /// Hot ranges committed, rows deleted from Postgres, ranges flagged.
     ranges_exported: usize,
@@ -92,6 +95,9 @@ fn totals(summary: &RunSummary) -> Totals {
         bytes_before: summary.commits.iter().map(|c| c.input_bytes).sum(),
         bytes_after: summary.commits.iter().map(|c| c.output_bytes).sum(),
         rows: summary.commits.iter().map(|c| c.rows).sum(),
+        row_groups_copied: summary.commits.iter().map(|c| c.row_groups_copied).sum(),
+        row_groups_encoded: summary.commits.iter().map(|c| c.row_groups_encoded).sum(),
+        bytes_copied_in_store: summary.commits.iter().map(|c| c.bytes_copied_in_store).sum(),
         secs: summary.elapsed.as_secs_f64(),
         ranges_exported: 0,
         postgres_deleted: 0,
@@ -170,6 +176,15 @@ pub fn print(summary: &RunSummary, config: &Config, dry_run: bool) {
             ),
         ),
         ("rows", t.rows.to_string()),
+        (
+            "row groups",
+            format!(
+                "{} copied as they were ({} copied by the store), {} encoded",
+                t.row_groups_copied,
+                human_bytes(t.bytes_copied_in_store),
+                t.row_groups_encoded
+            ),
+        ),
         (
             "corrupt files skipped (kept)",
             summary.corrupt_inputs().len().to_string(),
@@ -303,6 +318,9 @@ pub fn json(summary: &RunSummary, config: &Config) -> serde_json::Value {
         "bytes_before": t.bytes_before,
         "bytes_after": t.bytes_after,
         "rows": t.rows,
+        "row_groups_copied": t.row_groups_copied,
+        "row_groups_encoded": t.row_groups_encoded,
+        "bytes_copied_in_store": t.bytes_copied_in_store,
         "seconds": t.secs,
         "hot_ranges_exported": t.ranges_exported,
         "postgres_rows_deleted": t.postgres_deleted,

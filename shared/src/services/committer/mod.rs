@@ -61,6 +61,11 @@ pub struct CommitReport {
     pub generation: u64,
     pub output_bytes: u64,
     pub rows: u64,
+    /// Row groups of the outputs copied verbatim from inputs, and encoded by the merger.
+    pub row_groups_copied: usize,
+    pub row_groups_encoded: usize,
+    /// Bytes the store copied from inputs itself, never passing through the merger.
+    pub bytes_copied_in_store: u64,
     pub skipped: Vec<SkippedInput>,
     /// Inputs that were not deleted because they changed after the merge (kept, never lost).
     pub kept: Vec<DeleteFailure>,
@@ -451,6 +456,9 @@ impl Committer {
             generation: manifest.generation,
             output_bytes: manifest.output_bytes(),
             rows: manifest.rows,
+            row_groups_copied: manifest.outputs.iter().map(|o| o.row_groups_copied).sum(),
+            row_groups_encoded: manifest.outputs.iter().map(|o| o.row_groups_encoded()).sum(),
+            bytes_copied_in_store: manifest.outputs.iter().map(|o| o.bytes_copied_in_store).sum(),
             skipped: manifest.skipped,
             kept,
             round_complete: progress.round_complete,
