@@ -97,7 +97,11 @@ fn totals(summary: &RunSummary) -> Totals {
         rows: summary.commits.iter().map(|c| c.rows).sum(),
         row_groups_copied: summary.commits.iter().map(|c| c.row_groups_copied).sum(),
         row_groups_encoded: summary.commits.iter().map(|c| c.row_groups_encoded).sum(),
-        bytes_copied_in_store: summary.commits.iter().map(|c| c.bytes_copied_in_store).sum(),
+        bytes_copied_in_store: summary
+            .commits
+            .iter()
+            .map(|c| c.bytes_copied_in_store)
+            .sum(),
         secs: summary.elapsed.as_secs_f64(),
         ranges_exported: 0,
         postgres_deleted: 0,

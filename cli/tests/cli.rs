@@ -127,6 +127,71 @@ fn a_process_killed_at_any_step_converges_on_rerun() {
     }
 }
 
+/// A hybrid merge (healthy row groups copied, tiny ones re-encoded) killed at each of its
+/// steps, inside the merge between row groups included, converges with every row once.
+#[test]
+fn a_hybrid_merge_killed_at_any_step_converges_on_rerun() {
+    use compaction::drivers::sample::{partition_path, sample_batch};
+    use compaction::support::faults::MERGE_POINTS;
+    let hour = chrono::Utc::now() - chrono::Duration::hours(5);
+    let hour = hour - chrono::Duration::seconds(hour.timestamp() % 3600);
+    let mut points: Vec<String> = POINTS.iter().map(|p| p.to_string()).collect();
+    // Six row groups are copied and two encoded: stop at the first, a middle and the last.
+    for (point, passages) in MERGE_POINTS.iter().zip([&[1, 3, 6][..], &[1, 2]]) {
+        points.extend(passages.iter().map(|n| format!("{point}@{n}")));
+    }
+    for point in &points {
+        let dir = tempfile::tempdir().unwrap();
+        let partition = dir.path().join(format!("events/{}", partition_path(hour)));
+        let groups = [8_000, 100, 100, 100, 8_000, 100, 100, 8_000, 100];
+        for file in 0..2 {
+            let batch = sample_batch(hour, file, 2, 24_800, 40 + file as u64).unwrap();
+            e2e_tests::write_row_groups(
+                &partition.join(format!("appender-{file}.parquet")),
+                &batch,
+                &groups,
+            );
+        }
+        let before = row_multiset(&parquet_files(&dir.path().join("events")), SAMPLE_COLUMNS);
+        let mut args = compact_args(dir.path());
+        let at = args
+            .iter()
+            .position(|a| a == "--small-file-threshold")
+            .unwrap();
+        args[at + 1] = "16KiB".into();
+        args.extend(["--healthy-row-group-size", "64KiB"].map(String::from));
+        let crashed = run(&args, Some(point));
+        assert!(
+            crashed.status.code().is_none(),
+            "{point}: the process should have been killed, got {:?}\n{}",
+            crashed.status,
+            String::from_utf8_lossy(&crashed.stderr)
+        );
+        let rerun = run(&args, None);
+        assert!(
+            rerun.status.success(),
+            "{point}: rerun failed: {}",
+            String::from_utf8_lossy(&rerun.stderr)
+        );
+        let summary = json(&rerun);
+        let after = row_multiset(&parquet_files(&dir.path().join("events")), SAMPLE_COLUMNS);
+        assert_eq!(after, before, "{point}: rows lost or duplicated");
+        assert!(
+            staging_leftovers(dir.path()).is_empty(),
+            "{point}: staging not cleaned"
+        );
+        if point.starts_with("mid-") || *point == "after-merge" {
+            // Killed before anything was committed: the rerun did the merge, copies included.
+            assert_eq!(summary["row_groups_copied"], 6, "{point}: {summary}");
+        }
+        let third = json(&run(&args, None));
+        assert_eq!(
+            third["files_before"], 0,
+            "{point}: a third run found work: {third}"
+        );
+    }
+}
+
 #[test]
 fn a_first_run_killed_while_it_creates_its_state_leaves_a_usable_one() {
     // Killed a few milliseconds after start, a first run is often inside the creation of its

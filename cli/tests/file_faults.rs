@@ -1,6 +1,7 @@
 //! Compaction under random kills, concurrent writers and a lost or swapped state store.
 //!
-//! Each trial fills a few cold partitions with small files, then runs the real `compactor`
+//! Each trial fills a few cold partitions (time, block-range or flat layout, in turn) with small
+//! files and fragmented ones (healthy row groups, copied as they are, among tiny ones), then runs the real `compactor`
 //! binary and kills it (SIGKILL) at a random moment or at a random crash point, while a writer
 //! adds files, overwrites files in place and replaces files by atomic rename; between runs the
 //! state store is sometimes deleted or swapped for an older copy. Then it re-runs the binary
@@ -25,17 +26,72 @@ use rand::{RngExt, SeedableRng};
 const BIN: &str = env!("CARGO_BIN_EXE_compactor");
 const DEFAULT_TRIALS: usize = 30;
 const DEFAULT_SEED: u64 = 0x2026_1204;
-const PARTITIONS: &[&str] = &[
-    "dt=2024-03-01/hour=00",
-    "dt=2024-03-01/hour=01",
-    "dt=2024-03-02/hour=07",
+/// The layouts trials rotate through: time partitions, block ranges (cold below a tip) and a
+/// flat folder (cold when quiet).
+struct Layout {
+    args: &'static [&'static str],
+    partitions: &'static [&'static str],
+}
+
+const LAYOUTS: &[Layout] = &[
+    Layout {
+        args: &["--template", "dt={date}/hour={hour}"],
+        partitions: &[
+            "dt=2024-03-01/hour=00",
+            "dt=2024-03-01/hour=01",
+            "dt=2024-03-02/hour=07",
+        ],
+    },
+    Layout {
+        args: &[
+            "--template",
+            "chain={chain}/range={start}-{end}",
+            "--coldness",
+            "range",
+            "--range-tip",
+            "1000000",
+        ],
+        partitions: &[
+            "chain=1/range=0-100",
+            "chain=1/range=100-200",
+            "chain=2/range=0-50",
+        ],
+    },
+    Layout {
+        args: &["--template", "", "--grace", "0s"],
+        partitions: &[""],
+    },
 ];
+
+/// Every option of the trials' runs but the layout: row groups of 4 KiB or more are healthy,
+/// so the fragmented files' large row groups are copied as they are and their tiny ones
+/// re-encoded.
+const ENGINE_ARGS: &[&str] = &[
+    "--small-file-threshold",
+    "16KiB",
+    "--healthy-row-group-size",
+    "4KiB",
+];
+
+/// Rows per row group of a fragmented file: two healthy row groups among tiny ones.
+const FRAGMENTED: &[usize] = &[200, 5, 5, 5, 200, 5, 5];
+
+fn key_in(partition: &str, name: &str) -> String {
+    if partition.is_empty() {
+        format!("events/{name}")
+    } else {
+        format!("events/{partition}/{name}")
+    }
+}
+
 const CRASH_POINTS: &[&str] = &[
     "after-merge",
     "after-decision",
     "after-copy",
     "after-manifest",
     "after-delete",
+    "mid-copy",
+    "mid-encode",
 ];
 
 /// Every version of every file the writer wrote: its key's final version and all row ids ever.
@@ -47,8 +103,14 @@ struct Ledger {
 }
 
 impl Ledger {
-    /// Writes a new version of `key` (a path under `root`): in place, or by atomic rename.
-    fn write(&mut self, root: &Path, key: &str, rows: usize, in_place: bool) {
+    /// Writes a new version of `key` (a path under `root`): in place, or by atomic rename;
+    /// `fragmented`: as a streaming appender's file of healthy and tiny row groups.
+    fn write(&mut self, root: &Path, key: &str, rows: usize, in_place: bool, fragmented: bool) {
+        let rows = if fragmented {
+            FRAGMENTED.iter().sum()
+        } else {
+            rows
+        };
         self.version += 1;
         let ids: Vec<String> = (0..rows)
             .map(|r| format!("{key}#{}#{r}", self.version))
@@ -67,11 +129,18 @@ impl Ledger {
         )
         .unwrap();
         let path = root.join(key);
+        let write = |path: &Path| {
+            if fragmented {
+                e2e_tests::write_row_groups(path, &batch, FRAGMENTED)
+            } else {
+                e2e_tests::write_parquet(path, &batch)
+            }
+        };
         if in_place {
-            e2e_tests::write_parquet(&path, &batch);
+            write(&path);
         } else {
             let tmp = root.join(format!(".writer-{}.tmp", self.version));
-            e2e_tests::write_parquet(&tmp, &batch);
+            write(&tmp);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::rename(&tmp, &path).unwrap();
         }
@@ -81,24 +150,24 @@ impl Ledger {
 }
 
 /// `compactor compact` on the trial's data, as every run of the trial calls it.
-fn compact(data: &Path) -> Command {
+fn compact(data: &Path, layout: &Layout) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args([
         "compact",
         data.to_str().unwrap(),
         "--prefix",
         "events/",
-        "--template",
-        "dt={date}/hour={hour}",
         "--quiet",
         "--json",
     ])
+    .args(layout.args)
+    .args(ENGINE_ARGS)
     .env("RUST_LOG", "error");
     cmd
 }
 
-fn spawn(data: &Path, crash: Option<&str>) -> Child {
-    compact(data)
+fn spawn(data: &Path, layout: &Layout, crash: Option<&str>) -> Child {
+    compact(data, layout)
         .env("COMPACTOR_CRASH_AT", crash.unwrap_or(""))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -128,6 +197,7 @@ fn run(mut child: Child, kill_after: Option<Duration>, writing: &Mutex<bool>) ->
 /// to stop.
 fn writer(
     root: PathBuf,
+    partitions: &'static [&'static str],
     ledger: Arc<Mutex<Ledger>>,
     writing: Arc<Mutex<bool>>,
     seed: u64,
@@ -139,15 +209,16 @@ fn writer(
             let mut ledger = ledger.lock().unwrap();
             let keys: Vec<String> = ledger.final_rows.keys().cloned().collect();
             let rows = rng.random_range(1..60);
+            let fragmented = rng.random_bool(0.25);
             match rng.random_range(0..3) {
                 0 => {
-                    let partition = PARTITIONS[rng.random_range(0..PARTITIONS.len())];
-                    let key = format!("events/{partition}/w{}.parquet", ledger.version + 1);
-                    ledger.write(&root, &key, rows, false);
+                    let partition = partitions[rng.random_range(0..partitions.len())];
+                    let key = key_in(partition, &format!("w{}.parquet", ledger.version + 1));
+                    ledger.write(&root, &key, rows, false, fragmented);
                 }
                 op => {
                     let key = &keys[rng.random_range(0..keys.len())];
-                    ledger.write(&root, key, rows, op == 1);
+                    ledger.write(&root, key, rows, op == 1, fragmented);
                 }
             }
             drop(ledger);
@@ -201,12 +272,14 @@ fn kills_writers_and_lost_state_lose_and_duplicate_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let ledger = Arc::new(Mutex::new(Ledger::default()));
-        for partition in PARTITIONS {
+        let layout = &LAYOUTS[number % LAYOUTS.len()];
+        for partition in layout.partitions {
             for _ in 0..rng.random_range(3..10) {
                 let mut l = ledger.lock().unwrap();
-                let key = format!("events/{partition}/f{}.parquet", l.version + 1);
+                let key = key_in(partition, &format!("f{}.parquet", l.version + 1));
                 let rows = rng.random_range(1..80);
-                l.write(&data, &key, rows, false);
+                let fragmented = rng.random_bool(0.3);
+                l.write(&data, &key, rows, false, fragmented);
             }
         }
         let state = data.join("_compactor/state.redb");
@@ -223,11 +296,12 @@ fn kills_writers_and_lost_state_lose_and_duplicate_nothing() {
             let writing = Arc::new(Mutex::new(true));
             let handle = writer(
                 data.clone(),
+                layout.partitions,
                 Arc::clone(&ledger),
                 Arc::clone(&writing),
                 rng.random(),
             );
-            let code = run(spawn(&data, crash.as_deref()), kill_after, &writing);
+            let code = run(spawn(&data, layout, crash.as_deref()), kill_after, &writing);
             let ops = handle.join().unwrap();
             *totals
                 .entry(if code.is_none() { "killed" } else { "finished" })
@@ -258,10 +332,12 @@ fn kills_writers_and_lost_state_lose_and_duplicate_nothing() {
         // Settle: run until a run finishes cleanly with nothing left to do.
         let mut settled = false;
         for _ in 0..8 {
-            let out = compact(&data).output().unwrap();
+            let out = compact(&data, layout).output().unwrap();
             let summary: serde_json::Value =
                 serde_json::from_slice(&out.stdout).unwrap_or_default();
             let stderr = String::from_utf8_lossy(&out.stderr);
+            *totals.entry("row groups copied").or_default() +=
+                summary["row_groups_copied"].as_u64().unwrap_or(0) as usize;
             log.push(format!(
                 "settle: exit {:?}, {} compacted; anomalies {} failures {} refused {} corrupt {}; stderr {:?}",
                 out.status.code(),
@@ -277,7 +353,10 @@ fn kills_writers_and_lost_state_lose_and_duplicate_nothing() {
                 break;
             }
         }
-        let context = format!("trial {number} (seed {seed}): {log:?}");
+        let context = format!(
+            "trial {number} (seed {seed}, layout {:?}): {log:?}",
+            layout.args
+        );
         assert!(settled, "{context}: did not settle");
 
         // The oracle.

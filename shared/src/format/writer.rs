@@ -22,6 +22,7 @@ use crate::model::dataset::DatasetConfig;
 use crate::model::manifest::{FooterMark, OutputFile};
 use crate::model::task::Task;
 use crate::ports::store::{DeleteRequest, ObjectStore};
+use crate::support::faults::crash_point;
 
 /// Writer settings for outputs: large row groups, the configured codec, page-level statistics
 /// (which also writes the column and offset indexes), and the sort order when there is one.
@@ -275,6 +276,7 @@ impl RollingWriter {
         file.rows += group.rows;
         file.row_groups_copied += 1;
         drain(store.as_ref(), file).await?;
+        crash_point("mid-copy");
         if self.projected_size() >= self.target_size {
             self.close_current().await?;
         }
@@ -302,7 +304,9 @@ impl RollingWriter {
                 .map_err(parquet_error(&key))?;
         }
         row_group.close().map_err(parquet_error(&key))?;
-        drain(store.as_ref(), file).await
+        drain(store.as_ref(), file).await?;
+        crash_point("mid-encode");
+        Ok(())
     }
 
     async fn close_current(&mut self) -> Result<()> {

@@ -16,6 +16,10 @@ pub const POINTS: &[&str] = &[
     "after-delete",
 ];
 
+/// Points inside a merge, passed once per row group: after a row group copied as it was, and
+/// after an encoded one, has reached the staged output (`mid-copy@N` stops at the N-th).
+pub const MERGE_POINTS: &[&str] = &["mid-copy", "mid-encode"];
+
 /// The further points of a hot range's commit: "after-delete" (the cold copy is live, Postgres
 /// untouched), inside a verified delete between recording its transaction id and committing
 /// it, and after a delete committed but before it is recorded as done.

@@ -685,7 +685,12 @@ impl ObjectSink for LocalSink {
         let (key, source) = (self.key.clone(), source.to_string());
         let copied = tokio::task::spawn_blocking(move || {
             use std::io::{Read, Seek, SeekFrom};
-            let mut from = fs::File::open(&src).map_err(|e| Error::io(&source, e))?;
+            let mut from = fs::File::open(&src).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::NotFound {
+                    key: source.clone(),
+                },
+                _ => Error::io(&source, e),
+            })?;
             from.seek(SeekFrom::Start(range.start))
                 .map_err(|e| Error::io(&source, e))?;
             let want = range.end - range.start;

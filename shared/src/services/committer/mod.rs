@@ -457,8 +457,16 @@ impl Committer {
             output_bytes: manifest.output_bytes(),
             rows: manifest.rows,
             row_groups_copied: manifest.outputs.iter().map(|o| o.row_groups_copied).sum(),
-            row_groups_encoded: manifest.outputs.iter().map(|o| o.row_groups_encoded()).sum(),
-            bytes_copied_in_store: manifest.outputs.iter().map(|o| o.bytes_copied_in_store).sum(),
+            row_groups_encoded: manifest
+                .outputs
+                .iter()
+                .map(|o| o.row_groups_encoded())
+                .sum(),
+            bytes_copied_in_store: manifest
+                .outputs
+                .iter()
+                .map(|o| o.bytes_copied_in_store)
+                .sum(),
             skipped: manifest.skipped,
             kept,
             round_complete: progress.round_complete,

@@ -211,9 +211,24 @@ impl Merger {
                     Some(sorter) => sorter.push(batch)?,
                     None => sink.push(batch).await?,
                 },
-                Ok(InputEvent::Copy(group)) => {
+                Ok(InputEvent::Copy { index, group }) => {
                     sink.rows += group.rows;
-                    sink.writer.copy_row_group(group).await?;
+                    let key = group.key.clone();
+                    match sink.writer.copy_row_group(group).await {
+                        Ok(()) => {}
+                        // The input shrank or vanished since its footer was read: it was
+                        // rewritten or removed, which the merge loop tells from corruption.
+                        Err(Error::CorruptInput { key: k, reason }) if k == key => {
+                            return Err(AttemptFailure::Corrupt { index, reason })
+                        }
+                        Err(Error::NotFound { key: k }) if k == key => {
+                            return Err(AttemptFailure::Corrupt {
+                                index,
+                                reason: "vanished while its row groups were copied".into(),
+                            })
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 Ok(InputEvent::Done { index }) => self.progress.input_read(infos[index].meta.size),
                 Err(ReadFailure::Corrupt { index, reason }) => {

@@ -155,8 +155,11 @@ pub async fn scan_footers(
 /// One item of the input stream.
 pub enum InputEvent {
     Batch(RecordBatch),
-    /// A row group to copy into the outputs as it is.
-    Copy(CopiedRowGroup),
+    /// A row group of input number `index` to copy into the outputs as it is.
+    Copy {
+        index: usize,
+        group: CopiedRowGroup,
+    },
     /// Input number `index` has been read completely.
     Done {
         index: usize,
@@ -359,7 +362,10 @@ async fn copy_and_decode(
         }
         let copied = describe(&info.meta.key, &info.meta.version, &footer, group, blooms)
             .map_err(|e| classify(index, e))?;
-        copies.push(Ok(InputEvent::Copy(copied)));
+        copies.push(Ok(InputEvent::Copy {
+            index,
+            group: copied,
+        }));
     }
     let rest: Vec<usize> = (0..footer.num_row_groups())
         .filter(|g| !info.copy.contains(g))
