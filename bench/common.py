@@ -22,34 +22,32 @@ MIB = 1 << 20
 SOURCE_CRATES = ("shared", "cli", "functions")
 
 
-def ensure_deps() -> None:
-    """Make duckdb and pyarrow importable: re-exec the running script under .venv-bench
-    (created if needed)."""
+def ensure_deps(extra: tuple[str, ...] = ()) -> None:
+    """Make duckdb, pyarrow and the `extra` modules (e.g. polars) importable: re-exec the running
+    script under .venv-bench (created, and the modules installed, if needed)."""
+    modules = ("duckdb", "pyarrow", *extra)
     try:
-        import duckdb  # noqa: F401
-        import pyarrow  # noqa: F401
-
+        for m in modules:
+            __import__(m)
         return
     except ImportError:
         pass
     if os.environ.get(REEXEC_FLAG):
-        sys.exit(f"error: duckdb/pyarrow still not importable under {sys.executable}")
+        sys.exit(f"error: {', '.join(modules)} still not importable under {sys.executable}")
     py = VENV / "bin" / "python"
     if not py.exists():
         print(f"[bench] creating venv {VENV}", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     try:
         subprocess.run(
-            [str(py), "-c", "import duckdb, pyarrow"],
+            [str(py), "-c", "import " + ", ".join(modules)],
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
     except subprocess.CalledProcessError:
-        print("[bench] installing duckdb pyarrow into the venv", file=sys.stderr)
-        subprocess.run(
-            [str(py), "-m", "pip", "install", "--quiet", "duckdb", "pyarrow"], check=True
-        )
+        print(f"[bench] installing {' '.join(modules)} into the venv", file=sys.stderr)
+        subprocess.run([str(py), "-m", "pip", "install", "--quiet", *modules], check=True)
     env = dict(os.environ, **{REEXEC_FLAG: "1"})
     script = str(Path(sys.argv[0]).resolve())
     os.execve(str(py), [str(py), script, *sys.argv[1:]], env)
@@ -272,3 +270,53 @@ def format_table(head: list[str], body: list[list[str]]) -> str:
         )
 
     return "\n".join([fmt(head), "  ".join("-" * w for w in widths)] + [fmt(b) for b in body])
+
+
+# Inputs and outputs of the benchmarks.
+
+
+def parquet_files(root: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in root.rglob("*.parquet")
+        if "_compactor" not in p.relative_to(root).parts
+    )
+
+
+def total_bytes(files: list[Path]) -> int:
+    return sum(f.stat().st_size for f in files)
+
+
+def sql_list(files: list[Path]) -> str:
+    return "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
+
+
+def generate(binary: Path, dest: Path, files: int, rows: int, seed: int) -> dict:
+    if dest.exists():
+        shutil.rmtree(dest)
+    cmd = [
+        str(binary), "generate", str(dest), "--prefix", "events/", "--partitions", "1",
+        "--files-per-partition", str(files), "--rows-per-file", str(rows), "--seed", str(seed),
+    ]
+    log(f"generating {files} files x {rows} rows into {dest}")
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    inputs = parquet_files(dest)
+    check(len(inputs) == files, f"generate wrote {len(inputs)} files, expected {files}")
+    parts = sorted({f.parent for f in inputs})
+    check(len(parts) == 1, f"generate wrote {len(parts)} partitions, expected 1")
+    # Generated data is a pristine copy: no compactor state may live in it.
+    shutil.rmtree(dest / "_compactor", ignore_errors=True)
+    return {
+        "dir": dest,
+        "files": len(inputs),
+        "bytes": total_bytes(inputs),
+        "partition": str(parts[0].relative_to(dest)),
+        "inputs": inputs,
+    }
+
+
+def fresh_copy(src: dict, work: Path) -> Path:
+    if work.exists():
+        shutil.rmtree(work)
+    shutil.copytree(src["dir"], work)
+    return work

@@ -26,29 +26,14 @@ import time
 from pathlib import Path
 
 from common import (CheckFailed, MIB, REPO, add_build_options, check, ensure_deps, exit_code,
-                    format_table, identity, identity_lines, log, median, parse_size,
-                    release_binaries, run_measured)
+                    format_table, fresh_copy, generate, identity, identity_lines, log, median,
+                    parquet_files, parse_size, release_binaries, run_measured, sql_list,
+                    total_bytes)
 
 
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-def parquet_files(root: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in root.rglob("*.parquet")
-        if "_compactor" not in p.relative_to(root).parts
-    )
-
-
-def total_bytes(files: list[Path]) -> int:
-    return sum(f.stat().st_size for f in files)
-
-
-def sql_list(files: list[Path]) -> str:
-    return "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
 
 
 DATA_COLS = ["ts_event", "event_id", "user_id", "kind", "country", "amount", "session", "is_bot"]
@@ -82,37 +67,6 @@ def fingerprint(con, files: list[Path]) -> dict:
 # --------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------
-
-
-def generate(binary: Path, dest: Path, files: int, rows: int, seed: int) -> dict:
-    if dest.exists():
-        shutil.rmtree(dest)
-    cmd = [
-        str(binary), "generate", str(dest), "--prefix", "events/", "--partitions", "1",
-        "--files-per-partition", str(files), "--rows-per-file", str(rows), "--seed", str(seed),
-    ]
-    log(f"generating {files} files x {rows} rows into {dest}")
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    inputs = parquet_files(dest)
-    check(len(inputs) == files, f"generate wrote {len(inputs)} files, expected {files}")
-    parts = sorted({f.parent for f in inputs})
-    check(len(parts) == 1, f"generate wrote {len(parts)} partitions, expected 1")
-    # Generated data is a pristine copy: no compactor state may live in it.
-    shutil.rmtree(dest / "_compactor", ignore_errors=True)
-    return {
-        "dir": dest,
-        "files": len(inputs),
-        "bytes": total_bytes(inputs),
-        "partition": str(parts[0].relative_to(dest)),
-        "inputs": inputs,
-    }
-
-
-def fresh_copy(src: dict, work: Path) -> Path:
-    if work.exists():
-        shutil.rmtree(work)
-    shutil.copytree(src["dir"], work)
-    return work
 
 
 # --------------------------------------------------------------------------------------------

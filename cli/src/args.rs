@@ -187,6 +187,9 @@ pub struct DatasetFlags {
     /// Lease duration [default: 15m].
     #[arg(long)]
     pub lease_ttl: Option<HumanDuration>,
+    /// Input bytes a second one merge encodes, for plan estimates of partitions not merged yet [default: 20MiB].
+    #[arg(long)]
+    pub merge_throughput: Option<ByteSize>,
 }
 
 /// Sets `slot` when a flag gave a value.
@@ -283,6 +286,9 @@ impl CompactArgs {
         }
         if let Some(v) = flags.lease_ttl {
             config.lease_ttl = v;
+        }
+        if let Some(v) = flags.merge_throughput {
+            config.merge_throughput = v;
         }
         config.validate().context("invalid configuration")?;
         Ok(config)

@@ -236,6 +236,13 @@ fn dataset_names(config: &Config) -> Vec<String> {
         .collect()
 }
 
+fn throughput_source(measured_merges: u64) -> String {
+    match measured_merges {
+        0 => "merge_throughput, not measured on this partition yet".into(),
+        n => format!("measured on this partition's {n} merge(s)"),
+    }
+}
+
 fn print_plan(summary: &RunSummary, config: &Config) {
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
@@ -300,6 +307,39 @@ fn print_plan(summary: &RunSummary, config: &Config) {
             }
         }
     }
+    // What each task would cost.
+    let (mut seconds, mut gb_seconds) = (0.0, 0.0);
+    for plan in &summary.plans {
+        for p in &plan.partitions {
+            let PartitionOutcome::Planned { tasks } = &p.outcome else {
+                continue;
+            };
+            for t in tasks {
+                let e = &t.estimate;
+                seconds += e.seconds;
+                gb_seconds += e.gb_seconds;
+                println!(
+                    "{}/{}: task {}: reads {}, copies {} as it is, encodes {}; peak memory about {}; about {:.1} s at {}/s ({}) = {:.1} Lambda GB-s",
+                    plan.dataset,
+                    p.partition,
+                    t.task_id,
+                    human_bytes(e.read_bytes),
+                    human_bytes(e.copy_bytes),
+                    human_bytes(e.encode_bytes),
+                    human_bytes(e.peak_memory),
+                    e.seconds,
+                    human_bytes(e.throughput.bytes_per_sec),
+                    throughput_source(e.throughput.measured_merges),
+                    e.gb_seconds
+                );
+            }
+        }
+    }
+    if seconds > 0.0 {
+        println!(
+            "estimated: {seconds:.1} s of merging, {gb_seconds:.1} Lambda GB-s (a merger of memory_budget + 256 MiB)"
+        );
+    }
     for anomaly in summary.anomalies() {
         println!("{anomaly}");
     }
@@ -342,6 +382,15 @@ pub fn json(summary: &RunSummary, config: &Config) -> serde_json::Value {
             "bytes": r.data_bytes,
             "outcome": format!("{:?}", r.outcome),
             "anomaly": r.anomaly,
+            "tasks": match &r.outcome {
+                PartitionOutcome::Planned { tasks } => tasks.iter().map(|t| json!({
+                    "task_id": t.task_id,
+                    "inputs": t.inputs,
+                    "input_bytes": t.input_bytes,
+                    "estimate": t.estimate,
+                })).collect::<Vec<_>>(),
+                _ => Vec::new(),
+            },
             "file_verdicts": r.files.iter().map(|n| json!({
                 "key": n.key,
                 "bytes": n.size,

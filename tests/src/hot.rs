@@ -259,6 +259,7 @@ pub async fn stage_only(
             lease_ttl_ms: 15 * 60 * 1000,
             staging_prefix: compaction::model::config::DEFAULT_STAGING_PREFIX.into(),
             memory_budget: 256 << 20,
+            merge_throughput: 20 << 20,
         },
     )
     .with_hot_source(Some(Arc::clone(&env.source)));

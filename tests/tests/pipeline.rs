@@ -453,6 +453,7 @@ fn planner(env: &Env, dispatcher: Arc<CollectingDispatcher>) -> Planner {
             lease_ttl_ms: 60_000,
             staging_prefix: compaction::model::config::DEFAULT_STAGING_PREFIX.into(),
             memory_budget: 256 << 20,
+            merge_throughput: 20 << 20,
         },
     )
 }
@@ -990,6 +991,39 @@ async fn healthy_row_groups_are_copied_byte_for_byte_and_tiny_ones_re_encoded() 
     assert_eq!(drifted_groups.len(), 3);
     let columns = SAMPLE_COLUMNS;
     let before = row_multiset(&parquet_files(&dir), columns);
+
+    // The dry run's estimate: the healthy row groups are copied, the rest encoded.
+    let plan = env.try_run_with(&config, run_options(true)).await.unwrap();
+    let tasks: Vec<&compaction::services::planner::TaskSummary> = plan.plans[0]
+        .partitions
+        .iter()
+        .flat_map(|p| match &p.outcome {
+            compaction::services::planner::PartitionOutcome::Planned { tasks } => tasks.iter(),
+            _ => [].iter(),
+        })
+        .collect();
+    assert_eq!(tasks.len(), 1);
+    let estimate = &tasks[0].estimate;
+    let healthy_bytes = |name: &str| -> u64 {
+        groups_of(name)
+            .iter()
+            .filter(|(b, _)| b.len() >= healthy)
+            .map(|(b, _)| b.len() as u64)
+            .sum()
+    };
+    // Footers alone cannot tell that drift keeps the drifted file's row groups from being copied.
+    assert_eq!(
+        estimate.copy_bytes,
+        healthy_bytes("appender.parquet") + healthy_bytes("drifted.parquet")
+    );
+    assert_eq!(
+        estimate.copy_bytes + estimate.encode_bytes,
+        tasks[0].input_bytes
+    );
+    assert!(
+        estimate.seconds > 0.0 && estimate.gb_seconds > 0.0,
+        "{estimate:?}"
+    );
 
     let summary = env.run(&config).await;
     assert!(summary.failures.is_empty(), "{:?}", summary.failures);

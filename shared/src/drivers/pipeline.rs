@@ -270,6 +270,7 @@ pub async fn run_local(
             lease_ttl_ms: config.lease_ttl.0.as_millis() as i64,
             staging_prefix: config.staging_prefix.clone(),
             memory_budget: config.memory_budget.bytes(),
+            merge_throughput: config.merge_throughput.bytes(),
         },
     )
     .with_hot_source(hot);

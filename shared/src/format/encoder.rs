@@ -22,9 +22,12 @@ type Chunks = Vec<(usize, ArrowColumnChunk)>;
 enum Job {
     Start {
         writers: Vec<(usize, ArrowColumnWriter)>,
-        estimate: Arc<AtomicU64>,
+        progress: Arc<WorkerProgress>,
     },
-    Write(Vec<(usize, ArrowLeafColumn)>),
+    Write {
+        leaves: Vec<(usize, ArrowLeafColumn)>,
+        rows: u64,
+    },
     Finish(oneshot::Sender<parquet::errors::Result<Chunks>>),
 }
 
@@ -38,13 +41,13 @@ struct Worker {
 fn worker_loop(mut jobs: mpsc::Receiver<Job>) {
     // Indexed by leaf; only this worker's leaves are `Some`.
     let mut writers: Vec<Option<ArrowColumnWriter>> = Vec::new();
-    let mut estimate = Arc::new(AtomicU64::new(0));
+    let mut progress = Arc::new(WorkerProgress::default());
     let mut failed: Option<ParquetError> = None;
     while let Some(job) = jobs.blocking_recv() {
         match job {
             Job::Start {
                 writers: w,
-                estimate: e,
+                progress: p,
             } => {
                 writers.clear();
                 for (leaf, writer) in w {
@@ -53,10 +56,10 @@ fn worker_loop(mut jobs: mpsc::Receiver<Job>) {
                     }
                     writers[leaf] = Some(writer);
                 }
-                estimate = e;
+                progress = p;
                 failed = None;
             }
-            Job::Write(leaves) => {
+            Job::Write { leaves, rows } => {
                 if failed.is_some() {
                     continue;
                 }
@@ -78,7 +81,8 @@ fn worker_loop(mut jobs: mpsc::Receiver<Job>) {
                     .flatten()
                     .map(|w| w.get_estimated_total_bytes())
                     .sum();
-                estimate.store(bytes as u64, Ordering::Relaxed);
+                progress.bytes.store(bytes as u64, Ordering::Relaxed);
+                progress.rows.fetch_add(rows, Ordering::Relaxed);
             }
             Job::Finish(reply) => {
                 let result = match failed.take() {
@@ -97,11 +101,27 @@ fn worker_loop(mut jobs: mpsc::Receiver<Job>) {
     }
 }
 
+/// Rows of leaves gathered before they are sent to the workers: one wake-up per worker for
+/// several small batches (a small input file is often one batch of a few thousand rows), few
+/// enough that the size estimate the writer rolls files by stays close.
+const SEND_ROWS: usize = 8 * 1024;
+
+/// What a worker has encoded of the open row group: its columns' estimated encoded bytes and
+/// the rows they hold.
+#[derive(Default)]
+struct WorkerProgress {
+    bytes: AtomicU64,
+    rows: AtomicU64,
+}
+
 /// The row group being encoded.
 struct Group {
     owner: Vec<usize>,
-    estimates: Vec<Arc<AtomicU64>>,
+    progress: Vec<Arc<WorkerProgress>>,
     rows: usize,
+    /// Leaves not sent yet, per worker, and their rows.
+    pending: Vec<Vec<(usize, ArrowLeafColumn)>>,
+    pending_rows: usize,
 }
 
 /// Parallel column encoder, reused across row groups and files of one writer.
@@ -150,10 +170,24 @@ impl ParallelEncoder {
         self.group.as_ref().map_or(0, |g| g.rows)
     }
 
-    /// The encoded size the open row group would have now (an estimate, refreshed as workers go).
+    /// The encoded size the open row group would have now: each worker's encoded bytes so far,
+    /// extrapolated from the rows it has encoded to all the rows of the group (workers run
+    /// behind the writer by the batches queued for them).
     pub fn estimated_bytes(&self) -> u64 {
         self.group.as_ref().map_or(0, |g| {
-            g.estimates.iter().map(|e| e.load(Ordering::Relaxed)).sum()
+            g.progress
+                .iter()
+                .map(|p| {
+                    let (bytes, rows) = (
+                        p.bytes.load(Ordering::Relaxed),
+                        p.rows.load(Ordering::Relaxed),
+                    );
+                    match rows {
+                        0 => bytes,
+                        rows => (bytes as f64 * g.rows as f64 / rows as f64) as u64,
+                    }
+                })
+                .sum()
         })
     }
 
@@ -173,21 +207,47 @@ impl ParallelEncoder {
         for (leaf, writer) in writers.into_iter().enumerate() {
             per_worker[owner[leaf]].push((leaf, writer));
         }
-        let mut estimates = Vec::new();
+        let mut progress = Vec::new();
         for (worker, writers) in self.workers.iter().zip(per_worker) {
-            let estimate = Arc::new(AtomicU64::new(0));
-            estimates.push(Arc::clone(&estimate));
+            let p = Arc::new(WorkerProgress::default());
+            progress.push(Arc::clone(&p));
             worker
                 .jobs
-                .send(Job::Start { writers, estimate })
+                .send(Job::Start {
+                    writers,
+                    progress: p,
+                })
                 .await
                 .map_err(|_| gone())?;
         }
         self.group = Some(Group {
             owner,
-            estimates,
+            progress,
             rows: 0,
+            pending: (0..self.workers.len()).map(|_| Vec::new()).collect(),
+            pending_rows: 0,
         });
+        Ok(())
+    }
+
+    /// Sends the gathered leaves to their workers.
+    async fn send_pending(&mut self) -> parquet::errors::Result<()> {
+        let Some(group) = self.group.as_mut() else {
+            return Ok(());
+        };
+        let rows = std::mem::take(&mut group.pending_rows) as u64;
+        for (worker, leaves) in self.workers.iter().zip(group.pending.iter_mut()) {
+            if !leaves.is_empty() {
+                worker
+                    .jobs
+                    .send(Job::Write {
+                        leaves: std::mem::take(leaves),
+                        rows,
+                    })
+                    .await
+                    .map_err(|_| gone())?;
+            }
+        }
         Ok(())
     }
 
@@ -197,8 +257,6 @@ impl ParallelEncoder {
             .group
             .as_mut()
             .ok_or_else(|| ParquetError::General("no row group open".into()))?;
-        let mut per_worker: Vec<Vec<(usize, ArrowLeafColumn)>> =
-            (0..self.workers.len()).map(|_| Vec::new()).collect();
         let mut leaf = 0;
         for (field, array) in self.schema.fields().iter().zip(batch.columns()) {
             for column in compute_leaves(field, array)? {
@@ -206,25 +264,21 @@ impl ParallelEncoder {
                     .owner
                     .get(leaf)
                     .ok_or_else(|| ParquetError::General("more leaves than writers".into()))?;
-                per_worker[worker].push((leaf, column));
+                group.pending[worker].push((leaf, column));
                 leaf += 1;
             }
         }
-        for (worker, leaves) in self.workers.iter().zip(per_worker) {
-            if !leaves.is_empty() {
-                worker
-                    .jobs
-                    .send(Job::Write(leaves))
-                    .await
-                    .map_err(|_| gone())?;
-            }
-        }
         group.rows += batch.num_rows();
+        group.pending_rows += batch.num_rows();
+        if group.pending_rows >= SEND_ROWS {
+            self.send_pending().await?;
+        }
         Ok(())
     }
 
     /// Closes the open row group and returns its encoded column chunks in column order.
     pub async fn finish(&mut self) -> parquet::errors::Result<Vec<ArrowColumnChunk>> {
+        self.send_pending().await?;
         if self.group.take().is_none() {
             return Ok(Vec::new());
         }

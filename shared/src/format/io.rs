@@ -17,7 +17,7 @@ use parquet::file::metadata::{FooterTail, ParquetMetaData, ParquetMetaDataReader
 
 use crate::error::{Error, Result};
 use crate::model::object::ObjectMeta;
-use crate::model::plan::{FileLayout, RowGroupLayout};
+use crate::model::plan::{codec_name, FileLayout, RowGroupLayout};
 use crate::ports::store::{ObjectSink, ObjectStore};
 
 const FOOTER_TAIL: u64 = 8;
@@ -65,7 +65,8 @@ pub fn layout_of(footer: &ParquetMetaData) -> FileLayout {
         .iter()
         .map(|g| {
             for column in g.columns() {
-                let codec = column.compression().to_string();
+                // The codec's name, without the level a footer does not record anyway.
+                let codec = codec_name(&column.compression().to_string());
                 if !codecs.contains(&codec) {
                     codecs.push(codec);
                 }

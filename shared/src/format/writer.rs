@@ -59,6 +59,7 @@ struct OpenFile {
     index: usize,
     rows: u64,
     row_groups_copied: usize,
+    bytes_copied: u64,
     bytes_copied_in_store: u64,
     /// The footer's tail bytes once the file is finished, for its [`FooterMark`].
     tail: Vec<u8>,
@@ -158,6 +159,7 @@ impl RollingWriter {
                 index,
                 rows: 0,
                 row_groups_copied: 0,
+                bytes_copied: 0,
                 bytes_copied_in_store: 0,
                 tail: Vec::new(),
             };
@@ -253,6 +255,7 @@ impl RollingWriter {
     /// where it can, else fetched and written; their statistics, page index and bloom filters
     /// go into this file's footer with the offsets moved.
     pub async fn copy_row_group(&mut self, group: CopiedRowGroup) -> Result<()> {
+        let bytes = group.bytes();
         if self.rows_per_file.is_some() {
             return Err(Error::Other(
                 "row groups are not copied into files of a fixed row count".into(),
@@ -275,6 +278,7 @@ impl RollingWriter {
         row_group.close().map_err(parquet_error(&key))?;
         file.rows += group.rows;
         file.row_groups_copied += 1;
+        file.bytes_copied += bytes;
         drain(store.as_ref(), file).await?;
         crash_point("mid-copy");
         if self.projected_size() >= self.target_size {
@@ -331,6 +335,7 @@ impl RollingWriter {
             rows: file.rows,
             row_groups: metadata.num_row_groups(),
             row_groups_copied: file.row_groups_copied,
+            bytes_copied: file.bytes_copied,
             bytes_copied_in_store: file.bytes_copied_in_store,
             crc32c: file.sink.crc32c_hex().unwrap_or_default(),
             footer,

@@ -27,6 +27,11 @@ pub struct Config {
     /// How long a partition lease lasts before another planner may take it over.
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl: HumanDuration,
+    /// Input bytes a second one merge decodes and encodes, for the plan's estimates of
+    /// partitions whose merges were not measured yet (and, on Lambda, for sizing tasks to the
+    /// merger's time limit). Measured figures replace it once a partition was compacted.
+    #[serde(default = "default_merge_throughput")]
+    pub merge_throughput: ByteSize,
     #[serde(default, rename = "dataset")]
     pub datasets: Vec<DatasetConfig>,
     /// Postgres tables whose finalized ranges move to cold Parquet (see [`HotDatasetConfig`]).
@@ -47,6 +52,11 @@ fn default_staging() -> String {
 fn default_memory_budget() -> ByteSize {
     ByteSize::mib(1024)
 }
+/// Conservative: a merger of 1 vCPU encodes zstd at several times this.
+pub const DEFAULT_MERGE_THROUGHPUT: ByteSize = ByteSize(20 * 1024 * 1024);
+fn default_merge_throughput() -> ByteSize {
+    DEFAULT_MERGE_THROUGHPUT
+}
 fn default_lease_ttl() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(15 * 60))
 }
@@ -56,6 +66,7 @@ impl Default for Config {
             staging_prefix: default_staging(),
             memory_budget: default_memory_budget(),
             lease_ttl: default_lease_ttl(),
+            merge_throughput: default_merge_throughput(),
             datasets: Vec::new(),
             hot_datasets: Vec::new(),
         }

@@ -22,6 +22,10 @@ pub struct OutputFile {
     /// Of `row_groups`, those copied verbatim from inputs (the rest were encoded here).
     #[serde(default)]
     pub row_groups_copied: usize,
+    /// Bytes of the row groups copied from inputs as they were (by the store or through the
+    /// merger); the rest of the inputs' bytes were decoded and encoded again.
+    #[serde(default)]
+    pub bytes_copied: u64,
     /// Bytes the store copied from inputs itself (S3 `UploadPartCopy`, a ranged file copy
     /// locally), which never passed through the merger.
     #[serde(default)]
@@ -132,6 +136,9 @@ pub struct TaskManifest {
     pub schema: Vec<ColumnDesc>,
     pub rows: u64,
     pub created_at_ms: i64,
+    /// How long the merge took (the measured throughput the planner's estimates use).
+    #[serde(default)]
+    pub merge_ms: u64,
     /// For an export of a hot range: what the committer needs to delete it from Postgres.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export: Option<ExportRecord>,
@@ -315,6 +322,7 @@ mod tests {
                 rows: 7,
                 row_groups: 1,
                 row_groups_copied: 0,
+                bytes_copied: 0,
                 bytes_copied_in_store: 0,
                 crc32c: "deadbeef".into(),
                 footer: None,
@@ -326,6 +334,7 @@ mod tests {
             }],
             rows: 7,
             created_at_ms: 5,
+            merge_ms: 0,
             export: None,
         }
     }

@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod config;
 pub mod dataset;
+pub mod estimate;
 pub mod hot;
 pub mod manifest;
 pub mod object;

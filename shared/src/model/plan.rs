@@ -18,6 +18,16 @@ pub fn is_data_file(key: &str, suffix: &str) -> bool {
                 .ends_with(&suffix.to_ascii_lowercase()))
 }
 
+/// A codec's name without its level: `ZSTD(ZstdLevel(1))`, `zstd(3)` -> `ZSTD`.
+pub fn codec_name(codec: &str) -> String {
+    codec
+        .split('(')
+        .next()
+        .unwrap_or(codec)
+        .trim()
+        .to_ascii_uppercase()
+}
+
 /// One row group as a file's footer describes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RowGroupLayout {

@@ -60,6 +60,7 @@ impl PartitionStatus {
 
 /// Monotonic counters; every field is added atomically.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counters {
     pub files_seen: u64,
     pub bytes_seen: u64,
@@ -70,6 +71,11 @@ pub struct Counters {
     pub bytes_out: u64,
     pub rows_out: u64,
     pub corrupt_skipped: u64,
+    /// Input bytes copied into outputs as they were (healthy row groups).
+    pub bytes_copied: u64,
+    /// Milliseconds the merges took: with `bytes_in - bytes_copied`, the throughput this
+    /// partition's merges reached.
+    pub merge_ms: u64,
 }
 
 impl Counters {
@@ -83,6 +89,8 @@ impl Counters {
         self.bytes_out += other.bytes_out;
         self.rows_out += other.rows_out;
         self.corrupt_skipped += other.corrupt_skipped;
+        self.bytes_copied += other.bytes_copied;
+        self.merge_ms += other.merge_ms;
     }
 }
 

@@ -21,11 +21,9 @@ use crate::ports::state::{DynamoState, StateStore};
 use crate::ports::store::{parse_s3_url, ObjectStore, S3Store};
 use crate::support::clock::now_ms;
 use crate::support::env::env_var;
-use crate::support::units::ByteSize;
 
 /// Time kept free at the end of an invocation to report and clean up.
 const SAFETY_MARGIN: Duration = Duration::from_secs(30);
-const DEFAULT_THROUGHPUT: u64 = 20 * 1024 * 1024;
 
 /// Structured JSON logs on stdout (CloudWatch Logs), filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {
@@ -134,13 +132,15 @@ impl Deployment {
 }
 
 /// Bytes per second a merger sustains, for sizing tasks to the time limit
-/// (`COMPACTOR_MERGE_THROUGHPUT`, conservative by default).
+/// and for the plan's estimates (`COMPACTOR_MERGE_THROUGHPUT`, the configuration's conservative
+/// `merge_throughput` default otherwise).
 fn merge_throughput() -> Result<u64> {
-    Ok(
-        parsed("COMPACTOR_MERGE_THROUGHPUT", ByteSize(DEFAULT_THROUGHPUT))?
-            .bytes()
-            .max(1),
-    )
+    Ok(parsed(
+        "COMPACTOR_MERGE_THROUGHPUT",
+        crate::model::config::DEFAULT_MERGE_THROUGHPUT,
+    )?
+    .bytes()
+    .max(1))
 }
 
 #[cfg(test)]

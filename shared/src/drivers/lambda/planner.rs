@@ -43,11 +43,13 @@ impl PlannerFunction {
             parsed("COMPACTOR_INLINE_TASK_LIMIT", 200_000usize)?,
             parsed("COMPACTOR_DISPATCH_CONCURRENCY", 8usize)?,
         );
+        let throughput = merge_throughput()?;
+        deployment.config.merge_throughput = crate::support::units::ByteSize(throughput);
         if let Some(timeout) = env_var("COMPACTOR_MERGER_TIMEOUT") {
             let seconds: u64 = timeout.parse().map_err(|e| {
                 Error::config("COMPACTOR_MERGER_TIMEOUT", format!("{timeout:?}: {e}"))
             })?;
-            cap_task_size(&mut deployment.config, seconds, merge_throughput()?);
+            cap_task_size(&mut deployment.config, seconds, throughput);
         }
         Ok(Self::new(deployment, Arc::new(dispatcher)))
     }
@@ -70,6 +72,7 @@ impl PlannerFunction {
                 lease_ttl_ms: config.lease_ttl.0.as_millis() as i64,
                 staging_prefix: config.staging_prefix.clone(),
                 memory_budget: config.memory_budget.bytes(),
+                merge_throughput: config.merge_throughput.bytes(),
             },
         )
         .with_hot_source(self.deployment.hot.clone())

@@ -415,6 +415,8 @@ impl Committer {
                 .iter()
                 .filter(|s| s.is_unreadable())
                 .count() as u64,
+            bytes_copied: manifest.outputs.iter().map(|o| o.bytes_copied).sum(),
+            merge_ms: manifest.merge_ms,
             ..Counters::default()
         };
         let progress = self

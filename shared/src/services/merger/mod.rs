@@ -87,10 +87,12 @@ impl Merger {
             return Ok(MergeOutcome::AlreadyStaged(manifest));
         }
         let attempt = self.next_attempt(&task).await?;
-        let manifest = match &task.kind {
+        let started = std::time::Instant::now();
+        let mut manifest = match &task.kind {
             TaskKind::MergeFiles => self.merge(&task, attempt).await?,
             TaskKind::ExportRange(spec) => self.export(&task, spec, attempt).await?,
         };
+        manifest.merge_ms = started.elapsed().as_millis() as u64;
         match self
             .store
             .put(
@@ -205,6 +207,7 @@ fn task_manifest(
             })
             .collect(),
         created_at_ms: crate::support::clock::now_ms(),
+        merge_ms: 0,
         export,
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use crate::error::{Error, Result};
+use crate::model::estimate::estimate_task;
 use crate::model::hot::cold::DeleteState;
 use crate::model::hot::config::HotDatasetConfig;
 use crate::model::hot::export::ExportSpec;
@@ -292,8 +293,14 @@ impl Planner {
             range,
             legacy_moved,
         };
+        // The rows still in Postgres are not counted: the estimate covers the range's files.
+        let budget = self.settings.memory_budget;
+        let no_layouts = std::collections::HashMap::new();
+        let estimate = |task: &Task, throughput| {
+            estimate_task(&task.inputs, &no_layouts, &task.dataset, budget, throughput)
+        };
         let outcome = self
-            .start_round(&id, options, |generation| {
+            .start_round(&id, options, estimate, |generation| {
                 vec![Task {
                     task_id: task_id(generation, 0),
                     partition: id.clone(),

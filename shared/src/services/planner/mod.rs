@@ -16,6 +16,7 @@ use futures::StreamExt;
 use crate::error::{Error, Result};
 use crate::format::io::{layout_of, read_footer};
 use crate::model::dataset::{DatasetConfig, Mode};
+use crate::model::estimate::{estimate_task, TaskEstimate, Throughput};
 use crate::model::manifest::{to_json, PartitionManifest};
 use crate::model::object::{dir_prefix, file_name, ObjectMeta};
 use crate::model::partition::{
@@ -45,6 +46,8 @@ pub struct PlannerSettings {
     pub lease_ttl_ms: i64,
     pub staging_prefix: String,
     pub memory_budget: u64,
+    /// Input bytes a second a merger encodes, for estimates of partitions not measured yet.
+    pub merge_throughput: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -84,17 +87,19 @@ impl PlanOptions {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TaskSummary {
     pub task_id: String,
     pub inputs: usize,
     pub input_bytes: u64,
+    /// What the task will cost: bytes read, copied and encoded, memory, time, GB-seconds.
+    pub estimate: TaskEstimate,
 }
 
 /// Footers read at once when the planner looks for fragmented files.
 const FOOTER_READS: usize = 16;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum PartitionOutcome {
     Hot {
         until: DateTime<Utc>,
@@ -459,8 +464,12 @@ impl Planner {
             PartitionDecision::Compact(groups) => groups,
         };
         let id = PartitionId::new(&dataset.name, partition);
+        let memory_budget = self.settings.memory_budget;
+        let estimate = |task: &Task, throughput| {
+            estimate_task(&task.inputs, &layouts, dataset, memory_budget, throughput)
+        };
         let outcome = self
-            .start_round(&id, options, |generation| {
+            .start_round(&id, options, estimate, |generation| {
                 groups
                     .iter()
                     .enumerate()
@@ -489,8 +498,14 @@ impl Planner {
         &self,
         id: &PartitionId,
         options: &PlanOptions,
+        estimate: impl Fn(&Task, Throughput) -> TaskEstimate,
         make_tasks: impl Fn(u64) -> Vec<Task>,
     ) -> Result<PartitionOutcome> {
+        let record = self.state.get(id).await?;
+        let throughput = Throughput::of(
+            record.as_ref().map(|r| &r.counters),
+            self.settings.merge_throughput,
+        );
         let summaries = |tasks: &[Task]| -> Vec<TaskSummary> {
             tasks
                 .iter()
@@ -498,10 +513,10 @@ impl Planner {
                     task_id: t.task_id.clone(),
                     inputs: t.inputs.len(),
                     input_bytes: t.input_bytes(),
+                    estimate: estimate(t, throughput),
                 })
                 .collect()
         };
-        let record = self.state.get(id).await?;
         if let Some(r) = record
             .as_ref()
             .filter(|_| options.only.is_none() && !options.force)
