@@ -122,6 +122,9 @@ def measure(name: str, cmd: list[str], work: Path, out_root: Path, env: dict, co
 def run_compactor(binary: Path, src: dict, args, out_root: Path, name: str, cores: str | None,
                   con, extra: list[str]) -> dict:
     work = fresh_copy(src, out_root / "work" / name)
+    # The copy's dirty pages are written back now, not while the compactor runs (the peers read
+    # the settled originals).
+    os.sync()
     cmd = [str(binary), "compact", str(work), "--prefix", "events/", "--json", "--quiet",
            "--memory-budget", args.memory_budget, *extra]
     log(f"{name}: {' '.join(cmd[1:])}" + (f" (taskset -c {cores})" if cores else ""))
