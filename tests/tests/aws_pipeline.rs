@@ -171,8 +171,30 @@ async fn s3_events_drive_one_compaction_with_identical_rows() {
         .collect();
     events.extend(events.clone());
     events.reverse();
+    let mut estimates = Vec::new();
     for event in &events {
-        p.plan(event).await;
+        let response = p.plan(event).await;
+        for partition in response["plans"][0]["partitions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            for task in partition["outcome"]["tasks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                estimates.push(task["estimate"].clone());
+            }
+        }
+    }
+    // The response says what each dispatched task will cost.
+    assert_eq!(estimates.len(), 2, "{estimates:?}");
+    for e in &estimates {
+        assert!(
+            e["encode_bytes"].as_u64() > Some(0) && e["gb_seconds"].as_f64() > Some(0.0),
+            "{e}"
+        );
     }
     let tasks = p.take_tasks().await;
     let partitions: std::collections::BTreeSet<_> =

@@ -461,6 +461,7 @@ fn outcome_json(outcome: &PartitionOutcome) -> Value {
         } => json!({"lease_held_by": owner, "expires_at_ms": expires_at_ms}),
         PartitionOutcome::Planned { tasks } => json!({"tasks": tasks.iter().map(|t| json!({
             "task_id": t.task_id, "inputs": t.inputs, "input_bytes": t.input_bytes,
+            "estimate": t.estimate,
         })).collect::<Vec<_>>()}),
         PartitionOutcome::BackingOff {
             failures,
