@@ -79,6 +79,25 @@ fn generate(dir: &Path, partitions: &str, files: &str, rows: &str) {
     );
 }
 
+/// Runs `args` killed at crash point `point`, checks it was killed, then runs them again and
+/// checks that run succeeded; returns the second run.
+fn killed_then_rerun(args: &[String], point: &str) -> Output {
+    let crashed = run(args, Some(point));
+    assert!(
+        crashed.status.code().is_none(),
+        "{point}: the process should have been killed, got {:?}\n{}",
+        crashed.status,
+        String::from_utf8_lossy(&crashed.stderr)
+    );
+    let rerun = run(args, None);
+    assert!(
+        rerun.status.success(),
+        "{point}: rerun failed: {}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    rerun
+}
+
 #[test]
 fn a_process_killed_at_any_step_converges_on_rerun() {
     for point in POINTS {
@@ -87,20 +106,7 @@ fn a_process_killed_at_any_step_converges_on_rerun() {
         let before = row_multiset(&parquet_files(&dir.path().join("events")), SAMPLE_COLUMNS);
         let args = compact_args(dir.path());
 
-        let crashed = run(&args, Some(point));
-        assert!(
-            !crashed.status.success() && crashed.status.code().is_none(),
-            "{point}: the process should have been killed, got {:?}\n{}",
-            crashed.status,
-            String::from_utf8_lossy(&crashed.stderr)
-        );
-
-        let rerun = run(&args, None);
-        assert!(
-            rerun.status.success(),
-            "{point}: rerun failed: {}",
-            String::from_utf8_lossy(&rerun.stderr)
-        );
+        killed_then_rerun(&args, point);
         let after = row_multiset(&parquet_files(&dir.path().join("events")), SAMPLE_COLUMNS);
         assert_eq!(after.len(), before.len(), "{point}: row count changed");
         assert_eq!(after, before, "{point}: rows lost or duplicated");
@@ -160,19 +166,7 @@ fn a_hybrid_merge_killed_at_any_step_converges_on_rerun() {
             .unwrap();
         args[at + 1] = "16KiB".into();
         args.extend(["--healthy-row-group-size", "64KiB"].map(String::from));
-        let crashed = run(&args, Some(point));
-        assert!(
-            crashed.status.code().is_none(),
-            "{point}: the process should have been killed, got {:?}\n{}",
-            crashed.status,
-            String::from_utf8_lossy(&crashed.stderr)
-        );
-        let rerun = run(&args, None);
-        assert!(
-            rerun.status.success(),
-            "{point}: rerun failed: {}",
-            String::from_utf8_lossy(&rerun.stderr)
-        );
+        let rerun = killed_then_rerun(&args, point);
         let summary = json(&rerun);
         let after = row_multiset(&parquet_files(&dir.path().join("events")), SAMPLE_COLUMNS);
         assert_eq!(after, before, "{point}: rows lost or duplicated");
