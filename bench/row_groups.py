@@ -240,7 +240,7 @@ def main() -> int:
                     help="runs per contender; the table shows the median seconds and the "
                     "largest peak RSS")
     ap.add_argument("--memory-budget", default="1GiB", help="compactor --memory-budget")
-    ap.add_argument("--rss-overhead", default="256MiB",
+    ap.add_argument("--rss-overhead", default="0",
                     help="stated bound, checked: compactor peak RSS <= workers x (memory budget "
                     "+ this), workers = cores at most 4")
     ap.add_argument("--peers", nargs="*", default=list(PEERS), choices=list(PEERS))

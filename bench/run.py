@@ -280,7 +280,7 @@ def main() -> int:
     ap.add_argument("--memory-budget", default="1GiB",
                     help="compactor --memory-budget (per merge task; a partition is split into "
                     "tasks of about --target-file-size input bytes, which may run concurrently)")
-    ap.add_argument("--rss-overhead", default="256MiB",
+    ap.add_argument("--rss-overhead", default="0",
                     help="stated bound, checked: compactor peak RSS <= workers x (memory budget "
                     "+ this)")
     ap.add_argument("--workers", type=int, default=None,

@@ -27,6 +27,7 @@ use args::{Cli, Command, CompactArgs, DemoArgs, GenerateArgs, StatusArgs};
 const EXIT_PARTIAL: u8 = 3;
 
 fn main() -> ExitCode {
+    compaction::support::alloc::limit_retention();
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -337,7 +337,7 @@ fn print_plan(summary: &RunSummary, config: &Config) {
     }
     if seconds > 0.0 {
         println!(
-            "estimated: {seconds:.1} s of merging, {gb_seconds:.1} Lambda GB-s (a merger of memory_budget + 256 MiB)"
+            "estimated: {seconds:.1} s of merging, {gb_seconds:.1} Lambda GB-s (a merger whose budget, 90% of its memory, is memory_budget)"
         );
     }
     for anomaly in summary.anomalies() {

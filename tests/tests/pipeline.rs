@@ -128,7 +128,7 @@ async fn sort_mode_output_is_globally_sorted_with_seq() {
     let before = row_multiset(&parquet_files(&env.path("events")), SAMPLE_COLUMNS);
     let mut config = small_config();
     // A small budget forces spilled runs and a real k-way merge.
-    config.memory_budget = compaction::support::units::ByteSize::mib(64);
+    config.memory_budget = compaction::support::units::ByteSize::mib(96);
     let ds = &mut config.datasets[0];
     ds.mode = Mode::Sort;
     ds.sort_key = vec!["ts_event".into()];

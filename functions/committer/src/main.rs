@@ -6,8 +6,15 @@ use compaction::drivers::lambda::init_logging;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
 
-#[tokio::main]
-async fn main() -> Result<(), Error> {
+fn main() -> Result<(), Error> {
+    compaction::support::alloc::limit_retention();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> Result<(), Error> {
     init_logging();
     let committer: &'static CommitterFunction =
         Box::leak(Box::new(CommitterFunction::from_env().await?));

@@ -6,8 +6,15 @@ use compaction::drivers::lambda::{deadline_from_epoch_ms, init_logging};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
 
-#[tokio::main]
-async fn main() -> Result<(), Error> {
+fn main() -> Result<(), Error> {
+    compaction::support::alloc::limit_retention();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+async fn run() -> Result<(), Error> {
     init_logging();
     let planner: &'static PlannerFunction = Box::leak(Box::new(PlannerFunction::from_env().await?));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {

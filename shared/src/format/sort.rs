@@ -57,7 +57,8 @@ impl ExternalSorter {
     pub fn new(
         schema: SchemaRef,
         sort_key: &[String],
-        memory_budget: u64,
+        run_bytes: u64,
+        merge_bytes: u64,
         scratch_parent: &Path,
     ) -> Result<Self> {
         let mut key_columns = Vec::new();
@@ -88,15 +89,14 @@ impl ExternalSorter {
             .prefix("compactor-sort-")
             .tempdir_in(scratch_parent)
             .map_err(|e| spill_err(scratch_parent, e))?;
-        let budget = memory_budget as usize;
         Ok(Self {
             schema,
             key_columns,
             converter,
             buffer: Vec::new(),
             buffered_bytes: 0,
-            run_bytes: (budget / 4).max(8 << 20),
-            merge_bytes: (budget / 4).max(8 << 20),
+            run_bytes: run_bytes.max(4 << 20) as usize,
+            merge_bytes: merge_bytes.max(4 << 20) as usize,
             scratch,
             runs: Vec::new(),
             runs_created: 0,
@@ -429,7 +429,9 @@ mod tests {
 
     async fn sort_all(batches: Vec<RecordBatch>, budget: u64) -> (Vec<Option<i64>>, usize) {
         let dir = tempfile::tempdir().unwrap();
-        let mut sorter = ExternalSorter::new(schema(), &["k".into()], budget, dir.path()).unwrap();
+        let mut sorter =
+            ExternalSorter::new(schema(), &["k".into()], budget / 4, budget / 4, dir.path())
+                .unwrap();
         // Force tiny runs so that spilling and multi-pass merging happen.
         sorter.run_bytes = 1;
         sorter.merge_bytes = 1;
@@ -481,7 +483,8 @@ mod tests {
     #[tokio::test]
     async fn in_memory_sort_is_stable() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sorter = ExternalSorter::new(schema(), &["k".into()], 1 << 30, dir.path()).unwrap();
+        let mut sorter =
+            ExternalSorter::new(schema(), &["k".into()], 1 << 28, 1 << 28, dir.path()).unwrap();
         sorter
             .push(batch(vec![Some(2), Some(1), Some(2)], "x"))
             .unwrap();
@@ -500,7 +503,7 @@ mod tests {
     #[test]
     fn unknown_sort_key_is_a_config_error() {
         let dir = tempfile::tempdir().unwrap();
-        let e = ExternalSorter::new(schema(), &["nope".into()], 1 << 30, dir.path())
+        let e = ExternalSorter::new(schema(), &["nope".into()], 1 << 28, 1 << 28, dir.path())
             .err()
             .unwrap()
             .to_string();

@@ -98,8 +98,15 @@ impl Config {
                 format!("{e}; use a relative prefix such as \"_compactor/staging\""),
             )
         })?;
-        if self.memory_budget.bytes() < 64 << 20 {
-            return Err(Error::config("memory_budget", "must be at least 64MiB"));
+        if self.memory_budget.bytes() < crate::model::memory::MIN_BUDGET {
+            return Err(Error::config(
+                "memory_budget",
+                format!(
+                    "must be at least {} (the process itself needs {})",
+                    crate::support::units::human_bytes(crate::model::memory::MIN_BUDGET),
+                    crate::support::units::human_bytes(crate::model::memory::RESERVE)
+                ),
+            ));
         }
         if self.datasets.is_empty() && self.hot_datasets.is_empty() {
             return Err(Error::config(

@@ -18,9 +18,6 @@ const MIB: u64 = 1 << 20;
 pub const COPY_BYTES_PER_SEC: u64 = 400 * MIB;
 /// The process beyond its buffers: runtime, allocator, footers.
 const BASE_MEMORY: u64 = 48 * MIB;
-/// What a merger may use beyond its budget, the bound the README states: the Lambda memory the
-/// GB-seconds are priced at is `memory_budget` plus this.
-pub const MEMORY_OVERHEAD: u64 = 256 * MIB;
 
 /// Input bytes a merger decodes and encodes a second, and where the figure comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -60,7 +57,8 @@ pub struct TaskEstimate {
     pub encode_bytes: u64,
     pub peak_memory: u64,
     pub seconds: f64,
-    /// Lambda GB-seconds of the merge, for a function of `memory_budget` + 256 MiB.
+    /// Lambda GB-seconds of the merge, for a function whose merge budget is `memory_budget`
+    /// (90% of its memory).
     pub gb_seconds: f64,
     pub throughput: Throughput,
 }
@@ -111,7 +109,7 @@ pub fn estimate_task(
     };
     let seconds =
         encode as f64 / throughput.bytes_per_sec as f64 + copy as f64 / COPY_BYTES_PER_SEC as f64;
-    let function_gb = (memory_budget + MEMORY_OVERHEAD) as f64 / (1u64 << 30) as f64;
+    let function_gb = memory_budget as f64 / 0.9 / (1u64 << 30) as f64;
     TaskEstimate {
         read_bytes: encode,
         copy_bytes: copy,
@@ -167,7 +165,7 @@ mod tests {
             "{}",
             e.seconds
         );
-        assert!((e.gb_seconds - e.seconds * 1.25).abs() < 1e-9);
+        assert!((e.gb_seconds - e.seconds / 0.9).abs() < 1e-9);
         assert!(e.peak_memory <= (1 << 30) + BASE_MEMORY);
 
         // same-codec copies only files in the configured codec (zstd here); off copies nothing.

@@ -8,6 +8,7 @@ pub mod dataset;
 pub mod estimate;
 pub mod hot;
 pub mod manifest;
+pub mod memory;
 pub mod object;
 pub mod partition;
 pub mod plan;

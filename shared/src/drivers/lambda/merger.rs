@@ -26,13 +26,12 @@ pub struct MergerFunction {
     throughput: u64,
 }
 
-/// The merge budget of a function with `memory_mb` of memory: what is left after the runtime
-/// and buffers outside the budget (the stated bound is budget + 256 MiB), with 10% headroom.
+/// The merge budget of a function with `memory_mb` of memory: 90% of it (the budget bounds the
+/// merge's whole peak memory), at least the smallest budget a merge accepts.
 pub fn budget_for_memory(memory_mb: u64) -> u64 {
-    let total = memory_mb * 1024 * 1024;
-    (total / 10 * 9)
-        .saturating_sub(256 * 1024 * 1024)
-        .max(64 * 1024 * 1024)
+    // The budget is the bound of the merge's peak memory; a tenth stays free for the runtime
+    // client and the unexpected.
+    (memory_mb * 1024 * 1024 / 10 * 9).max(crate::model::memory::MIN_BUDGET)
 }
 
 impl MergerFunction {
@@ -194,7 +193,8 @@ mod tests {
 
     #[test]
     fn budget_leaves_room_for_the_runtime() {
-        assert_eq!(budget_for_memory(3008) / (1024 * 1024), 2451);
-        assert_eq!(budget_for_memory(128), 64 * 1024 * 1024);
+        assert_eq!(budget_for_memory(3008) / (1024 * 1024), 2707);
+        assert_eq!(budget_for_memory(256) / (1024 * 1024), 230);
+        assert_eq!(budget_for_memory(64), crate::model::memory::MIN_BUDGET);
     }
 }

@@ -17,6 +17,7 @@ use crate::model::batch::BatchSink;
 use crate::model::dataset::Mode;
 use crate::model::manifest::{check_versions, skipped};
 use crate::model::manifest::{OutputFile, SkipKind, SkippedInput, TaskManifest};
+use crate::model::memory::MergeMemory;
 use crate::model::schema::unify;
 use crate::model::task::Task;
 use crate::ports::store::current_versions;
@@ -136,7 +137,11 @@ impl Merger {
     ) -> std::result::Result<Vec<OutputFile>, AttemptFailure> {
         let output_schema = outputs_schema(task, schema);
         let sorting = sorting_columns(task, &output_schema);
-        let props = writer_properties(&task.dataset, sorting)?;
+        // The row group being encoded is the writer's share of the budget.
+        let props = writer_properties(&task.dataset, sorting)?
+            .into_builder()
+            .set_max_row_group_bytes(Some(task_memory(task).row_group as usize))
+            .build();
         let writer = RollingWriter::new(
             Arc::clone(&self.store),
             Arc::clone(task),
@@ -189,7 +194,8 @@ impl Merger {
         schema: &SchemaRef,
         sink: &mut OutputSink,
     ) -> std::result::Result<(), AttemptFailure> {
-        let budget = ReadBudget::from_memory_budget(task.memory_budget);
+        let memory = task_memory(task);
+        let budget = ReadBudget::new(memory.read_ahead);
         let mut events = input_stream(
             Arc::clone(&self.store),
             infos.to_vec(),
@@ -200,7 +206,8 @@ impl Merger {
             Mode::Sort => Some(ExternalSorter::new(
                 Arc::clone(schema),
                 &task.dataset.sort_key,
-                task.memory_budget,
+                memory.sort_run,
+                memory.merge,
                 &self.scratch,
             )?),
             Mode::Concat => None,
@@ -243,6 +250,15 @@ impl Merger {
         }
         Ok(())
     }
+}
+
+/// How the task's memory budget is shared by its buffers.
+fn task_memory(task: &Task) -> MergeMemory {
+    MergeMemory::split(
+        task.memory_budget,
+        task.dataset.mode == Mode::Sort,
+        task.dataset.row_group_size.bytes(),
+    )
 }
 
 /// The schema of the outputs: the unified input schema, plus `seq` when configured.

@@ -3,6 +3,7 @@
 //! files ahead of the writer; large inputs are streamed a row group at a time with ranged reads.
 //! A semaphore over decoded bytes keeps the read-ahead inside the memory budget.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -40,6 +41,8 @@ pub struct InputInfo {
     pub rows: u64,
     /// Sum of the row groups' uncompressed sizes: a good estimate of the decoded size.
     pub uncompressed: u64,
+    /// Compressed bytes of its largest row group: what a ranged read holds at once.
+    pub largest_row_group: u64,
     pub schema: SchemaRef,
     /// Row groups that may be copied as they are if the schema allows (see [`CopyRule`]).
     pub healthy: Vec<usize>,
@@ -123,6 +126,12 @@ pub async fn scan_footers(
                                 .iter()
                                 .map(|rg| rg.total_byte_size().max(0) as u64)
                                 .sum(),
+                            largest_row_group: md
+                                .row_groups()
+                                .iter()
+                                .map(|rg| rg.compressed_size().max(0) as u64)
+                                .max()
+                                .unwrap_or(0),
                             schema: crate::format::zones::declared_zones(arrow.schema(), md),
                             healthy,
                             descr,
@@ -209,10 +218,12 @@ pub struct ReadBudget {
 }
 
 impl ReadBudget {
-    pub fn from_memory_budget(budget: u64) -> Self {
+    /// Reads ahead at most `read_ahead` bytes (the merge's share, see
+    /// [`MergeMemory`](crate::model::memory::MergeMemory)).
+    pub fn new(read_ahead: u64) -> Self {
         Self {
-            whole_file_limit: (budget / 16).clamp(1 << 20, 64 << 20),
-            read_ahead_bytes: (budget / 4).max(8 << 20),
+            whole_file_limit: (read_ahead / 4).clamp(1 << 20, 64 << 20),
+            read_ahead_bytes: read_ahead.max(1 << 20),
         }
     }
 }
@@ -227,10 +238,13 @@ pub fn input_stream(
     // Permits are KiB of decoded data, so a u32 count covers 4 TiB.
     let total_permits = (budget.read_ahead_bytes / 1024).clamp(1, u32::MAX as u64) as u32;
     let semaphore = Arc::new(Semaphore::new(total_permits as usize));
+    // Decoded Arrow bytes per footer-uncompressed byte, x1000, the largest seen so far.
+    let growth = Arc::new(AtomicU64::new(1000));
     stream::iter(inputs.into_iter().enumerate())
         .map(move |(index, info)| {
             let store = Arc::clone(&store);
             let semaphore = Arc::clone(&semaphore);
+            let growth = Arc::clone(&growth);
             let target = Arc::clone(&target);
             async move {
                 if !info.copy.is_empty() {
@@ -240,7 +254,9 @@ pub fn input_stream(
                     && info.uncompressed <= budget.read_ahead_bytes;
                 let batches: BoxStream<'static, std::result::Result<RecordBatch, ReadFailure>> =
                     if whole {
-                        let cost = ((info.uncompressed + info.meta.size) / 1024)
+                        let decoded_bytes =
+                            info.uncompressed * growth.load(Ordering::Relaxed).max(1000) / 1000;
+                        let cost = ((decoded_bytes + info.meta.size) / 1024)
                             .clamp(1, total_permits as u64)
                             as u32;
                         let permit = semaphore
@@ -252,6 +268,14 @@ pub fn input_stream(
                             .map_err(|e| {
                                 ReadFailure::Other(Error::Other(format!("decoder panicked: {e}")))
                             })??;
+                        // Decoded Arrow data can outgrow the footer's uncompressed size (strings
+                        // stored as dictionaries): later files are charged at the ratio seen.
+                        let actual: u64 = decoded
+                            .iter()
+                            .map(|b| b.get_array_memory_size() as u64)
+                            .sum();
+                        growth
+                            .fetch_max(actual * 1000 / info.uncompressed.max(1), Ordering::Relaxed);
                         // The permit lives as long as the decoded batches are queued.
                         stream::iter(decoded.into_iter().map(move |b| {
                             let _hold = &permit;
@@ -259,6 +283,14 @@ pub fn input_stream(
                         }))
                         .boxed()
                     } else {
+                        // A ranged read holds one row group's column chunks and a decoded batch.
+                        let cost = (2 * info.largest_row_group / 1024)
+                            .clamp(1, total_permits as u64)
+                            as u32;
+                        let permit = semaphore
+                            .acquire_many_owned(cost)
+                            .await
+                            .map_err(|e| ReadFailure::Other(Error::Other(e.to_string())))?;
                         let reader = StoreReader::ranged(Arc::clone(&store), &info.meta);
                         let builder = ParquetRecordBatchStreamBuilder::new(reader)
                             .await
@@ -268,6 +300,10 @@ pub fn input_stream(
                             .build()
                             .map_err(|e| classify(index, e))?
                             .map_err(move |e| classify(index, e))
+                            .map(move |b| {
+                                let _hold = &permit;
+                                b
+                            })
                             .boxed()
                     };
                 Ok::<_, ReadFailure>(conformed(batches, target, index))
