@@ -92,7 +92,9 @@ def row_group_stats(con, files: list[Path]) -> tuple[int, str]:
 
 
 def measure(name: str, cmd: list[str], work: Path, out_root: Path, env: dict, cores: str | None,
-            outputs_of, src: dict, con) -> dict:
+            outputs_of, src: dict, con, verify=None) -> dict:
+    """Runs `cmd`, then checks its outputs hold the inputs' rows (and `verify(con, name,
+    outputs)` when given)."""
     if cores is not None:
         cmd = ["taskset", "-c", cores, *cmd]
     r = run_measured(cmd, work, out_root / "logs", name, env)
@@ -101,6 +103,8 @@ def measure(name: str, cmd: list[str], work: Path, out_root: Path, env: dict, co
     outputs = outputs_of()
     check(bool(outputs), f"{name}: no output")
     same_rows(con, name, src["inputs"], outputs)
+    if verify:
+        verify(con, name, outputs)
     groups, codecs = row_group_stats(con, outputs)
     out_bytes = total_bytes(outputs)
     return {
@@ -120,7 +124,7 @@ def measure(name: str, cmd: list[str], work: Path, out_root: Path, env: dict, co
 
 
 def run_compactor(binary: Path, src: dict, args, out_root: Path, name: str, cores: str | None,
-                  con, extra: list[str]) -> dict:
+                  con, extra: list[str], verify=None) -> dict:
     work = fresh_copy(src, out_root / "work" / name)
     # The copy's dirty pages are written back now, not while the compactor runs (the peers read
     # the settled originals).
@@ -129,7 +133,7 @@ def run_compactor(binary: Path, src: dict, args, out_root: Path, name: str, core
            "--memory-budget", args.memory_budget, *extra]
     log(f"{name}: {' '.join(cmd[1:])}" + (f" (taskset -c {cores})" if cores else ""))
     res = measure(name, cmd, work, out_root, dict(os.environ), cores,
-                  lambda: parquet_files(work), src, con)
+                  lambda: parquet_files(work), src, con, verify)
     summary = json.loads(res.pop("stdout"))
     check(summary["rows"] > 0, f"{name}: the compactor compacted nothing: {summary}")
     leftovers = [f for f in parquet_files(work) if not f.name.startswith("compacted-")]
@@ -140,7 +144,9 @@ def run_compactor(binary: Path, src: dict, args, out_root: Path, name: str, core
     return res
 
 
-def run_peer(peer: str, src: dict, out_root: Path, name: str, cores: str | None, con) -> dict:
+def run_peer(peer: str, src: dict, out_root: Path, name: str, cores: str | None, con,
+             script: str | None = None, verify=None) -> dict:
+    """Runs `script` (default: the peer's compaction in PEERS) on the inputs of `src`."""
     work = out_root / "work" / name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -148,8 +154,8 @@ def run_peer(peer: str, src: dict, out_root: Path, name: str, cores: str | None,
     listing.write_text(json.dumps([str(f) for f in src["inputs"]]))
     out = work / "out.parquet"
     log(f"{name}" + (f" (taskset -c {cores})" if cores else ""))
-    res = measure(name, [sys.executable, "-c", PEERS[peer], str(listing), str(out)], work,
-                  out_root, dict(os.environ), cores, lambda: [out], src, con)
+    res = measure(name, [sys.executable, "-c", script or PEERS[peer], str(listing), str(out)], work,
+                  out_root, dict(os.environ), cores, lambda: [out], src, con, verify)
     res.pop("stdout")
     shutil.rmtree(work)
     return res

@@ -37,13 +37,78 @@ fn spill_err(path: &Path, e: impl std::fmt::Display) -> Error {
     ))
 }
 
-pub struct ExternalSorter {
+/// Sorts buffers of batches by the key: on the caller's thread, or on a thread of its own while
+/// the caller fills the next buffer. Cheap to clone (a converter is built per sort).
+#[derive(Clone)]
+struct RunSorter {
     schema: SchemaRef,
     key_columns: Vec<usize>,
+    fields: Vec<SortField>,
+}
+
+impl RunSorter {
+    fn converter(&self) -> Result<RowConverter> {
+        RowConverter::new(self.fields.clone()).map_err(sort_err)
+    }
+
+    /// `buffer`'s rows in sorted order, as batches of up to `OUT_ROWS` rows.
+    fn sorted(
+        &self,
+        buffer: &[RecordBatch],
+        mut emit: impl FnMut(RecordBatch) -> Result<()>,
+    ) -> Result<()> {
+        let converter = self.converter()?;
+        let rows: Vec<Rows> = buffer
+            .iter()
+            .map(|b| {
+                let cols: Vec<ArrayRef> = self
+                    .key_columns
+                    .iter()
+                    .map(|&i| Arc::clone(b.column(i)))
+                    .collect();
+                converter.convert_columns(&cols).map_err(sort_err)
+            })
+            .collect::<Result<_>>()?;
+        let mut indices: Vec<(usize, usize)> = buffer
+            .iter()
+            .enumerate()
+            .flat_map(|(b, batch)| (0..batch.num_rows()).map(move |r| (b, r)))
+            .collect();
+        let already_sorted = indices
+            .windows(2)
+            .all(|w| rows[w[0].0].row(w[0].1) <= rows[w[1].0].row(w[1].1));
+        if !already_sorted {
+            // Stable, so equal keys keep their input order.
+            indices.sort_by(|a, b| rows[a.0].row(a.1).cmp(&rows[b.0].row(b.1)));
+        }
+        let refs: Vec<&RecordBatch> = buffer.iter().collect();
+        for chunk in indices.chunks(OUT_ROWS) {
+            emit(interleave_record_batch(&refs, chunk).map_err(sort_err)?)?;
+        }
+        Ok(())
+    }
+
+    /// Sorts `buffer` into the run file `path` (Arrow IPC).
+    fn spill(&self, buffer: Vec<RecordBatch>, path: &Path) -> Result<()> {
+        let file = File::create(path).map_err(|e| spill_err(path, e))?;
+        let mut writer = StreamWriter::try_new(BufWriter::new(file), &self.schema)
+            .map_err(|e| spill_err(path, e))?;
+        self.sorted(&buffer, |b| {
+            writer.write(&b).map_err(|e| spill_err(path, e))
+        })?;
+        writer.finish().map_err(|e| spill_err(path, e))?;
+        tracing::debug!(run = %path.display(), "spilled a sorted run");
+        Ok(())
+    }
+}
+
+pub struct ExternalSorter {
+    run_sorter: RunSorter,
     converter: RowConverter,
     buffer: Vec<RecordBatch>,
     buffered_bytes: usize,
-    /// Sort buffer size before spilling.
+    /// Sort buffer size before spilling. Two buffers may exist at once: the one being filled
+    /// and the one a background thread sorts and spills.
     run_bytes: usize,
     /// Memory for the batches held open during a merge.
     merge_bytes: usize,
@@ -51,9 +116,13 @@ pub struct ExternalSorter {
     runs: Vec<PathBuf>,
     runs_created: usize,
     rows_seen: u64,
+    /// The run being sorted and spilled on another thread.
+    spilling: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
 impl ExternalSorter {
+    /// `run_bytes` is the memory for runs (filled and spilling together, with their sort);
+    /// `merge_bytes` the memory for the batches the final merge holds open.
     pub fn new(
         schema: SchemaRef,
         sort_key: &[String],
@@ -82,7 +151,7 @@ impl ExternalSorter {
                 },
             ));
         }
-        let converter = RowConverter::new(fields)
+        let converter = RowConverter::new(fields.clone())
             .map_err(|e| Error::config("sort_key", format!("cannot sort by these columns: {e}")))?;
         std::fs::create_dir_all(scratch_parent).map_err(|e| spill_err(scratch_parent, e))?;
         let scratch = tempfile::Builder::new()
@@ -90,17 +159,21 @@ impl ExternalSorter {
             .tempdir_in(scratch_parent)
             .map_err(|e| spill_err(scratch_parent, e))?;
         Ok(Self {
-            schema,
-            key_columns,
+            run_sorter: RunSorter {
+                schema,
+                key_columns,
+                fields,
+            },
             converter,
             buffer: Vec::new(),
             buffered_bytes: 0,
-            run_bytes: run_bytes.max(4 << 20) as usize,
+            run_bytes: (run_bytes / 2).max(2 << 20) as usize,
             merge_bytes: merge_bytes.max(4 << 20) as usize,
             scratch,
             runs: Vec::new(),
             runs_created: 0,
             rows_seen: 0,
+            spilling: None,
         })
     }
 
@@ -120,51 +193,8 @@ impl ExternalSorter {
         self.buffered_bytes += batch.get_array_memory_size();
         self.buffer.push(batch);
         if self.buffered_bytes >= self.run_bytes {
-            self.spill()?;
+            self.spill_in_background()?;
         }
-        Ok(())
-    }
-
-    fn key_rows(&self, batch: &RecordBatch) -> Result<Rows> {
-        let cols: Vec<ArrayRef> = self
-            .key_columns
-            .iter()
-            .map(|&i| Arc::clone(batch.column(i)))
-            .collect();
-        self.converter.convert_columns(&cols).map_err(sort_err)
-    }
-
-    /// The buffer's rows in sorted order as (batch, row) pairs.
-    fn sorted_indices(&self) -> Result<Vec<(usize, usize)>> {
-        let rows: Vec<Rows> = self
-            .buffer
-            .iter()
-            .map(|b| self.key_rows(b))
-            .collect::<Result<_>>()?;
-        let mut indices: Vec<(usize, usize)> = self
-            .buffer
-            .iter()
-            .enumerate()
-            .flat_map(|(b, batch)| (0..batch.num_rows()).map(move |r| (b, r)))
-            .collect();
-        let already_sorted = indices
-            .windows(2)
-            .all(|w| rows[w[0].0].row(w[0].1) <= rows[w[1].0].row(w[1].1));
-        if !already_sorted {
-            // Stable, so equal keys keep their input order.
-            indices.sort_by(|a, b| rows[a.0].row(a.1).cmp(&rows[b.0].row(b.1)));
-        }
-        Ok(indices)
-    }
-
-    fn drain_sorted(&mut self, mut emit: impl FnMut(RecordBatch) -> Result<()>) -> Result<()> {
-        let indices = self.sorted_indices()?;
-        let refs: Vec<&RecordBatch> = self.buffer.iter().collect();
-        for chunk in indices.chunks(OUT_ROWS) {
-            emit(interleave_record_batch(&refs, chunk).map_err(sort_err)?)?;
-        }
-        self.buffer.clear();
-        self.buffered_bytes = 0;
         Ok(())
     }
 
@@ -175,29 +205,57 @@ impl ExternalSorter {
             .join(format!("run-{:06}.arrow", self.runs_created))
     }
 
+    /// Waits for the run spilling on another thread, if any.
+    fn wait_for_spill(&mut self) -> Result<()> {
+        match self.spilling.take() {
+            Some(handle) => handle
+                .join()
+                .map_err(|_| Error::Other("the sort thread panicked".into()))?,
+            None => Ok(()),
+        }
+    }
+
+    /// Hands the full buffer to a thread that sorts and spills it, once the previous one is
+    /// done, so sorting overlaps with reading the next run.
+    fn spill_in_background(&mut self) -> Result<()> {
+        self.wait_for_spill()?;
+        let buffer = std::mem::take(&mut self.buffer);
+        self.buffered_bytes = 0;
+        let path = self.new_run_path();
+        self.runs.push(path.clone());
+        let sorter = self.run_sorter.clone();
+        let handle = std::thread::Builder::new()
+            .name("sort-run".into())
+            .spawn(move || sorter.spill(buffer, &path))
+            .map_err(|e| Error::Other(format!("cannot start a sort thread: {e}")))?;
+        self.spilling = Some(handle);
+        Ok(())
+    }
+
+    /// Sorts and spills what is buffered, on this thread.
     fn spill(&mut self) -> Result<()> {
+        self.wait_for_spill()?;
         if self.buffer.is_empty() {
             return Ok(());
         }
+        let buffer = std::mem::take(&mut self.buffer);
+        self.buffered_bytes = 0;
         let path = self.new_run_path();
-        let file = File::create(&path).map_err(|e| spill_err(&path, e))?;
-        let mut writer = StreamWriter::try_new(BufWriter::new(file), &self.schema)
-            .map_err(|e| spill_err(&path, e))?;
-        self.drain_sorted(|b| writer.write(&b).map_err(|e| spill_err(&path, e)))?;
-        writer.finish().map_err(|e| spill_err(&path, e))?;
-        tracing::debug!(run = %path.display(), "spilled a sorted run");
+        self.run_sorter.spill(buffer, &path)?;
         self.runs.push(path);
         Ok(())
     }
 
     /// Emits every row pushed so far in sorted order.
     pub async fn finish(mut self, sink: &mut dyn BatchSink) -> Result<()> {
+        self.wait_for_spill()?;
         if self.runs.is_empty() {
             let mut sorted = Vec::new();
-            self.drain_sorted(|b| {
+            self.run_sorter.sorted(&self.buffer, |b| {
                 sorted.push(b);
                 Ok(())
             })?;
+            self.buffer.clear();
             for batch in sorted {
                 sink.push(batch).await?;
             }
@@ -210,9 +268,10 @@ impl ExternalSorter {
             let group: Vec<PathBuf> = self.runs.drain(..fan_in).collect();
             let path = self.new_run_path();
             let file = File::create(&path).map_err(|e| spill_err(&path, e))?;
-            let mut writer = StreamWriter::try_new(BufWriter::new(file), &self.schema)
+            let mut writer = StreamWriter::try_new(BufWriter::new(file), &self.run_sorter.schema)
                 .map_err(|e| spill_err(&path, e))?;
-            let mut merger = RunMerger::open(&group, &self.converter, &self.key_columns)?;
+            let mut merger =
+                RunMerger::open(&group, &self.converter, &self.run_sorter.key_columns)?;
             while let Some(batch) = merger.next_batch()? {
                 writer.write(&batch).map_err(|e| spill_err(&path, e))?;
             }
@@ -222,7 +281,8 @@ impl ExternalSorter {
             }
             self.runs.push(path);
         }
-        let mut merger = RunMerger::open(&self.runs, &self.converter, &self.key_columns)?;
+        let mut merger =
+            RunMerger::open(&self.runs, &self.converter, &self.run_sorter.key_columns)?;
         while let Some(batch) = merger.next_batch()? {
             sink.push(batch).await?;
         }
