@@ -2,6 +2,9 @@
 //! embedded state store. Everything it does is in the `compaction` library; this file only parses
 //! arguments, builds the adapters and prints.
 
+// The run summary's `json!` literal is deeper than the macro's default recursion allows.
+#![recursion_limit = "256"]
+
 mod args;
 mod report;
 

@@ -365,6 +365,8 @@ pub fn json(summary: &RunSummary, config: &Config) -> serde_json::Value {
         "row_groups_copied": t.row_groups_copied,
         "row_groups_encoded": t.row_groups_encoded,
         "bytes_copied_in_store": t.bytes_copied_in_store,
+        "rows_sorted": summary.commits.iter().filter_map(|c| c.sort).map(|w| w.rows_sorted).sum::<u64>(),
+        "rows_in_order": summary.commits.iter().filter_map(|c| c.sort).map(|w| w.rows_in_order).sum::<u64>(),
         "seconds": t.secs,
         "hot_ranges_exported": t.ranges_exported,
         "postgres_rows_deleted": t.postgres_deleted,

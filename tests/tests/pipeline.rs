@@ -1065,3 +1065,83 @@ async fn healthy_row_groups_are_copied_byte_for_byte_and_tiny_ones_re_encoded() 
         "every row group has a page index"
     );
 }
+
+/// Late files into a sorted partition: the earlier output, whose footer declares the sort key,
+/// is merged as a run as it is; only the late rows are sorted (asserted on the work the merge
+/// reports, not on timing). The result is globally sorted with seq 0..N-1 and the same rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_files_merge_into_a_sorted_partition_without_re_sorting_it() {
+    use compaction::drivers::sample::sample_batch;
+    let env = Env::new();
+    env.generate(1, 40, 500).await;
+    let mut config = small_config();
+    let ds = &mut config.datasets[0];
+    ds.mode = Mode::Sort;
+    ds.sort_key = vec!["ts_event".into()];
+    ds.seq_column = Some("seq".into());
+    let first = env.run(&config).await;
+    assert!(first.failures.is_empty(), "{:?}", first.failures);
+    assert_eq!(first.commits.len(), 1, "{:?}", first.commits);
+    let work = first.commits[0].sort.expect("sort work recorded");
+    assert_eq!((work.rows_sorted, work.rows_in_order), (20_000, 0));
+
+    let dir = cold_partition_dirs(&env)
+        .into_iter()
+        .find(|d| {
+            parquet_files(d)
+                .iter()
+                .any(|f| f.to_string_lossy().contains("compacted-"))
+        })
+        .expect("the compacted partition");
+    let hour = chrono::Utc::now() - chrono::Duration::hours(3);
+    for i in 0..3 {
+        write_parquet(
+            &dir.join(format!("late-{i}.parquet")),
+            &sample_batch(hour, i, 3, 200, 77 + i as u64).unwrap(),
+        );
+    }
+    let before = row_multiset(&parquet_files(&dir), SAMPLE_COLUMNS);
+    let second = env.run(&config).await;
+    assert!(second.failures.is_empty(), "{:?}", second.failures);
+    assert_eq!(second.commits.len(), 1, "{:?}", second.commits);
+    let work = second.commits[0].sort.expect("sort work recorded");
+    assert_eq!(
+        (work.rows_sorted, work.rows_in_order),
+        (600, 20_000),
+        "only the late rows are sorted"
+    );
+    let files = parquet_files(&dir);
+    assert_eq!(
+        row_multiset(&files, SAMPLE_COLUMNS),
+        before,
+        "every row once"
+    );
+    let mut seqs = Vec::new();
+    let mut last_ts = i64::MIN;
+    for f in &files {
+        for b in read_batches(f) {
+            let ts = b
+                .column_by_name("ts_event")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .unwrap();
+            let seq = b
+                .column_by_name("seq")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap();
+            for i in 0..b.num_rows() {
+                assert!(ts.value(i) >= last_ts, "out of order in {}", f.display());
+                last_ts = ts.value(i);
+                seqs.push(seq.value(i));
+            }
+        }
+    }
+    assert_eq!(
+        seqs,
+        (0..20_600).collect::<Vec<i64>>(),
+        "seq is 0..N-1 in file order"
+    );
+}

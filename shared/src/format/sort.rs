@@ -20,6 +20,7 @@ use arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 
 use crate::error::{Error, Result};
 use crate::model::batch::BatchSink;
+use crate::model::manifest::SortWork;
 
 /// Rows per batch emitted from a sorted buffer or a merge.
 const OUT_ROWS: usize = 8192;
@@ -118,6 +119,19 @@ pub struct ExternalSorter {
     rows_seen: u64,
     /// The run being sorted and spilled on another thread.
     spilling: Option<std::thread::JoinHandle<Result<()>>>,
+    /// The run an input found in order is written to as it arrives.
+    in_order: Option<InOrderRun>,
+    /// Rows that went through a sort, and rows that became runs as they were.
+    rows_sorted: u64,
+    rows_in_order: u64,
+}
+
+/// A run written straight from an input in key order (an earlier sort-mode output), checked
+/// row by row as it is written.
+struct InOrderRun {
+    writer: StreamWriter<BufWriter<File>>,
+    path: PathBuf,
+    last: Option<OwnedRow>,
 }
 
 impl ExternalSorter {
@@ -174,7 +188,92 @@ impl ExternalSorter {
             runs_created: 0,
             rows_seen: 0,
             spilling: None,
+            in_order: None,
+            rows_sorted: 0,
+            rows_in_order: 0,
         })
+    }
+
+    /// What the sort did so far (complete after [`Self::finish`] started).
+    pub fn work(&self) -> SortWork {
+        SortWork {
+            rows_sorted: self.rows_sorted,
+            rows_in_order: self.rows_in_order,
+            runs: self.runs.len(),
+        }
+    }
+
+    /// Adds a batch of an input expected in key order (its footer declares the sort key): the
+    /// rows in order are written to the input's own run as they are; from the first row out of
+    /// order on, the input's rows are sorted like any other (returns false then, and the caller
+    /// pushes the rest of the input with [`Self::push`]).
+    pub fn push_in_order(&mut self, batch: RecordBatch) -> Result<bool> {
+        if batch.num_rows() == 0 {
+            return Ok(true);
+        }
+        let keys = self.key_rows(&batch)?;
+        if self.in_order.is_none() {
+            let path = self.new_run_path();
+            let file = File::create(&path).map_err(|e| spill_err(&path, e))?;
+            let writer = StreamWriter::try_new(BufWriter::new(file), &self.run_sorter.schema)
+                .map_err(|e| spill_err(&path, e))?;
+            self.in_order = Some(InOrderRun {
+                writer,
+                path,
+                last: None,
+            });
+        }
+        let run = self
+            .in_order
+            .as_mut()
+            .ok_or_else(|| Error::Other("in-order run vanished".into()))?;
+        let mut in_order = 0;
+        for i in 0..batch.num_rows() {
+            let row = keys.row(i);
+            let before = if i == 0 {
+                run.last.as_ref().map(|l| l.row())
+            } else {
+                Some(keys.row(i - 1))
+            };
+            if before.is_some_and(|b| b > row) {
+                break;
+            }
+            in_order += 1;
+        }
+        if in_order > 0 {
+            run.writer
+                .write(&batch.slice(0, in_order))
+                .map_err(|e| spill_err(&run.path, e))?;
+            run.last = Some(keys.row(in_order - 1).owned());
+            self.rows_seen += in_order as u64;
+            self.rows_in_order += in_order as u64;
+        }
+        if in_order == batch.num_rows() {
+            return Ok(true);
+        }
+        self.end_in_order()?;
+        self.push(batch.slice(in_order, batch.num_rows() - in_order))?;
+        Ok(false)
+    }
+
+    /// Closes the run of the input that was in order (at its end, or where it stopped being).
+    pub fn end_in_order(&mut self) -> Result<()> {
+        if let Some(run) = self.in_order.take() {
+            let mut writer = run.writer;
+            writer.finish().map_err(|e| spill_err(&run.path, e))?;
+            self.runs.push(run.path);
+        }
+        Ok(())
+    }
+
+    fn key_rows(&self, batch: &RecordBatch) -> Result<Rows> {
+        let cols: Vec<ArrayRef> = self
+            .run_sorter
+            .key_columns
+            .iter()
+            .map(|&i| Arc::clone(batch.column(i)))
+            .collect();
+        self.converter.convert_columns(&cols).map_err(sort_err)
     }
 
     pub fn rows_seen(&self) -> u64 {
@@ -190,6 +289,7 @@ impl ExternalSorter {
             return Ok(());
         }
         self.rows_seen += batch.num_rows() as u64;
+        self.rows_sorted += batch.num_rows() as u64;
         self.buffered_bytes += batch.get_array_memory_size();
         self.buffer.push(batch);
         if self.buffered_bytes >= self.run_bytes {
@@ -247,9 +347,11 @@ impl ExternalSorter {
     }
 
     /// Emits every row pushed so far in sorted order.
-    pub async fn finish(mut self, sink: &mut dyn BatchSink) -> Result<()> {
+    pub async fn finish(mut self, sink: &mut dyn BatchSink) -> Result<SortWork> {
+        self.end_in_order()?;
         self.wait_for_spill()?;
         if self.runs.is_empty() {
+            let work = self.work();
             let mut sorted = Vec::new();
             self.run_sorter.sorted(&self.buffer, |b| {
                 sorted.push(b);
@@ -259,9 +361,10 @@ impl ExternalSorter {
             for batch in sorted {
                 sink.push(batch).await?;
             }
-            return Ok(());
+            return Ok(work);
         }
         self.spill()?;
+        let work = self.work();
         let fan_in = self.fan_in();
         // Intermediate passes until the remaining runs can be merged at once.
         while self.runs.len() > fan_in {
@@ -286,7 +389,7 @@ impl ExternalSorter {
         while let Some(batch) = merger.next_batch()? {
             sink.push(batch).await?;
         }
-        Ok(())
+        Ok(work)
     }
 
     /// How many runs fit in the merge memory: each open run holds one batch.
@@ -512,6 +615,34 @@ mod tests {
             })
             .collect();
         (keys, runs)
+    }
+
+    #[tokio::test]
+    async fn an_input_in_order_becomes_a_run_until_a_row_is_out_of_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sorter =
+            ExternalSorter::new(schema(), &["k".into()], 1 << 24, 1 << 24, dir.path()).unwrap();
+        sorter.push(batch(vec![Some(4), Some(0)], "u")).unwrap();
+        // In order across its batches, then a row out of order: the rest is sorted instead.
+        assert!(sorter
+            .push_in_order(batch(vec![Some(1), Some(2)], "a"))
+            .unwrap());
+        assert!(!sorter
+            .push_in_order(batch(vec![Some(3), Some(1), Some(9)], "b"))
+            .unwrap());
+        sorter.end_in_order().unwrap();
+        let mut out = Collect(Vec::new());
+        let work = sorter.finish(&mut out).await.unwrap();
+        assert_eq!((work.rows_in_order, work.rows_sorted), (3, 4));
+        let keys: Vec<i64> = out
+            .0
+            .iter()
+            .flat_map(|b| {
+                let a = b.column(0).as_any().downcast_ref::<I64>().unwrap();
+                (0..a.len()).map(|i| a.value(i)).collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(keys, vec![0, 1, 1, 2, 3, 4, 9]);
     }
 
     #[tokio::test]

@@ -39,6 +39,15 @@ pub struct OutputFile {
     pub footer: Option<FooterMark>,
 }
 
+/// What a sort-mode merge did: rows sorted in memory, rows taken as runs as they were because
+/// their input was already in key order (an earlier output), and the runs merged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SortWork {
+    pub rows_sorted: u64,
+    pub rows_in_order: u64,
+    pub runs: usize,
+}
+
 /// The tail of a Parquet file that identifies it: see [`OutputFile::footer`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FooterMark {
@@ -139,6 +148,9 @@ pub struct TaskManifest {
     /// How long the merge took (the measured throughput the planner's estimates use).
     #[serde(default)]
     pub merge_ms: u64,
+    /// Sort mode: what the sort did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sort: Option<SortWork>,
     /// For an export of a hot range: what the committer needs to delete it from Postgres.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export: Option<ExportRecord>,
@@ -335,6 +347,7 @@ mod tests {
             rows: 7,
             created_at_ms: 5,
             merge_ms: 0,
+            sort: None,
             export: None,
         }
     }

@@ -66,6 +66,8 @@ pub struct CommitReport {
     pub row_groups_encoded: usize,
     /// Bytes the store copied from inputs itself, never passing through the merger.
     pub bytes_copied_in_store: u64,
+    /// Sort mode: what the sort did (rows sorted, rows already in order taken as runs).
+    pub sort: Option<crate::model::manifest::SortWork>,
     pub skipped: Vec<SkippedInput>,
     /// Inputs that were not deleted because they changed after the merge (kept, never lost).
     pub kept: Vec<DeleteFailure>,
@@ -469,6 +471,7 @@ impl Committer {
                 .iter()
                 .map(|o| o.bytes_copied_in_store)
                 .sum(),
+            sort: manifest.sort,
             skipped: manifest.skipped,
             kept,
             round_complete: progress.round_complete,

@@ -16,7 +16,7 @@ use crate::format::writer::RollingWriter;
 use crate::model::batch::BatchSink;
 use crate::model::dataset::Mode;
 use crate::model::manifest::{check_versions, skipped};
-use crate::model::manifest::{OutputFile, SkipKind, SkippedInput, TaskManifest};
+use crate::model::manifest::{OutputFile, SkipKind, SkippedInput, SortWork, TaskManifest};
 use crate::model::memory::MergeMemory;
 use crate::model::schema::unify;
 use crate::model::task::Task;
@@ -57,11 +57,20 @@ impl Merger {
             }),
             Mode::Sort => None,
         };
-        let (mut infos, corrupt) =
-            scan_footers(Arc::clone(&self.store), unchanged, copy_rule.as_ref()).await?;
+        let sort_key: &[String] = match task.dataset.mode {
+            Mode::Sort => &task.dataset.sort_key,
+            Mode::Concat => &[],
+        };
+        let (mut infos, corrupt) = scan_footers(
+            Arc::clone(&self.store),
+            unchanged,
+            copy_rule.as_ref(),
+            sort_key,
+        )
+        .await?;
         skipped_inputs.extend(corrupt);
 
-        let (schema, outputs, merged) = loop {
+        let (schema, (outputs, sort), merged) = loop {
             let schema = self.unified_schema(task, &infos)?;
             let descriptor =
                 output_descriptor(&schema).map_err(|e| Error::parquet(&task.task_id, e))?;
@@ -99,7 +108,7 @@ impl Merger {
             if changed_during.is_empty() {
                 break (schema, outputs, merged);
             }
-            self.discard(&outputs).await;
+            self.discard(&outputs.0).await;
             tracing::info!(task = %task.task_id, changed = changed_during.len(), "inputs changed while merging; merging the rest again without them");
             infos.retain(|i| !changed_during.iter().any(|c| c.key == i.meta.key));
             skipped_inputs.extend(changed_during);
@@ -107,7 +116,7 @@ impl Merger {
         };
 
         let output_schema = outputs_schema(task, &schema);
-        Ok(task_manifest(
+        let mut manifest = task_manifest(
             task,
             attempt,
             merged,
@@ -115,7 +124,9 @@ impl Merger {
             outputs,
             &output_schema,
             None,
-        ))
+        );
+        manifest.sort = sort;
+        Ok(manifest)
     }
 
     fn unified_schema(&self, task: &Task, infos: &[InputInfo]) -> Result<SchemaRef> {
@@ -134,7 +145,7 @@ impl Merger {
         attempt: u32,
         infos: &[InputInfo],
         schema: &SchemaRef,
-    ) -> std::result::Result<Vec<OutputFile>, AttemptFailure> {
+    ) -> std::result::Result<(Vec<OutputFile>, Option<SortWork>), AttemptFailure> {
         let output_schema = outputs_schema(task, schema);
         let sorting = sorting_columns(task, &output_schema);
         // The row group being encoded is the writer's share of the budget.
@@ -163,7 +174,7 @@ impl Merger {
         };
         let result = self.feed(task, infos, schema, &mut sink).await;
         match result {
-            Ok(()) => {
+            Ok(sort) => {
                 let rows = sink.rows;
                 let expected: u64 = infos.iter().map(|i| i.rows).sum();
                 let outputs = match sink.writer.finish().await {
@@ -178,7 +189,7 @@ impl Merger {
                     ))
                     .into());
                 }
-                Ok(outputs)
+                Ok((outputs, sort))
             }
             Err(failure) => {
                 sink.writer.abort().await;
@@ -193,7 +204,7 @@ impl Merger {
         infos: &[InputInfo],
         schema: &SchemaRef,
         sink: &mut OutputSink,
-    ) -> std::result::Result<(), AttemptFailure> {
+    ) -> std::result::Result<Option<SortWork>, AttemptFailure> {
         let memory = task_memory(task);
         let budget = ReadBudget::new(memory.read_ahead);
         let mut events = input_stream(
@@ -212,9 +223,14 @@ impl Merger {
             )?),
             Mode::Concat => None,
         };
+        // Inputs come one after the other; one whose footer declares the sort key is taken as
+        // a run as it is, as long as its rows are in order.
+        let declared_sorted = |index: usize| infos.get(index).is_some_and(|i| i.sorted_by_key);
+        let mut in_order = declared_sorted(0);
         while let Some(event) = events.next().await {
             match event {
                 Ok(InputEvent::Batch(batch)) => match sorter.as_mut() {
+                    Some(sorter) if in_order => in_order = sorter.push_in_order(batch)?,
                     Some(sorter) => sorter.push(batch)?,
                     None => sink.push(batch).await?,
                 },
@@ -237,18 +253,26 @@ impl Merger {
                         Err(e) => return Err(e.into()),
                     }
                 }
-                Ok(InputEvent::Done { index }) => self.progress.input_read(infos[index].meta.size),
+                Ok(InputEvent::Done { index }) => {
+                    if let Some(sorter) = sorter.as_mut() {
+                        sorter.end_in_order()?;
+                    }
+                    in_order = declared_sorted(index + 1);
+                    self.progress.input_read(infos[index].meta.size)
+                }
                 Err(ReadFailure::Corrupt { index, reason }) => {
                     return Err(AttemptFailure::Corrupt { index, reason })
                 }
                 Err(ReadFailure::Other(e)) => return Err(e.into()),
             }
         }
-        if let Some(sorter) = sorter {
-            tracing::debug!(task = %task.task_id, rows = sorter.rows_seen(), runs = sorter.spilled_runs(), "merging sorted runs");
-            sorter.finish(sink).await?;
+        match sorter {
+            Some(sorter) => {
+                tracing::debug!(task = %task.task_id, rows = sorter.rows_seen(), runs = sorter.spilled_runs(), "merging sorted runs");
+                Ok(Some(sorter.finish(sink).await?))
+            }
+            None => Ok(None),
         }
-        Ok(())
     }
 }
 

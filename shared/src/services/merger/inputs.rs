@@ -50,6 +50,38 @@ pub struct InputInfo {
     pub descr: Option<SchemaDescPtr>,
     /// Row groups this merge copies (decided once the output schema is known).
     pub copy: Vec<usize>,
+    /// Sort mode: every row group's footer declares the sort key (an earlier output).
+    pub sorted_by_key: bool,
+}
+
+/// Does every row group of `footer` declare `key` (ascending, nulls last) as its sort order?
+fn declares_sort_key(footer: &ParquetMetaData, key: &[String]) -> bool {
+    if key.is_empty() || footer.num_row_groups() == 0 {
+        return false;
+    }
+    let descr = footer.file_metadata().schema_descr();
+    let wanted: Option<Vec<i32>> = key
+        .iter()
+        .map(|k| {
+            descr
+                .columns()
+                .iter()
+                .position(|c| c.path().string() == *k)
+                .map(|i| i as i32)
+        })
+        .collect();
+    let Some(wanted) = wanted else {
+        return false;
+    };
+    footer.row_groups().iter().all(|g| {
+        g.sorting_columns().is_some_and(|cols| {
+            cols.len() >= wanted.len()
+                && cols
+                    .iter()
+                    .zip(&wanted)
+                    .all(|(c, w)| c.column_idx == *w && !c.descending && !c.nulls_first)
+        })
+    })
 }
 
 /// Which row groups of inputs may be copied into outputs as they are.
@@ -101,6 +133,7 @@ pub async fn scan_footers(
     store: Arc<dyn ObjectStore>,
     inputs: Vec<ObjectMeta>,
     copy_rule: Option<&CopyRule>,
+    sort_key: &[String],
 ) -> Result<(Vec<InputInfo>, Vec<SkippedInput>)> {
     let results: Vec<(ObjectMeta, Result<InputInfo>)> = stream::iter(inputs)
         .map(|meta| {
@@ -136,6 +169,7 @@ pub async fn scan_footers(
                             healthy,
                             descr,
                             copy: Vec::new(),
+                            sorted_by_key: declares_sort_key(md, sort_key),
                         })
                     });
                 (meta, result)

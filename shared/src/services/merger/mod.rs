@@ -208,6 +208,7 @@ fn task_manifest(
             .collect(),
         created_at_ms: crate::support::clock::now_ms(),
         merge_ms: 0,
+        sort: None,
         export,
     }
 }
