@@ -1,13 +1,14 @@
 //! Compaction under random kills, concurrent writers and a lost or swapped state store.
 //!
-//! Each trial fills a few cold partitions (time, block-range or flat layout, in turn) with small
-//! files and fragmented ones (healthy row groups, copied as they are, among tiny ones), then runs the real `compactor`
-//! binary and kills it (SIGKILL) at a random moment or at a random crash point, while a writer
-//! adds files, overwrites files in place and replaces files by atomic rename; between runs the
-//! state store is sometimes deleted or swapped for an older copy. Then it re-runs the binary
-//! until it settles. Every row of every version the writer ever wrote is unique, so the oracle
-//! is exact: every row of each file's final version is in the tree exactly once, no row is
-//! there twice, and nothing is there that was never written.
+//! Each trial fills a few cold partitions (time, block-range, flat or sorted time layout, in
+//! turn) with small files and fragmented ones (healthy row groups, copied as they are, among
+//! tiny ones), then runs the real `compactor` binary and kills it (SIGKILL) at a random moment or
+//! at a random crash point, while a writer adds files, overwrites files in place and replaces
+//! files by atomic rename; between runs the state store is sometimes deleted or swapped for an
+//! older copy. Then it re-runs the binary until it settles. Every row of every version the
+//! writer ever wrote is unique, so the oracle is exact: every row of each file's final version
+//! is in the tree exactly once, no row is there twice, and nothing is there that was never
+//! written.
 //!
 //! `COMPACTOR_FILE_TRIALS` (default 30) and `COMPACTOR_TRIAL_SEED` set the run; a longer soak
 //! is `COMPACTOR_FILE_TRIALS=300 cargo test -p compactor --test file_faults`.
@@ -60,6 +61,20 @@ const LAYOUTS: &[Layout] = &[
     Layout {
         args: &["--template", "", "--grace", "0s"],
         partitions: &[""],
+    },
+    // Sort mode: later rounds merge the earlier sorted outputs as runs, as they are.
+    Layout {
+        args: &[
+            "--template",
+            "dt={date}/hour={hour}",
+            "--mode",
+            "sort",
+            "--sort-key",
+            "id",
+            "--seq-column",
+            "seq",
+        ],
+        partitions: &["dt=2024-03-01/hour=00", "dt=2024-03-02/hour=07"],
     },
 ];
 
@@ -338,6 +353,8 @@ fn kills_writers_and_lost_state_lose_and_duplicate_nothing() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             *totals.entry("row groups copied").or_default() +=
                 summary["row_groups_copied"].as_u64().unwrap_or(0) as usize;
+            *totals.entry("rows merged in order").or_default() +=
+                summary["rows_in_order"].as_u64().unwrap_or(0) as usize;
             log.push(format!(
                 "settle: exit {:?}, {} compacted; anomalies {} failures {} refused {} corrupt {}; stderr {:?}",
                 out.status.code(),
