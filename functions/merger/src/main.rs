@@ -7,11 +7,7 @@ use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::Value;
 
 fn main() -> Result<(), Error> {
-    compaction::support::alloc::limit_retention();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    compaction::drivers::lambda::run_function(run())?
 }
 
 async fn run() -> Result<(), Error> {

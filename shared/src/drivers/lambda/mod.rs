@@ -25,6 +25,17 @@ use crate::support::env::env_var;
 /// Time kept free at the end of an invocation to report and clean up.
 const SAFETY_MARGIN: Duration = Duration::from_secs(30);
 
+/// Runs a function's main body: tunes the allocator before any thread starts (see
+/// [`limit_retention`](crate::support::alloc::limit_retention)), then runs `body` on a
+/// multi-threaded runtime.
+pub fn run_function<F: std::future::Future>(body: F) -> std::io::Result<F::Output> {
+    crate::support::alloc::limit_retention();
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(body))
+}
+
 /// Structured JSON logs on stdout (CloudWatch Logs), filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

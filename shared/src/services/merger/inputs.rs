@@ -15,7 +15,7 @@ use parquet::errors::ParquetError;
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::{SchemaDescPtr, SchemaDescriptor};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{Error, Result};
 use crate::format::copy::{bloom_ranges, copyable, describe, same_parquet_schema, CopiedRowGroup};
@@ -270,14 +270,17 @@ pub fn input_stream(
     budget: ReadBudget,
 ) -> BoxStream<'static, std::result::Result<InputEvent, ReadFailure>> {
     // Permits are KiB of decoded data, so a u32 count covers 4 TiB.
-    let total_permits = (budget.read_ahead_bytes / 1024).clamp(1, u32::MAX as u64) as u32;
-    let semaphore = Arc::new(Semaphore::new(total_permits as usize));
+    let total = (budget.read_ahead_bytes / 1024).clamp(1, u32::MAX as u64) as u32;
+    let read_ahead = Arc::new(ReadAhead {
+        permits: Arc::new(Semaphore::new(total as usize)),
+        total,
+    });
     // Decoded Arrow bytes per footer-uncompressed byte, x1000, the largest seen so far.
     let growth = Arc::new(AtomicU64::new(1000));
     stream::iter(inputs.into_iter().enumerate())
         .map(move |(index, info)| {
             let store = Arc::clone(&store);
-            let semaphore = Arc::clone(&semaphore);
+            let read_ahead = Arc::clone(&read_ahead);
             let growth = Arc::clone(&growth);
             let target = Arc::clone(&target);
             async move {
@@ -290,13 +293,8 @@ pub fn input_stream(
                     if whole {
                         let decoded_bytes =
                             info.uncompressed * growth.load(Ordering::Relaxed).max(1000) / 1000;
-                        let cost = ((decoded_bytes + info.meta.size) / 1024)
-                            .clamp(1, total_permits as u64)
-                            as u32;
-                        let permit = semaphore
-                            .acquire_many_owned(cost)
-                            .await
-                            .map_err(|e| ReadFailure::Other(Error::Other(e.to_string())))?;
+                        let permit =
+                            reserve(&read_ahead, (decoded_bytes + info.meta.size) / 1024).await?;
                         let decoded = tokio::spawn(decode_whole(store, info.meta.clone(), index))
                             .await
                             .map_err(|e| {
@@ -318,13 +316,8 @@ pub fn input_stream(
                         .boxed()
                     } else {
                         // A ranged read holds one row group's column chunks and a decoded batch.
-                        let cost = (2 * info.largest_row_group / 1024)
-                            .clamp(1, total_permits as u64)
-                            as u32;
-                        let permit = semaphore
-                            .acquire_many_owned(cost)
-                            .await
-                            .map_err(|e| ReadFailure::Other(Error::Other(e.to_string())))?;
+                        let permit =
+                            reserve(&read_ahead, 2 * info.largest_row_group / 1024).await?;
                         let reader = StoreReader::ranged(Arc::clone(&store), &info.meta);
                         let builder = ParquetRecordBatchStreamBuilder::new(reader)
                             .await
@@ -346,6 +339,24 @@ pub fn input_stream(
         .buffered(READ_AHEAD_FILES)
         .try_flatten()
         .boxed()
+}
+
+/// Takes `kib` KiB of the read-ahead (all of it at most), released when the permit is dropped.
+async fn reserve(
+    read_ahead: &ReadAhead,
+    kib: u64,
+) -> std::result::Result<OwnedSemaphorePermit, ReadFailure> {
+    let cost = kib.clamp(1, read_ahead.total as u64) as u32;
+    Arc::clone(&read_ahead.permits)
+        .acquire_many_owned(cost)
+        .await
+        .map_err(|e| ReadFailure::Other(Error::Other(e.to_string())))
+}
+
+/// The read-ahead of one input stream: permits of 1 KiB of decoded data.
+struct ReadAhead {
+    permits: Arc<Semaphore>,
+    total: u32,
 }
 
 async fn decode_whole(
