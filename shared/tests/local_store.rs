@@ -186,7 +186,41 @@ async fn leftovers_of_dead_processes_are_cleared_on_open() {
         .unwrap();
         std::fs::rename(dir.path().join(key), tmp.join(format!("{stem}.trash"))).unwrap();
     }
+    // A batch note (this version's format): the first delete was moved away, the second not
+    // yet when the process died.
+    let batch1 = s
+        .put("d/batch1", Bytes::from("b1"), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let batch2 = s
+        .put("d/batch2", Bytes::from("b2"), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let stem = format!("{dead}-9-3");
+    std::fs::write(
+        tmp.join(format!("{stem}.trash.json")),
+        serde_json::json!({"entries": [
+            {"key": "d/batch1", "version": batch1.version, "trash": format!("{stem}-0.trash")},
+            {"key": "d/batch2", "version": batch2.version, "trash": format!("{stem}-1.trash")},
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::rename(
+        dir.path().join("d/batch1"),
+        tmp.join(format!("{stem}-0.trash")),
+    )
+    .unwrap();
     let _reopened = LocalStore::open(dir.path()).unwrap();
+    assert!(
+        s.head("d/batch1").await.unwrap().is_none(),
+        "the moved delete of the batch is finished"
+    );
+    assert_eq!(
+        s.head("d/batch2").await.unwrap().map(|m| m.version),
+        Some(batch2.version),
+        "the delete the batch had not begun leaves its file alone"
+    );
     let mut left: Vec<String> = std::fs::read_dir(&tmp)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())

@@ -10,8 +10,8 @@
 //! store: the file is first renamed away (atomic: whatever was at the key moves, and the key is
 //! free), then checked; a version that is not the expected one is put back with a link that
 //! never replaces (if the key was written again meanwhile, the moved file is kept beside it
-//! under `<name>.kept-<id>.<ext>`). A note written before the rename lets the next process
-//! finish the job if this one dies in between.
+//! under `<name>.kept-<id>.<ext>`). A note written before the renames, one per batch of
+//! deletes, lets the next process finish the job if this one dies in between.
 //!
 //! One file on purpose (about 700 lines): every operation shares one discipline of temporary
 //! names, advisory locks and renames, and the crash-safety argument reads best in one place.
@@ -134,29 +134,49 @@ impl Inner {
         self.tmp.join(format!("{}.tmp", self.temp_stem()))
     }
 
-    /// Deletes `key` only if it is still `expected`, with no window in which a file written
-    /// to the key by someone else could be deleted instead (see the module documentation).
-    fn delete_version(&self, key: &str, path: &Path, expected: &str) -> Option<DeleteFailure> {
-        let failure = |reason: String| {
-            Some(DeleteFailure {
-                key: key.to_string(),
-                reason,
-            })
-        };
-        let stem = self.temp_stem();
-        let trash = self.tmp.join(format!("{stem}.trash"));
-        let note = self.tmp.join(format!("{stem}.trash.json"));
-        let record = serde_json::json!({"key": key, "version": expected});
-        if let Err(e) = fs::write(&note, record.to_string()) {
-            return failure(format!("cannot write {}: {e}", note.display()));
+    /// Deletes each `(key, path, expected)` only if it is still that version, with no window in
+    /// which a file written to the key by someone else could be deleted instead (see the module
+    /// documentation). One note, written before the first rename, lists every delete of the
+    /// batch with the trash name it moves to, so the next process can finish them all if this
+    /// one dies part-way.
+    fn delete_versions(&self, batch: &[(&str, PathBuf, &str)]) -> Vec<DeleteFailure> {
+        if batch.is_empty() {
+            return Vec::new();
         }
-        let outcome = match fs::rename(path, &trash) {
-            Ok(()) => self.settle_trash(key, &trash, expected),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => failure(e.to_string()),
-        };
+        let stem = self.temp_stem();
+        let trash_of = |i: usize| self.tmp.join(format!("{stem}-{i}.trash"));
+        let note = self.tmp.join(format!("{stem}.trash.json"));
+        let entries: Vec<serde_json::Value> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, (key, _, expected))| {
+                serde_json::json!({"key": key, "version": expected, "trash": format!("{stem}-{i}.trash")})
+            })
+            .collect();
+        let record = serde_json::json!({ "entries": entries });
+        if let Err(e) = fs::write(&note, record.to_string()) {
+            return batch
+                .iter()
+                .map(|(key, _, _)| DeleteFailure {
+                    key: key.to_string(),
+                    reason: format!("cannot write {}: {e}", note.display()),
+                })
+                .collect();
+        }
+        let mut failures = Vec::new();
+        for (i, (key, path, expected)) in batch.iter().enumerate() {
+            let trash = trash_of(i);
+            match fs::rename(path, &trash) {
+                Ok(()) => failures.extend(self.settle_trash(key, &trash, expected)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => failures.push(DeleteFailure {
+                    key: key.to_string(),
+                    reason: e.to_string(),
+                }),
+            }
+        }
         let _ = fs::remove_file(&note);
-        outcome
+        failures
     }
 
     /// Deletes the file moved away from `key` if it is `expected`, else puts it back.
@@ -232,16 +252,14 @@ impl Inner {
                 continue;
             }
             if let Some(stem) = name.strip_suffix(".trash.json") {
-                let trash = self.tmp.join(format!("{stem}.trash"));
                 let note: Option<serde_json::Value> = fs::read(entry.path())
                     .ok()
                     .and_then(|b| serde_json::from_slice(&b).ok());
-                if let Some((key, version)) = note.as_ref().and_then(|n| {
-                    Some((
-                        n["key"].as_str()?.to_string(),
-                        n["version"].as_str()?.to_string(),
-                    ))
-                }) {
+                for (key, version, trash) in note.as_ref().map(noted_deletes).unwrap_or_default() {
+                    // Notes of earlier versions name one delete, trashed as `<stem>.trash`.
+                    let trash = self
+                        .tmp
+                        .join(trash.unwrap_or_else(|| format!("{stem}.trash")));
                     if let Some(failure) = self
                         .locked(|| Ok(self.settle_trash(&key, &trash, &version)))
                         .ok()
@@ -433,6 +451,22 @@ impl Inner {
     }
 }
 
+/// The deletes a note lists: `(key, version, trash file name)`; a note of an earlier version
+/// holds one delete without a trash name.
+fn noted_deletes(note: &serde_json::Value) -> Vec<(String, String, Option<String>)> {
+    let one = |n: &serde_json::Value| {
+        Some((
+            n["key"].as_str()?.to_string(),
+            n["version"].as_str()?.to_string(),
+            n["trash"].as_str().map(String::from),
+        ))
+    };
+    match note["entries"].as_array() {
+        Some(entries) => entries.iter().filter_map(one).collect(),
+        None => one(note).into_iter().collect(),
+    }
+}
+
 fn meta_of(key: &str, m: &fs::Metadata) -> ObjectMeta {
     let mtime_ns = m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128;
     ObjectMeta {
@@ -603,6 +637,7 @@ impl ObjectStore for LocalStore {
         self.blocking(move |inner| {
             let mut failures = Vec::new();
             inner.locked(|| {
+                let mut versioned = Vec::new();
                 for request in &requests {
                     let path = match inner.path(&request.key) {
                         Ok(p) => p,
@@ -615,7 +650,7 @@ impl ObjectStore for LocalStore {
                         }
                     };
                     if let Some(expected) = &request.version {
-                        failures.extend(inner.delete_version(&request.key, &path, expected));
+                        versioned.push((request.key.as_str(), path, expected.as_str()));
                         continue;
                     }
                     match fs::remove_file(&path) {
@@ -627,6 +662,7 @@ impl ObjectStore for LocalStore {
                         }),
                     }
                 }
+                failures.extend(inner.delete_versions(&versioned));
                 Ok(())
             })?;
             Ok(failures)
