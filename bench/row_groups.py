@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import textwrap
 import time
@@ -227,6 +226,38 @@ def table(rows: list[dict]) -> str:
     return format_table(head, body)
 
 
+def prepare(args, name: str):
+    """The peers' venv (with polars), the release binary, a fresh `bench/out/<name>/` with
+    `src`, `work` and `logs`, what is measured (identity) and a DuckDB connection for checks."""
+    ensure_deps(("polars",))
+    import duckdb
+    import polars
+
+    binary = release_binaries(args, ["compactor"])["compactor"]
+    out_root = Path(args.out_dir).resolve() / name
+    shutil.rmtree(out_root, ignore_errors=True)
+    for sub in ("src", "work", "logs"):
+        (out_root / sub).mkdir(parents=True)
+    ident = identity(binary)
+    ident["polars_version"] = polars.__version__
+    return binary, out_root, ident, duckdb.connect()
+
+
+def report(args, name: str, ident: dict, results, verdicts: list[str], failures: list[str],
+           t0: float) -> int:
+    """Prints the verdicts, writes `bench/out/<name>.json`, removes the inputs and scratch
+    copies, and returns the exit code."""
+    print("\n" + "\n".join(verdicts))
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+    out_dir = Path(args.out_dir).resolve()
+    (out_dir / f"{name}.json").write_text(json.dumps(
+        {"identity": ident, "results": results, "verdicts": verdicts, "failures": failures},
+        indent=2))
+    shutil.rmtree(out_dir / name / "src", ignore_errors=True)
+    shutil.rmtree(out_dir / name / "work", ignore_errors=True)
+    return exit_code(failures)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description="Row-group engine benchmark: the compactor next to polars, DuckDB and "
@@ -255,18 +286,7 @@ def main() -> int:
     ap.add_argument("--out-dir", default=str(REPO / "bench" / "out"))
     args = ap.parse_args()
 
-    ensure_deps(("polars",))
-    import duckdb
-
-    binary = release_binaries(args, ["compactor"])["compactor"]
-    out_root = Path(args.out_dir).resolve() / "row_groups"
-    shutil.rmtree(out_root, ignore_errors=True)
-    for sub in ("src", "work", "logs"):
-        (out_root / sub).mkdir(parents=True)
-    ident = identity(binary)
-    import polars
-    ident["polars_version"] = polars.__version__
-    con = duckdb.connect()
+    binary, out_root, ident, con = prepare(args, "row_groups")
     cores = len(os.sched_getaffinity(0))
     workers = min(cores, 4)
     bound_mib = workers * (parse_size(args.memory_budget) + parse_size(args.rss_overhead)) / MIB
@@ -333,14 +353,7 @@ def main() -> int:
             f"{many['input_mb_per_s']:.1f} MB/s on {cores}: {many['input_mb_per_s'] / one['input_mb_per_s']:.2f}x")
     verdicts.append(f"peak RSS bound: {workers} worker(s) x (budget {args.memory_budget} + "
                     f"{args.rss_overhead}) = {bound_mib:.0f} MiB")
-    print("\n" + "\n".join(verdicts))
-    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
-    (Path(args.out_dir).resolve() / "row_groups.json").write_text(json.dumps(
-        {"identity": ident, "results": results, "verdicts": verdicts, "failures": failures},
-        indent=2))
-    shutil.rmtree(out_root / "src", ignore_errors=True)
-    shutil.rmtree(out_root / "work", ignore_errors=True)
-    return exit_code(failures)
+    return report(args, "row_groups", ident, results, verdicts, failures, t0)
 
 
 if __name__ == "__main__":

@@ -16,16 +16,14 @@ Run from the repository root:  python3 bench/sort.py [--help]   (see bench/READM
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 import textwrap
 import time
 from pathlib import Path
 
-from common import (CheckFailed, MIB, REPO, add_build_options, check, ensure_deps, exit_code,
-                    generate, identity, identity_lines, parse_size, release_binaries, sql_list)
-from row_groups import repeated, run_compactor, run_peer, table
+from common import (CheckFailed, MIB, REPO, add_build_options, check, generate, identity_lines,
+                    parse_size, sql_list)
+from row_groups import prepare, repeated, report, run_compactor, run_peer, table
 
 POLARS_SORT = textwrap.dedent(
     """
@@ -86,16 +84,7 @@ def main() -> int:
     add_build_options(ap, "compactor")
     ap.add_argument("--out-dir", default=str(REPO / "bench" / "out"))
     args = ap.parse_args()
-    ensure_deps(("polars",))
-    import duckdb
-
-    binary = release_binaries(args, ["compactor"])["compactor"]
-    out_root = Path(args.out_dir).resolve() / "sort"
-    shutil.rmtree(out_root, ignore_errors=True)
-    for sub in ("src", "work", "logs"):
-        (out_root / sub).mkdir(parents=True)
-    ident = identity(binary)
-    con = duckdb.connect()
+    binary, out_root, ident, con = prepare(args, "sort")
     failures: list[str] = []
     rows: list[dict] = []
     t0 = time.perf_counter()
@@ -148,14 +137,7 @@ def main() -> int:
             f"({fastest['contender']}, {fastest['input_mb_per_s']:.1f}); target 1.5x: "
             f"{'reached' if ratio >= 1.5 else 'NOT reached'}. Peak RSS {rss:.2f}x its; target "
             f"at most 1/3: {'reached' if rss <= 1 / 3 else 'NOT reached'}")
-    print("\n" + "\n".join(verdicts))
-    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
-    (Path(args.out_dir).resolve() / "sort.json").write_text(json.dumps(
-        {"identity": ident, "results": rows, "verdicts": verdicts, "failures": failures},
-        indent=2))
-    shutil.rmtree(out_root / "src", ignore_errors=True)
-    shutil.rmtree(out_root / "work", ignore_errors=True)
-    return exit_code(failures)
+    return report(args, "sort", ident, rows, verdicts, failures, t0)
 
 
 if __name__ == "__main__":

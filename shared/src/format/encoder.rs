@@ -161,10 +161,6 @@ impl ParallelEncoder {
         })
     }
 
-    pub fn threads(&self) -> usize {
-        self.workers.len()
-    }
-
     /// Rows in the row group being encoded (0 when none is open).
     pub fn rows(&self) -> usize {
         self.group.as_ref().map_or(0, |g| g.rows)

@@ -13,7 +13,9 @@ use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::AsyncFileReader;
 use parquet::arrow::async_writer::AsyncFileWriter;
 use parquet::errors::ParquetError;
-use parquet::file::metadata::{FooterTail, ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::metadata::{
+    FooterTail, ParquetMetaData, ParquetMetaDataReader, RowGroupMetaData,
+};
 
 use crate::error::{Error, Result};
 use crate::model::object::ObjectMeta;
@@ -71,14 +73,19 @@ pub fn layout_of(footer: &ParquetMetaData) -> FileLayout {
                     codecs.push(codec);
                 }
             }
-            RowGroupLayout {
-                rows: g.num_rows().max(0) as u64,
-                compressed: g.compressed_size().max(0) as u64,
-                uncompressed: g.total_byte_size().max(0) as u64,
-            }
+            row_group_layout(g)
         })
         .collect();
     FileLayout { row_groups, codecs }
+}
+
+/// One row group's sizes, as the planner and the merger weigh it.
+pub fn row_group_layout(g: &RowGroupMetaData) -> RowGroupLayout {
+    RowGroupLayout {
+        rows: g.num_rows().max(0) as u64,
+        compressed: g.compressed_size().max(0) as u64,
+        uncompressed: g.total_byte_size().max(0) as u64,
+    }
 }
 
 /// Decodes the footer of a file that is wholly in memory.

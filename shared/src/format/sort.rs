@@ -31,6 +31,15 @@ fn sort_err(e: impl std::fmt::Display) -> Error {
     Error::parquet("sort", e)
 }
 
+/// The sort key of every row of `batch`, as comparable rows.
+fn key_rows(converter: &RowConverter, key_columns: &[usize], batch: &RecordBatch) -> Result<Rows> {
+    let cols: Vec<ArrayRef> = key_columns
+        .iter()
+        .map(|&i| Arc::clone(batch.column(i)))
+        .collect();
+    converter.convert_columns(&cols).map_err(sort_err)
+}
+
 fn spill_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Other(format!(
         "spill file {}: {e}; check free space in the scratch directory (set TMPDIR to move it)",
@@ -61,14 +70,7 @@ impl RunSorter {
         let converter = self.converter()?;
         let rows: Vec<Rows> = buffer
             .iter()
-            .map(|b| {
-                let cols: Vec<ArrayRef> = self
-                    .key_columns
-                    .iter()
-                    .map(|&i| Arc::clone(b.column(i)))
-                    .collect();
-                converter.convert_columns(&cols).map_err(sort_err)
-            })
+            .map(|b| key_rows(&converter, &self.key_columns, b))
             .collect::<Result<_>>()?;
         let mut indices: Vec<(usize, usize)> = buffer
             .iter()
@@ -267,13 +269,7 @@ impl ExternalSorter {
     }
 
     fn key_rows(&self, batch: &RecordBatch) -> Result<Rows> {
-        let cols: Vec<ArrayRef> = self
-            .run_sorter
-            .key_columns
-            .iter()
-            .map(|&i| Arc::clone(batch.column(i)))
-            .collect();
-        self.converter.convert_columns(&cols).map_err(sort_err)
+        key_rows(&self.converter, &self.run_sorter.key_columns, batch)
     }
 
     pub fn rows_seen(&self) -> u64 {
@@ -451,12 +447,7 @@ impl<'a> RunMerger<'a> {
             if batch.num_rows() == 0 {
                 continue;
             }
-            let cols: Vec<ArrayRef> = self
-                .key_columns
-                .iter()
-                .map(|&i| Arc::clone(batch.column(i)))
-                .collect();
-            let rows = self.converter.convert_columns(&cols).map_err(sort_err)?;
+            let rows = key_rows(self.converter, self.key_columns, &batch)?;
             return Ok(Some(RunCursor {
                 reader,
                 batch,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
 use parquet::arrow::arrow_writer::ArrowRowGroupWriterFactory;
 use parquet::arrow::async_writer::AsyncFileWriter;
 use parquet::arrow::ArrowWriter;
@@ -61,8 +62,6 @@ struct OpenFile {
     row_groups_copied: usize,
     bytes_copied: u64,
     bytes_copied_in_store: u64,
-    /// The footer's tail bytes once the file is finished, for its [`FooterMark`].
-    tail: Vec<u8>,
 }
 
 /// Key-value metadata naming the staged output a file was written as (see [`FooterMark`]).
@@ -81,7 +80,6 @@ pub struct RollingWriter {
     done: Vec<OutputFile>,
     /// The index of the first file (several writers may stage outputs of one task).
     first_index: usize,
-    threads: usize,
     encoder: Option<ParallelEncoder>,
 }
 
@@ -109,7 +107,6 @@ impl RollingWriter {
             current: None,
             done: Vec::new(),
             first_index: 0,
-            threads: default_threads(),
             encoder: None,
         }
     }
@@ -123,12 +120,6 @@ impl RollingWriter {
     /// Closes each file after exactly `rows` rows (the last may hold fewer).
     pub fn with_rows_per_file(mut self, rows: u64) -> Self {
         self.rows_per_file = Some(rows.max(1));
-        self
-    }
-
-    /// Encodes on this many threads (default: one per core).
-    pub fn with_threads(mut self, threads: usize) -> Self {
-        self.threads = threads.max(1);
         self
     }
 
@@ -161,7 +152,6 @@ impl RollingWriter {
                 row_groups_copied: 0,
                 bytes_copied: 0,
                 bytes_copied_in_store: 0,
-                tail: Vec::new(),
             };
             // The magic the writer wrote on creation.
             drain(self.store.as_ref(), &mut file).await?;
@@ -174,7 +164,7 @@ impl RollingWriter {
 
     fn encoder(&mut self) -> Result<&mut ParallelEncoder> {
         if self.encoder.is_none() {
-            let encoder = ParallelEncoder::new(Arc::clone(&self.schema), self.threads)
+            let encoder = ParallelEncoder::new(Arc::clone(&self.schema), default_threads())
                 .map_err(|e| Error::Other(e.to_string()))?;
             self.encoder = Some(encoder);
         }
@@ -320,8 +310,9 @@ impl RollingWriter {
         };
         let key = file.staging_key.clone();
         let metadata = file.writer.finish().map_err(parquet_error(&key))?;
-        drain(self.store.as_ref(), &mut file).await?;
-        let footer = footer_mark(&file.tail);
+        // What follows the last row group (page indexes, footer) is one piece of data.
+        let tail = drain(self.store.as_ref(), &mut file).await?;
+        let footer = tail.as_deref().and_then(footer_mark);
         file.sink.complete().await.map_err(parquet_error(&key))?;
         let stored = file.sink.finished().ok_or_else(|| Error::Store {
             operation: "upload",
@@ -359,8 +350,9 @@ impl RollingWriter {
 }
 
 /// Moves what the file writer produced into the upload: data as it is, copied ranges through
-/// the store (or fetched and written when the store cannot copy them there).
-async fn drain(store: &dyn ObjectStore, file: &mut OpenFile) -> Result<()> {
+/// the store (or fetched and written when the store cannot copy them there). Returns the last
+/// data written when nothing was copied after it.
+async fn drain(store: &dyn ObjectStore, file: &mut OpenFile) -> Result<Option<Bytes>> {
     file.writer
         .flush()
         .map_err(|e| Error::io(&file.staging_key, e))?;
@@ -368,10 +360,11 @@ async fn drain(store: &dyn ObjectStore, file: &mut OpenFile) -> Result<()> {
         .spool
         .drain()
         .map_err(|e| Error::io(&file.staging_key, e))?;
+    let mut last = None;
     for segment in segments {
         match segment {
             Segment::Data(data) => {
-                keep_tail(&mut file.tail, &data);
+                last = Some(data.clone());
                 file.sink
                     .write(data)
                     .await
@@ -382,7 +375,7 @@ async fn drain(store: &dyn ObjectStore, file: &mut OpenFile) -> Result<()> {
                 version,
                 range,
             } => {
-                file.tail.clear();
+                last = None;
                 let len = range.end - range.start;
                 if file.sink.copy_range(&key, &version, range.clone()).await? {
                     file.bytes_copied_in_store += len;
@@ -402,17 +395,7 @@ async fn drain(store: &dyn ObjectStore, file: &mut OpenFile) -> Result<()> {
             }
         }
     }
-    Ok(())
-}
-
-/// Footers are kept whole up to this size for the [`FooterMark`] (larger ones: their last bytes).
-const TAIL_KEPT: usize = 1 << 20;
-
-fn keep_tail(tail: &mut Vec<u8>, data: &[u8]) {
-    tail.extend_from_slice(data);
-    if tail.len() > 2 * TAIL_KEPT {
-        tail.drain(..tail.len() - TAIL_KEPT);
-    }
+    Ok(last)
 }
 
 /// The mark of a finished file from its last bytes: the footer's length, then `PAR1`.
@@ -422,7 +405,10 @@ fn footer_mark(tail: &[u8]) -> Option<FooterMark> {
         return None;
     }
     let len = u32::from_le_bytes(tail[n - 8..n - 4].try_into().ok()?) as usize;
-    let bytes = (len + 8).min(n);
+    let bytes = len + 8;
+    if bytes > n {
+        return None;
+    }
     Some(FooterMark {
         bytes: bytes as u64,
         crc32c: format!("{:08x}", crc32c::crc32c(&tail[n - bytes..])),

@@ -19,12 +19,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{Error, Result};
 use crate::format::copy::{bloom_ranges, copyable, describe, same_parquet_schema, CopiedRowGroup};
-use crate::format::io::{footer_from_bytes, read_footer, StoreReader};
+use crate::format::io::{footer_from_bytes, read_footer, row_group_layout, StoreReader};
 use crate::model::dataset::DatasetConfig;
 use crate::model::manifest::skipped;
 use crate::model::manifest::{SkipKind, SkippedInput};
 use crate::model::object::ObjectMeta;
-use crate::model::plan::RowGroupLayout;
 use crate::model::schema::conform;
 use crate::ports::store::ObjectStore;
 
@@ -97,12 +96,7 @@ impl CopyRule {
             .iter()
             .enumerate()
             .filter(|(_, g)| {
-                let layout = RowGroupLayout {
-                    rows: g.num_rows().max(0) as u64,
-                    compressed: g.compressed_size().max(0) as u64,
-                    uncompressed: g.total_byte_size().max(0) as u64,
-                };
-                layout.is_healthy(&self.dataset)
+                row_group_layout(g).is_healthy(&self.dataset)
                     && copyable(g, &self.props, self.dataset.row_group_copy)
             })
             .map(|(i, _)| i)
