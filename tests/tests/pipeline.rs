@@ -13,6 +13,7 @@ use compaction::services::committer::{CommitOutcome, Committer};
 use compaction::services::merger::{MergeOutcome, Merger};
 use compaction::services::planner::{PlanOptions, Planner, PlannerSettings};
 use compaction::support::progress::NoProgress;
+use compaction::support::units::ByteSize;
 use e2e_tests::*;
 
 fn cold_partition_dirs(env: &Env) -> Vec<std::path::PathBuf> {
@@ -1116,9 +1117,14 @@ async fn late_files_merge_into_a_sorted_partition_without_re_sorting_it() {
         before,
         "every row once"
     );
+    assert_sorted_with_seq(&files, 20_600);
+}
+
+/// The files, read in name order, are ordered by `ts_event` and numbered `seq` 0..rows-1.
+fn assert_sorted_with_seq(files: &[std::path::PathBuf], rows: i64) {
     let mut seqs = Vec::new();
     let mut last_ts = i64::MIN;
-    for f in &files {
+    for f in files {
         for b in read_batches(f) {
             let ts = b
                 .column_by_name("ts_event")
@@ -1141,7 +1147,62 @@ async fn late_files_merge_into_a_sorted_partition_without_re_sorting_it() {
     }
     assert_eq!(
         seqs,
-        (0..20_600).collect::<Vec<i64>>(),
+        (0..rows).collect::<Vec<i64>>(),
         "seq is 0..N-1 in file order"
     );
+}
+
+/// A partition larger than one step (`max_task_bytes`) is sorted in passes: run steps, then
+/// merge steps over key ranges, committed as one task; the result is the one-step sort's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_larger_than_a_step_is_sorted_in_passes() {
+    let env = Env::new();
+    env.generate(1, 40, 6000).await;
+    let dir = env.root().join("events");
+    let before = row_multiset(&parquet_files(&dir), SAMPLE_COLUMNS);
+    let input_bytes: u64 = parquet_files(&dir)
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    let mut config = small_config();
+    let ds = &mut config.datasets[0];
+    ds.mode = Mode::Sort;
+    ds.sort_key = vec!["ts_event".into()];
+    ds.seq_column = Some("seq".into());
+    ds.max_task_bytes = ByteSize(input_bytes / 4);
+    assert!(
+        ds.max_task_bytes >= ds.target_file_size,
+        "inputs of {input_bytes} bytes are too few for four steps"
+    );
+    let report = env.run(&config).await;
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(report.commits.len(), 1, "one commit for the partition");
+    let work = report.commits[0].sort.expect("sort work recorded");
+    assert!(
+        work.run_steps >= 4 && work.merge_steps >= 3,
+        "sorted in passes: {work:?}"
+    );
+    assert_eq!(
+        work.rows_sorted + work.rows_in_order,
+        report.commits[0].rows
+    );
+    assert_eq!(
+        row_multiset(&parquet_files(&dir), SAMPLE_COLUMNS),
+        before,
+        "every row once"
+    );
+    let sorted = cold_partition_dirs(&env)
+        .into_iter()
+        .find(|d| {
+            parquet_files(d)
+                .iter()
+                .any(|f| f.to_string_lossy().contains("compacted-"))
+        })
+        .expect("the compacted partition");
+    let files = parquet_files(&sorted);
+    let rows = row_multiset(&files, SAMPLE_COLUMNS).len() as i64;
+    assert_eq!(rows, report.commits[0].rows as i64);
+    assert_sorted_with_seq(&files, rows);
+    let left = staging_leftovers(env.root());
+    assert!(left.is_empty(), "no step left in staging: {left:?}");
 }

@@ -168,6 +168,14 @@ impl Services {
             Ok(
                 MergeOutcome::Staged(_) | MergeOutcome::AlreadyStaged(_) | MergeOutcome::Decided(_),
             ) => self.committer.commit(&task.task_dir()).await,
+            // Without a time limit every step runs; a pause would be a bug, and the task
+            // continues from its last step when it runs again.
+            Ok(MergeOutcome::Paused { steps_left, .. }) => {
+                Err(crate::error::Error::Other(format!(
+                    "task {} paused with {steps_left} steps left; run again to continue it",
+                    task.task_id
+                )))
+            }
             Err(e) => Err(e),
         };
         match result {

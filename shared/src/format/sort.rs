@@ -21,6 +21,7 @@ use arrow::row::{OwnedRow, RowConverter, Rows, SortField};
 use crate::error::{Error, Result};
 use crate::model::batch::BatchSink;
 use crate::model::manifest::SortWork;
+use crate::model::passes::RunSamples;
 
 /// Rows per batch emitted from a sorted buffer or a merge.
 const OUT_ROWS: usize = 8192;
@@ -31,15 +32,6 @@ fn sort_err(e: impl std::fmt::Display) -> Error {
     Error::parquet("sort", e)
 }
 
-/// The sort key of every row of `batch`, as comparable rows.
-fn key_rows(converter: &RowConverter, key_columns: &[usize], batch: &RecordBatch) -> Result<Rows> {
-    let cols: Vec<ArrayRef> = key_columns
-        .iter()
-        .map(|&i| Arc::clone(batch.column(i)))
-        .collect();
-    converter.convert_columns(&cols).map_err(sort_err)
-}
-
 fn spill_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Other(format!(
         "spill file {}: {e}; check free space in the scratch directory (set TMPDIR to move it)",
@@ -47,30 +39,185 @@ fn spill_err(path: &Path, e: impl std::fmt::Display) -> Error {
     ))
 }
 
-/// Sorts buffers of batches by the key: on the caller's thread, or on a thread of its own while
-/// the caller fills the next buffer. Cheap to clone (a converter is built per sort).
+/// The sort key of a schema: its columns, and how their values compare (ascending, nulls
+/// last) once converted to rows. Cheap to clone; a converter is built per use.
 #[derive(Clone)]
-struct RunSorter {
+pub struct KeyOrder {
     schema: SchemaRef,
     key_columns: Vec<usize>,
     fields: Vec<SortField>,
 }
 
-impl RunSorter {
-    fn converter(&self) -> Result<RowConverter> {
+impl KeyOrder {
+    pub fn new(schema: SchemaRef, sort_key: &[String]) -> Result<Self> {
+        let mut key_columns = Vec::new();
+        let mut fields = Vec::new();
+        for name in sort_key {
+            let idx = schema.index_of(name).map_err(|_| {
+                Error::config(
+                    "sort_key",
+                    format!(
+                        "column {name:?} is not in the inputs' schema (columns: {:?})",
+                        schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
+                    ),
+                )
+            })?;
+            key_columns.push(idx);
+            fields.push(SortField::new_with_options(
+                schema.field(idx).data_type().clone(),
+                SortOptions {
+                    descending: false,
+                    nulls_first: false,
+                },
+            ));
+        }
+        RowConverter::new(fields.clone())
+            .map_err(|e| Error::config("sort_key", format!("cannot sort by these columns: {e}")))?;
+        Ok(Self {
+            schema,
+            key_columns,
+            fields,
+        })
+    }
+
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    pub fn converter(&self) -> Result<RowConverter> {
         RowConverter::new(self.fields.clone()).map_err(sort_err)
     }
 
+    /// The sort key of every row of `batch` (of this order's schema), as comparable rows.
+    pub fn rows(&self, converter: &RowConverter, batch: &RecordBatch) -> Result<Rows> {
+        let cols: Vec<ArrayRef> = self
+            .key_columns
+            .iter()
+            .map(|&i| Arc::clone(batch.column(i)))
+            .collect();
+        converter.convert_columns(&cols).map_err(sort_err)
+    }
+
+    /// The key columns of `rows` rows of `batch`, picked by index.
+    fn key_values(&self, batch: &RecordBatch, rows: &[u32]) -> Result<RecordBatch> {
+        let indices = arrow::array::UInt32Array::from(rows.to_vec());
+        let mut fields = Vec::new();
+        let mut columns = Vec::new();
+        for &i in &self.key_columns {
+            fields.push(self.schema.field(i).clone());
+            columns.push(arrow::compute::take(batch.column(i), &indices, None).map_err(sort_err)?);
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(sort_err)
+    }
+
+    /// Keys written by [`encode_keys`] (possibly of an older type of the same columns), as
+    /// rows of this order.
+    pub fn rows_of_keys(&self, converter: &RowConverter, keys: &RecordBatch) -> Result<Rows> {
+        let mut cols: Vec<ArrayRef> = Vec::new();
+        for (n, &i) in self.key_columns.iter().enumerate() {
+            let wanted = self.schema.field(i).data_type();
+            let col = keys
+                .columns()
+                .get(n)
+                .ok_or_else(|| Error::Other("a sampled key lacks a key column".into()))?;
+            cols.push(arrow::compute::cast(col, wanted).map_err(sort_err)?);
+        }
+        converter.convert_columns(&cols).map_err(sort_err)
+    }
+}
+
+/// Keys (a batch of key columns) as Arrow IPC in base64, for a JSON record.
+pub fn encode_keys(keys: &RecordBatch) -> Result<String> {
+    use base64::Engine;
+    let mut buf = Vec::new();
+    {
+        let mut writer = StreamWriter::try_new(&mut buf, &keys.schema()).map_err(sort_err)?;
+        writer.write(keys).map_err(sort_err)?;
+        writer.finish().map_err(sort_err)?;
+    }
+    Ok(base64::engine::general_purpose::STANDARD.encode(buf))
+}
+
+/// The keys [`encode_keys`] wrote, as one batch.
+pub fn decode_keys(encoded: &str) -> Result<RecordBatch> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|e| Error::Other(format!("a recorded sort key is not base64: {e}")))?;
+    let reader = StreamReader::try_new(std::io::Cursor::new(bytes), None).map_err(sort_err)?;
+    let schema = reader.schema();
+    let batches: Vec<RecordBatch> = reader
+        .collect::<std::result::Result<_, _>>()
+        .map_err(sort_err)?;
+    arrow::compute::concat_batches(&schema, &batches).map_err(sort_err)
+}
+
+/// Records every `every`-th key of the rows passing through it, in order (ranks 0, every, …).
+pub struct KeySampler {
+    order: KeyOrder,
+    every: u64,
+    seen: u64,
+    picked: Vec<RecordBatch>,
+}
+
+impl KeySampler {
+    pub fn new(order: KeyOrder, every: u64) -> Self {
+        Self {
+            order,
+            every: every.max(1),
+            seen: 0,
+            picked: Vec::new(),
+        }
+    }
+
+    pub fn observe(&mut self, batch: &RecordBatch) -> Result<()> {
+        let n = batch.num_rows() as u64;
+        let first = self.seen.div_ceil(self.every) * self.every;
+        let rows: Vec<u32> = (first..self.seen + n)
+            .step_by(self.every as usize)
+            .map(|rank| (rank - self.seen) as u32)
+            .collect();
+        if !rows.is_empty() {
+            self.picked.push(self.order.key_values(batch, &rows)?);
+        }
+        self.seen += n;
+        Ok(())
+    }
+
+    pub fn finish(self) -> Result<RunSamples> {
+        let keys = match self.picked.first() {
+            Some(first) => {
+                arrow::compute::concat_batches(&first.schema(), &self.picked).map_err(sort_err)?
+            }
+            None => self
+                .order
+                .key_values(&RecordBatch::new_empty(Arc::clone(&self.order.schema)), &[])?,
+        };
+        Ok(RunSamples {
+            every: self.every,
+            keys: encode_keys(&keys)?,
+        })
+    }
+}
+
+/// Sorts buffers of batches by the key: on the caller's thread, or on a thread of its own while
+/// the caller fills the next buffer.
+#[derive(Clone)]
+struct RunSorter {
+    order: KeyOrder,
+}
+
+impl RunSorter {
     /// `buffer`'s rows in sorted order, as batches of up to `OUT_ROWS` rows.
     fn sorted(
         &self,
         buffer: &[RecordBatch],
         mut emit: impl FnMut(RecordBatch) -> Result<()>,
     ) -> Result<()> {
-        let converter = self.converter()?;
+        let converter = self.order.converter()?;
         let rows: Vec<Rows> = buffer
             .iter()
-            .map(|b| key_rows(&converter, &self.key_columns, b))
+            .map(|b| self.order.rows(&converter, b))
             .collect::<Result<_>>()?;
         let mut indices: Vec<(usize, usize)> = buffer
             .iter()
@@ -94,7 +241,7 @@ impl RunSorter {
     /// Sorts `buffer` into the run file `path` (Arrow IPC).
     fn spill(&self, buffer: Vec<RecordBatch>, path: &Path) -> Result<()> {
         let file = File::create(path).map_err(|e| spill_err(path, e))?;
-        let mut writer = StreamWriter::try_new(BufWriter::new(file), &self.schema)
+        let mut writer = StreamWriter::try_new(BufWriter::new(file), &self.order.schema)
             .map_err(|e| spill_err(path, e))?;
         self.sorted(&buffer, |b| {
             writer.write(&b).map_err(|e| spill_err(path, e))
@@ -146,40 +293,15 @@ impl ExternalSorter {
         merge_bytes: u64,
         scratch_parent: &Path,
     ) -> Result<Self> {
-        let mut key_columns = Vec::new();
-        let mut fields = Vec::new();
-        for name in sort_key {
-            let idx = schema.index_of(name).map_err(|_| {
-                Error::config(
-                    "sort_key",
-                    format!(
-                        "column {name:?} is not in the inputs' schema (columns: {:?})",
-                        schema.fields().iter().map(|f| f.name()).collect::<Vec<_>>()
-                    ),
-                )
-            })?;
-            key_columns.push(idx);
-            fields.push(SortField::new_with_options(
-                schema.field(idx).data_type().clone(),
-                SortOptions {
-                    descending: false,
-                    nulls_first: false,
-                },
-            ));
-        }
-        let converter = RowConverter::new(fields.clone())
-            .map_err(|e| Error::config("sort_key", format!("cannot sort by these columns: {e}")))?;
+        let order = KeyOrder::new(schema, sort_key)?;
+        let converter = order.converter()?;
         std::fs::create_dir_all(scratch_parent).map_err(|e| spill_err(scratch_parent, e))?;
         let scratch = tempfile::Builder::new()
             .prefix("compactor-sort-")
             .tempdir_in(scratch_parent)
             .map_err(|e| spill_err(scratch_parent, e))?;
         Ok(Self {
-            run_sorter: RunSorter {
-                schema,
-                key_columns,
-                fields,
-            },
+            run_sorter: RunSorter { order },
             converter,
             buffer: Vec::new(),
             buffered_bytes: 0,
@@ -202,6 +324,7 @@ impl ExternalSorter {
             rows_sorted: self.rows_sorted,
             rows_in_order: self.rows_in_order,
             runs: self.runs.len(),
+            ..SortWork::default()
         }
     }
 
@@ -213,11 +336,11 @@ impl ExternalSorter {
         if batch.num_rows() == 0 {
             return Ok(true);
         }
-        let keys = self.key_rows(&batch)?;
+        let keys = self.run_sorter.order.rows(&self.converter, &batch)?;
         if self.in_order.is_none() {
             let path = self.new_run_path();
             let file = File::create(&path).map_err(|e| spill_err(&path, e))?;
-            let writer = StreamWriter::try_new(BufWriter::new(file), &self.run_sorter.schema)
+            let writer = StreamWriter::try_new(BufWriter::new(file), &self.run_sorter.order.schema)
                 .map_err(|e| spill_err(&path, e))?;
             self.in_order = Some(InOrderRun {
                 writer,
@@ -266,10 +389,6 @@ impl ExternalSorter {
             self.runs.push(run.path);
         }
         Ok(())
-    }
-
-    fn key_rows(&self, batch: &RecordBatch) -> Result<Rows> {
-        key_rows(&self.converter, &self.run_sorter.key_columns, batch)
     }
 
     pub fn rows_seen(&self) -> u64 {
@@ -362,16 +481,16 @@ impl ExternalSorter {
         self.spill()?;
         let work = self.work();
         let fan_in = self.fan_in();
+        let order = self.run_sorter.order.clone();
         // Intermediate passes until the remaining runs can be merged at once.
         while self.runs.len() > fan_in {
             let group: Vec<PathBuf> = self.runs.drain(..fan_in).collect();
             let path = self.new_run_path();
             let file = File::create(&path).map_err(|e| spill_err(&path, e))?;
-            let mut writer = StreamWriter::try_new(BufWriter::new(file), &self.run_sorter.schema)
+            let mut writer = StreamWriter::try_new(BufWriter::new(file), &order.schema)
                 .map_err(|e| spill_err(&path, e))?;
-            let mut merger =
-                RunMerger::open(&group, &self.converter, &self.run_sorter.key_columns)?;
-            while let Some(batch) = merger.next_batch()? {
+            let mut merger = RunMerger::open(ipc_runs(&group)?, &order).await?;
+            while let Some(batch) = merger.next_batch().await? {
                 writer.write(&batch).map_err(|e| spill_err(&path, e))?;
             }
             writer.finish().map_err(|e| spill_err(&path, e))?;
@@ -380,9 +499,8 @@ impl ExternalSorter {
             }
             self.runs.push(path);
         }
-        let mut merger =
-            RunMerger::open(&self.runs, &self.converter, &self.run_sorter.key_columns)?;
-        while let Some(batch) = merger.next_batch()? {
+        let mut merger = RunMerger::open(ipc_runs(&self.runs)?, &order).await?;
+        while let Some(batch) = merger.next_batch().await? {
             sink.push(batch).await?;
         }
         Ok(work)
@@ -396,66 +514,99 @@ impl ExternalSorter {
     }
 }
 
-struct RunCursor {
+/// A sorted run the k-way merge reads batch by batch.
+#[async_trait::async_trait]
+pub trait RunSource: Send {
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>>;
+}
+
+/// A run spilled to a local Arrow IPC file.
+struct IpcRun {
     reader: StreamReader<BufReader<File>>,
+    path: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl RunSource for IpcRun {
+    async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+        self.reader
+            .next()
+            .transpose()
+            .map_err(|e| spill_err(&self.path, e))
+    }
+}
+
+fn ipc_runs(paths: &[PathBuf]) -> Result<Vec<Box<dyn RunSource>>> {
+    paths
+        .iter()
+        .map(|path| {
+            let file = File::open(path).map_err(|e| spill_err(path, e))?;
+            let reader = StreamReader::try_new(BufReader::new(file), None)
+                .map_err(|e| spill_err(path, e))?;
+            Ok(Box::new(IpcRun {
+                reader,
+                path: path.clone(),
+            }) as Box<dyn RunSource>)
+        })
+        .collect()
+}
+
+/// The run's next non-empty batch, with its keys.
+async fn advance(
+    order: &KeyOrder,
+    converter: &RowConverter,
+    mut source: Box<dyn RunSource>,
+) -> Result<Option<RunCursor>> {
+    while let Some(batch) = source.next_batch().await? {
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        let rows = order.rows(converter, &batch)?;
+        return Ok(Some(RunCursor {
+            source,
+            batch,
+            rows,
+            pos: 0,
+        }));
+    }
+    Ok(None)
+}
+
+struct RunCursor {
+    source: Box<dyn RunSource>,
     batch: RecordBatch,
     rows: Rows,
     pos: usize,
 }
 
-/// A k-way merge over sorted run files, emitting batches of up to `OUT_ROWS` rows.
-struct RunMerger<'a> {
+/// A k-way merge over sorted runs, emitting batches of up to `OUT_ROWS` rows. Equal keys come
+/// in run order, so the merge is stable when the runs are in input order.
+pub struct RunMerger {
     cursors: Vec<Option<RunCursor>>,
     heap: BinaryHeap<Reverse<(OwnedRow, usize)>>,
-    converter: &'a RowConverter,
-    key_columns: &'a [usize],
+    order: KeyOrder,
+    converter: RowConverter,
     pending: Vec<(usize, usize)>,
 }
 
-impl<'a> RunMerger<'a> {
-    fn open(
-        paths: &[PathBuf],
-        converter: &'a RowConverter,
-        key_columns: &'a [usize],
-    ) -> Result<Self> {
+impl RunMerger {
+    /// Opens every run (reading its first batch).
+    pub async fn open(sources: Vec<Box<dyn RunSource>>, order: &KeyOrder) -> Result<Self> {
         let mut merger = Self {
             cursors: Vec::new(),
             heap: BinaryHeap::new(),
-            converter,
-            key_columns,
+            order: order.clone(),
+            converter: order.converter()?,
             pending: Vec::new(),
         };
-        for (i, path) in paths.iter().enumerate() {
-            let file = File::open(path).map_err(|e| spill_err(path, e))?;
-            let reader = StreamReader::try_new(BufReader::new(file), None)
-                .map_err(|e| spill_err(path, e))?;
-            let cursor = merger.advance_reader(reader)?;
+        for (i, source) in sources.into_iter().enumerate() {
+            let cursor = advance(&merger.order, &merger.converter, source).await?;
             if let Some(c) = &cursor {
                 merger.heap.push(Reverse((c.rows.row(0).owned(), i)));
             }
             merger.cursors.push(cursor);
         }
         Ok(merger)
-    }
-
-    fn advance_reader(
-        &self,
-        mut reader: StreamReader<BufReader<File>>,
-    ) -> Result<Option<RunCursor>> {
-        for batch in reader.by_ref() {
-            let batch = batch.map_err(sort_err)?;
-            if batch.num_rows() == 0 {
-                continue;
-            }
-            let rows = key_rows(self.converter, self.key_columns, &batch)?;
-            return Ok(Some(RunCursor {
-                reader,
-                batch,
-                rows,
-                pos: 0,
-            }));
-        }
-        Ok(None)
     }
 
     fn flush(&mut self) -> Result<Option<RecordBatch>> {
@@ -484,7 +635,7 @@ impl<'a> RunMerger<'a> {
         Ok(Some(out))
     }
 
-    fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
+    pub async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
         while let Some(Reverse((_, run))) = self.heap.pop() {
             let cursor = self.cursors[run]
                 .as_mut()
@@ -503,7 +654,7 @@ impl<'a> RunMerger<'a> {
                 let exhausted = self.cursors[run]
                     .take()
                     .ok_or_else(|| Error::Other("merge cursor missing".into()))?;
-                let next = self.advance_reader(exhausted.reader)?;
+                let next = advance(&self.order, &self.converter, exhausted.source).await?;
                 if let Some(c) = &next {
                     self.heap.push(Reverse((c.rows.row(0).owned(), run)));
                 }

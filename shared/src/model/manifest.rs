@@ -46,6 +46,21 @@ pub struct SortWork {
     pub rows_sorted: u64,
     pub rows_in_order: u64,
     pub runs: usize,
+    /// A sort in passes ([`crate::model::passes`]): its run steps and merge steps (0: the
+    /// partition was sorted in one step).
+    #[serde(default)]
+    pub run_steps: usize,
+    #[serde(default)]
+    pub merge_steps: usize,
+}
+
+impl SortWork {
+    /// The work of several steps together.
+    pub fn add(&mut self, other: &SortWork) {
+        self.rows_sorted += other.rows_sorted;
+        self.rows_in_order += other.rows_in_order;
+        self.runs += other.runs;
+    }
 }
 
 /// The tail of a Parquet file that identifies it: see [`OutputFile::footer`].
@@ -151,6 +166,13 @@ pub struct TaskManifest {
     /// Sort mode: what the sort did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sort: Option<SortWork>,
+    /// A run step of a sort in passes: its sampled keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<crate::model::passes::RunSamples>,
+    /// A merge step of a sort in passes: the `seq` of its first row (the rows of every run
+    /// below its range).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq_start: Option<u64>,
     /// For an export of a hot range: what the committer needs to delete it from Postgres.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export: Option<ExportRecord>,
@@ -348,6 +370,8 @@ mod tests {
             created_at_ms: 5,
             merge_ms: 0,
             sort: None,
+            samples: None,
+            seq_start: None,
             export: None,
         }
     }

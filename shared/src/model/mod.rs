@@ -11,6 +11,7 @@ pub mod manifest;
 pub mod memory;
 pub mod object;
 pub mod partition;
+pub mod passes;
 pub mod plan;
 pub mod schema;
 pub mod state;

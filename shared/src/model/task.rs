@@ -63,6 +63,32 @@ pub enum TaskKind {
     MergeFiles,
     /// Export a hot dataset's range from Postgres into a new cold copy of the range.
     ExportRange(Box<ExportSpec>),
+    /// One step of a partition sorted in passes ([`crate::model::passes`]): staged in a
+    /// directory of its own inside its partition task's, never committed on its own.
+    SortStep(Box<SortStep>),
+}
+
+/// A step of a sort in passes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SortStep {
+    /// The step's directory in the task's: `run-0001`, `merge-0001`.
+    pub name: String,
+    /// A run step writes row groups of at most this many bytes, so that a merge step holds
+    /// one of every run at once within its budget.
+    #[serde(default)]
+    pub row_group_bytes: u64,
+    /// A merge step: its key range (see [`crate::model::passes::RangePlan`]); none: a run step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<MergeRange>,
+}
+
+/// The key range `[lower, upper)` of a merge step (no bound: open on that side), each bound one
+/// key as Arrow IPC in base64.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MergeRange {
+    pub index: usize,
+    pub lower: Option<String>,
+    pub upper: Option<String>,
 }
 
 impl TaskKind {
@@ -71,6 +97,15 @@ impl TaskKind {
         match self {
             TaskKind::MergeFiles => "merge_files",
             TaskKind::ExportRange(_) => "export_range",
+            TaskKind::SortStep(_) => "sort_step",
+        }
+    }
+
+    /// The step of a sort in passes this task is, if it is one.
+    pub fn sort_step(&self) -> Option<&SortStep> {
+        match self {
+            TaskKind::SortStep(step) => Some(step),
+            _ => None,
         }
     }
 }
@@ -81,6 +116,7 @@ impl Serialize for TaskKind {
         match self {
             TaskKind::MergeFiles => {}
             TaskKind::ExportRange(spec) => map.serialize_entry("export", spec.as_ref())?,
+            TaskKind::SortStep(step) => map.serialize_entry("sort_step", step.as_ref())?,
         }
         map.end()
     }
@@ -92,11 +128,14 @@ impl<'de> Deserialize<'de> for TaskKind {
         struct Keys {
             #[serde(default)]
             export: Option<ExportSpec>,
+            #[serde(default)]
+            sort_step: Option<SortStep>,
         }
         let keys = Keys::deserialize(deserializer)?;
-        Ok(match keys.export {
-            Some(spec) => TaskKind::ExportRange(Box::new(spec)),
-            None => TaskKind::MergeFiles,
+        Ok(match (keys.export, keys.sort_step) {
+            (Some(spec), _) => TaskKind::ExportRange(Box::new(spec)),
+            (None, Some(step)) => TaskKind::SortStep(Box::new(step)),
+            (None, None) => TaskKind::MergeFiles,
         })
     }
 }
@@ -169,13 +208,27 @@ impl Task {
         self.inputs.iter().map(|i| i.size).sum()
     }
 
-    /// `<staging>/<dataset>/<partition>/<task_id>/`
+    /// `<staging>/<dataset>/<partition>/<task_id>/` (a sort step: `<task_id>/<step>/`)
     pub fn task_dir(&self) -> String {
-        format!(
+        let dir = format!(
             "{}{}/",
             partition_staging_dir(&self.staging_prefix, &self.partition),
             self.task_id
-        )
+        );
+        match self.kind.sort_step() {
+            Some(step) => format!("{dir}{}/", step.name),
+            None => dir,
+        }
+    }
+
+    /// This task's step `step` of a sort in passes: the same task, staged in the step's own
+    /// directory, over `inputs`.
+    pub fn step(&self, step: SortStep, inputs: Vec<ObjectMeta>) -> Task {
+        Task {
+            inputs,
+            kind: TaskKind::SortStep(Box::new(step)),
+            ..self.clone()
+        }
     }
 
     pub fn staging_key(&self, name: &str) -> String {

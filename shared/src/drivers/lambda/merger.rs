@@ -10,9 +10,11 @@ use serde_json::{json, Value};
 use crate::drivers::events::{parse_merger_event, MergerEvent};
 use crate::drivers::lambda::metrics::Metrics;
 use crate::error::{Error, Result};
+use crate::model::dataset::Mode;
 use crate::model::task::{Task, TaskKind};
+use crate::ports::dispatch::{Dispatcher, LambdaDispatcher};
 use crate::ports::store::read_json;
-use crate::services::merger::{MergeOutcome, Merger};
+use crate::services::merger::{MergeOutcome, Merger, TimeLimit};
 use crate::support::env::env_var;
 use crate::support::progress::NoProgress;
 
@@ -24,6 +26,8 @@ pub struct MergerFunction {
     scratch: PathBuf,
     memory_budget: u64,
     throughput: u64,
+    /// Where a sort in passes that ran out of time sends its task to continue: this function.
+    continue_with: Option<Arc<dyn Dispatcher>>,
 }
 
 /// The merge budget of a function with `memory_mb` of memory: 90% of it (the budget bounds the
@@ -46,7 +50,14 @@ impl MergerFunction {
             scratch,
             memory_budget,
             throughput: throughput.max(1),
+            continue_with: None,
         }
+    }
+
+    /// Lets a sort in passes continue in a new invocation when this one's time is used up.
+    pub fn continuing_with(mut self, dispatcher: Arc<dyn Dispatcher>) -> Self {
+        self.continue_with = Some(dispatcher);
+        self
     }
 
     /// The budget follows `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`; spills go to `/tmp` (or TMPDIR).
@@ -58,11 +69,21 @@ impl MergerFunction {
             })?),
             None => deployment.config.memory_budget.bytes(),
         };
+        // The runtime names the function; a sort in passes continues in it.
+        let continue_with = env_var("AWS_LAMBDA_FUNCTION_NAME").map(|name| {
+            Arc::new(LambdaDispatcher::new(
+                aws_sdk_lambda::Client::new(&deployment.sdk),
+                name,
+                0,
+                1,
+            )) as Arc<dyn Dispatcher>
+        });
         Ok(Self {
             scratch: std::env::temp_dir().join("compactor"),
             memory_budget,
             throughput: merge_throughput()?,
             deployment,
+            continue_with,
         })
     }
 
@@ -80,7 +101,9 @@ impl MergerFunction {
         task.memory_budget = self.memory_budget;
         let needed = Duration::from_secs(task.input_bytes() / self.throughput);
         let left = deadline.saturating_duration_since(Instant::now());
-        if needed + SAFETY_MARGIN > left {
+        // A sort never needs to fit: it runs in steps, continued in new invocations.
+        let sort = task.kind == TaskKind::MergeFiles && task.dataset.mode == Mode::Sort;
+        if needed + SAFETY_MARGIN > left && !sort {
             return Err(Error::Other(format!(
                 "task {} of {} ({} bytes) needs about {}s at {}/s but only {}s remain; refused \
                  before starting. Lower max_task_bytes (or set COMPACTOR_MERGER_TIMEOUT on the \
@@ -100,14 +123,20 @@ impl MergerFunction {
             self.scratch.clone(),
             Arc::new(NoProgress),
         )
-        .with_hot_source(self.deployment.hot.clone());
+        .with_hot_source(self.deployment.hot.clone())
+        .with_time_limit(Some(TimeLimit {
+            deadline,
+            throughput: self.throughput,
+            margin: SAFETY_MARGIN,
+        }));
         let task_id = task.task_id.clone();
         let smaller = match task.kind {
             TaskKind::ExportRange(_) => {
                 "Lower the hot dataset's range_size (or raise MergerTimeout)"
             }
-            TaskKind::MergeFiles => "Lower max_task_bytes",
+            TaskKind::MergeFiles | TaskKind::SortStep(_) => "Lower max_task_bytes",
         };
+        let continuation = task.clone();
         let partition = task.partition.clone();
         let (failed_partition, generation) = (task.partition.clone(), task.generation);
         let lease = task.lease();
@@ -180,6 +209,28 @@ impl MergerFunction {
                 json!({"task_id": task_id, "staged": true, "outputs": m.outputs.len(), "rows": m.rows, "skipped": m.skipped.len()})
             }
             MergeOutcome::Decided(_) => json!({"task_id": task_id, "already_decided": true}),
+            MergeOutcome::Paused {
+                steps_done,
+                steps_left,
+            } => {
+                metrics.count("SortStepsLeft", *steps_left as u64);
+                let continued = match &self.continue_with {
+                    Some(dispatcher) => {
+                        dispatcher.dispatch(continuation).await?;
+                        dispatcher.flush().await?;
+                        true
+                    }
+                    None => false,
+                };
+                tracing::info!(
+                    task_id,
+                    steps_done,
+                    steps_left,
+                    continued,
+                    "sort paused between steps; it continues where it stopped"
+                );
+                json!({"task_id": task_id, "paused": true, "steps_done": steps_done, "steps_left": steps_left, "continued": continued})
+            }
         };
         metrics.millis("Duration", started.elapsed().as_millis());
         metrics.emit();

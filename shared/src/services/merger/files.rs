@@ -10,7 +10,7 @@ use super::inputs::{
 use super::{task_manifest, Merger};
 use crate::error::{Error, Result};
 use crate::format::copy::output_descriptor;
-use crate::format::sort::{with_seq_column, ExternalSorter, SeqNumbering};
+use crate::format::sort::{with_seq_column, ExternalSorter, KeyOrder, KeySampler, SeqNumbering};
 use crate::format::writer::writer_properties;
 use crate::format::writer::RollingWriter;
 use crate::model::batch::BatchSink;
@@ -18,6 +18,7 @@ use crate::model::dataset::Mode;
 use crate::model::manifest::{check_versions, skipped};
 use crate::model::manifest::{OutputFile, SkipKind, SkippedInput, SortWork, TaskManifest};
 use crate::model::memory::MergeMemory;
+use crate::model::passes::{RunSamples, SAMPLE_EVERY};
 use crate::model::schema::unify;
 use crate::model::task::Task;
 use crate::ports::store::current_versions;
@@ -70,7 +71,7 @@ impl Merger {
         .await?;
         skipped_inputs.extend(corrupt);
 
-        let (schema, (outputs, sort), merged) = loop {
+        let (schema, (outputs, sort, samples), merged) = loop {
             let schema = self.unified_schema(task, &infos)?;
             let descriptor =
                 output_descriptor(&schema).map_err(|e| Error::parquet(&task.task_id, e))?;
@@ -126,6 +127,7 @@ impl Merger {
             None,
         );
         manifest.sort = sort;
+        manifest.samples = samples;
         Ok(manifest)
     }
 
@@ -145,13 +147,20 @@ impl Merger {
         attempt: u32,
         infos: &[InputInfo],
         schema: &SchemaRef,
-    ) -> std::result::Result<(Vec<OutputFile>, Option<SortWork>), AttemptFailure> {
+    ) -> std::result::Result<Merged, AttemptFailure> {
         let output_schema = outputs_schema(task, schema);
         let sorting = sorting_columns(task, &output_schema);
-        // The row group being encoded is the writer's share of the budget.
+        // The row group being encoded is the writer's share of the budget; a run step's are
+        // as small as a merge step over every run needs them.
+        let row_group = match task.kind.sort_step() {
+            Some(step) => step
+                .row_group_bytes
+                .clamp(1 << 20, task_memory(task).row_group.max(1 << 20)),
+            None => task_memory(task).row_group,
+        };
         let props = writer_properties(&task.dataset, sorting)?
             .into_builder()
-            .set_max_row_group_bytes(Some(task_memory(task).row_group as usize))
+            .set_max_row_group_bytes(Some(row_group as usize))
             .build();
         let writer = RollingWriter::new(
             Arc::clone(&self.store),
@@ -160,8 +169,16 @@ impl Merger {
             Arc::clone(&output_schema),
             props,
         );
+        let sampler = match task.kind.sort_step() {
+            Some(step) if step.merge.is_none() => Some(KeySampler::new(
+                KeyOrder::new(Arc::clone(schema), &task.dataset.sort_key)?,
+                SAMPLE_EVERY,
+            )),
+            _ => None,
+        };
         let mut sink = OutputSink {
-            numbering: task.dataset.seq_column.as_ref().map(|seq| {
+            sampler,
+            numbering: seq_column(task).map(|seq| {
                 let (schema, position) = with_seq_column(schema, &task.dataset.sort_key, seq);
                 SeqNumbering {
                     schema,
@@ -177,6 +194,13 @@ impl Merger {
             Ok(sort) => {
                 let rows = sink.rows;
                 let expected: u64 = infos.iter().map(|i| i.rows).sum();
+                let samples = match sink.sampler.take().map(KeySampler::finish).transpose() {
+                    Ok(samples) => samples,
+                    Err(e) => {
+                        sink.writer.abort().await;
+                        return Err(e.into());
+                    }
+                };
                 let outputs = match sink.writer.finish().await {
                     Ok(o) => o,
                     Err(e) => return Err(e.into()),
@@ -189,7 +213,7 @@ impl Merger {
                     ))
                     .into());
                 }
-                Ok((outputs, sort))
+                Ok((outputs, sort, samples))
             }
             Err(failure) => {
                 sink.writer.abort().await;
@@ -277,7 +301,7 @@ impl Merger {
 }
 
 /// How the task's memory budget is shared by its buffers.
-fn task_memory(task: &Task) -> MergeMemory {
+pub(super) fn task_memory(task: &Task) -> MergeMemory {
     MergeMemory::split(
         task.memory_budget,
         task.dataset.mode == Mode::Sort,
@@ -285,16 +309,28 @@ fn task_memory(task: &Task) -> MergeMemory {
     )
 }
 
+/// Outputs, what the sort did, and a run step's sampled keys.
+type Merged = (Vec<OutputFile>, Option<SortWork>, Option<RunSamples>);
+
+/// The `seq` column the outputs are numbered in, if any: a run step's are not (its rows are
+/// numbered by the merge steps).
+pub(super) fn seq_column(task: &Task) -> Option<&String> {
+    match task.kind.sort_step() {
+        Some(step) if step.merge.is_none() => None,
+        _ => task.dataset.seq_column.as_ref(),
+    }
+}
+
 /// The schema of the outputs: the unified input schema, plus `seq` when configured.
-fn outputs_schema(task: &Task, schema: &SchemaRef) -> SchemaRef {
-    match &task.dataset.seq_column {
+pub(super) fn outputs_schema(task: &Task, schema: &SchemaRef) -> SchemaRef {
+    match seq_column(task) {
         Some(seq) => with_seq_column(schema, &task.dataset.sort_key, seq).0,
         None => Arc::clone(schema),
     }
 }
 
 /// Declares the sort order in the footer (sort mode), for engines that use it.
-fn sorting_columns(task: &Task, schema: &SchemaRef) -> Option<Vec<SortingColumn>> {
+pub(super) fn sorting_columns(task: &Task, schema: &SchemaRef) -> Option<Vec<SortingColumn>> {
     if task.dataset.mode != Mode::Sort {
         return None;
     }
@@ -316,16 +352,21 @@ fn sorting_columns(task: &Task, schema: &SchemaRef) -> Option<Vec<SortingColumn>
         .collect()
 }
 
-struct OutputSink {
-    writer: RollingWriter,
-    numbering: Option<SeqNumbering>,
-    rows: u64,
+/// Where merged batches go: numbered with `seq` if configured, sampled in a run step, written.
+pub(super) struct OutputSink {
+    pub writer: RollingWriter,
+    pub numbering: Option<SeqNumbering>,
+    pub sampler: Option<KeySampler>,
+    pub rows: u64,
 }
 
 #[async_trait]
 impl BatchSink for OutputSink {
     async fn push(&mut self, batch: RecordBatch) -> Result<()> {
         self.rows += batch.num_rows() as u64;
+        if let Some(sampler) = self.sampler.as_mut() {
+            sampler.observe(&batch)?;
+        }
         let batch = match self.numbering.as_mut() {
             Some(numbering) => numbering.number(batch)?,
             None => batch,

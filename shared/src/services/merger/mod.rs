@@ -8,6 +8,7 @@
 pub mod export;
 mod files;
 mod inputs;
+mod passes;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use crate::support::progress::Progress;
 
 use crate::ports::store::read_json;
 pub use inputs::{InputInfo, ReadBudget};
+pub use passes::TimeLimit;
 
 #[derive(Debug)]
 pub enum MergeOutcome {
@@ -37,13 +39,19 @@ pub enum MergeOutcome {
     AlreadyStaged(TaskManifest),
     /// The task was already committed or abandoned.
     Decided(Verdict),
+    /// A partition sorted in passes stopped between two steps: the time left did not allow
+    /// the next one. Running the task again continues after its last finished step.
+    Paused {
+        steps_done: usize,
+        steps_left: usize,
+    },
 }
 
 impl MergeOutcome {
     pub fn manifest(&self) -> Option<&TaskManifest> {
         match self {
             MergeOutcome::Staged(m) | MergeOutcome::AlreadyStaged(m) => Some(m),
-            MergeOutcome::Decided(_) => None,
+            MergeOutcome::Decided(_) | MergeOutcome::Paused { .. } => None,
         }
     }
 }
@@ -54,6 +62,8 @@ pub struct Merger {
     progress: Arc<dyn Progress>,
     /// Where export tasks read their range from (hot datasets only).
     hot: Option<Arc<dyn HotSource>>,
+    /// On Lambda: when the invocation ends, so a sort in passes stops between steps in time.
+    time_limit: Option<TimeLimit>,
 }
 
 impl Merger {
@@ -64,7 +74,14 @@ impl Merger {
             scratch,
             progress,
             hot: None,
+            time_limit: None,
         }
+    }
+
+    /// Stops a sort in passes between two steps when the next would not end before the limit.
+    pub fn with_time_limit(mut self, limit: Option<TimeLimit>) -> Self {
+        self.time_limit = limit;
+        self
     }
 
     /// Lets the merger run export tasks of hot datasets.
@@ -89,10 +106,33 @@ impl Merger {
         let attempt = self.next_attempt(&task).await?;
         let started = std::time::Instant::now();
         let mut manifest = match &task.kind {
+            TaskKind::MergeFiles if self.sorts_in_passes(&task).await? => {
+                match self.sort_in_passes(&task).await? {
+                    passes::Passes::Done(manifest) => *manifest,
+                    passes::Passes::Paused {
+                        steps_done,
+                        steps_left,
+                    } => {
+                        return Ok(MergeOutcome::Paused {
+                            steps_done,
+                            steps_left,
+                        })
+                    }
+                }
+            }
             TaskKind::MergeFiles => self.merge(&task, attempt).await?,
             TaskKind::ExportRange(spec) => self.export(&task, spec, attempt).await?,
+            TaskKind::SortStep(step) => {
+                return Err(Error::Other(format!(
+                    "{} is a step of task {}, which runs its steps itself; run the task",
+                    step.name, task.task_id
+                )))
+            }
         };
-        manifest.merge_ms = started.elapsed().as_millis() as u64;
+        if manifest.merge_ms == 0 {
+            // A sort in passes adds up its steps' times instead.
+            manifest.merge_ms = started.elapsed().as_millis() as u64;
+        }
         match self
             .store
             .put(
@@ -209,6 +249,8 @@ fn task_manifest(
         created_at_ms: crate::support::clock::now_ms(),
         merge_ms: 0,
         sort: None,
+        samples: None,
+        seq_start: None,
         export,
     }
 }

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashSet};
 use crate::error::{Error, Result};
 use crate::model::state::{PartitionId, PartitionStatus};
 use crate::model::task::{
-    dataset_staging_dir, generation_of, parse_task_dir, Task, DECISION, SUCCESS, TASK_SPEC,
+    dataset_staging_dir, generation_of, parse_task_dir, Task, DECISION, MANIFEST, SUCCESS,
+    TASK_SPEC,
 };
 use crate::ports::store::read_json;
 use crate::ports::store::{list_all, PutMode};
@@ -23,8 +24,15 @@ impl Planner {
         let root = dataset_staging_dir(&self.settings.staging_prefix, dataset);
         let listing = list_all(self.store.as_ref(), &root, None).await?;
         let mut dirs: BTreeMap<String, HashSet<String>> = BTreeMap::new();
+        // Steps a task sorted in passes has finished (`<task dir>/<step>/_manifest.json`).
+        let mut steps_done: BTreeMap<String, usize> = BTreeMap::new();
         for object in listing.objects {
             if let Some((dir, name)) = object.key.rsplit_once('/') {
+                if name == MANIFEST {
+                    if let Some((task_dir, _step)) = dir.rsplit_once('/') {
+                        *steps_done.entry(format!("{task_dir}/")).or_default() += 1;
+                    }
+                }
                 dirs.entry(format!("{dir}/"))
                     .or_default()
                     .insert(name.to_string());
@@ -73,9 +81,22 @@ impl Planner {
                 {
                     // Interrupted (not failed): run it again, once. A failed task is
                     // abandoned instead; the partition is planned anew, with the current
-                    // settings.
+                    // settings. A sort in passes that finished steps since it was last
+                    // retried made progress: it is run again, and continues.
                     let retried = format!("{dir}{RETRIED}");
-                    if names.contains(RETRIED) {
+                    let done = steps_done.get(&dir).copied().unwrap_or(0);
+                    let progressed = names.contains(RETRIED)
+                        && done > 0
+                        && self
+                            .store
+                            .get(&retried)
+                            .await
+                            .ok()
+                            .and_then(|(b, _)| {
+                                String::from_utf8_lossy(&b).trim().parse::<usize>().ok()
+                            })
+                            .is_none_or(|before| done > before);
+                    if names.contains(RETRIED) && !progressed {
                         if !options.dry_run {
                             let reason = "its merge died twice (killed or out of memory?); the partition is planned anew";
                             tracing::warn!(task_dir = %dir, "{reason}");
@@ -105,7 +126,11 @@ impl Planner {
                                 message: "vanished during recovery".into(),
                             })?;
                             self.store
-                                .put(&retried, bytes::Bytes::new(), PutMode::Overwrite)
+                                .put(
+                                    &retried,
+                                    bytes::Bytes::from(done.to_string()),
+                                    PutMode::Overwrite,
+                                )
                                 .await?;
                             self.dispatcher.dispatch(spec).await?;
                             report.redispatched.push(dir.clone());
