@@ -367,6 +367,8 @@ pub fn json(summary: &RunSummary, config: &Config) -> serde_json::Value {
         "bytes_copied_in_store": t.bytes_copied_in_store,
         "rows_sorted": summary.commits.iter().filter_map(|c| c.sort).map(|w| w.rows_sorted).sum::<u64>(),
         "rows_in_order": summary.commits.iter().filter_map(|c| c.sort).map(|w| w.rows_in_order).sum::<u64>(),
+        "sort_run_steps": summary.commits.iter().filter_map(|c| c.sort).map(|w| w.run_steps).sum::<usize>(),
+        "sort_merge_steps": summary.commits.iter().filter_map(|c| c.sort).map(|w| w.merge_steps).sum::<usize>(),
         "seconds": t.secs,
         "hot_ranges_exported": t.ranges_exported,
         "postgres_rows_deleted": t.postgres_deleted,

@@ -186,6 +186,55 @@ fn a_hybrid_merge_killed_at_any_step_converges_on_rerun() {
     }
 }
 
+/// A partition sorted in passes (run steps, then merge steps over key ranges) killed after
+/// any step, inside a step, or anywhere in its commit, converges on rerun: every row once,
+/// globally ordered, `seq` 0..N-1, nothing left in staging.
+#[test]
+fn a_sort_in_passes_killed_at_any_step_converges_on_rerun() {
+    let mut points: Vec<String> = POINTS.iter().map(|p| p.to_string()).collect();
+    points.extend(
+        [
+            "after-run-step@1",
+            "after-run-step@3",
+            "after-merge-step@1",
+            "after-merge-step@2",
+            "mid-encode@1",
+            "mid-encode@8",
+        ]
+        .map(String::from),
+    );
+    for point in &points {
+        let dir = tempfile::tempdir().unwrap();
+        generate(dir.path(), "1", "24", "6000");
+        let before = row_multiset(&parquet_files(&dir.path().join("events")), SAMPLE_COLUMNS);
+        let mut args = compact_args(dir.path());
+        args.extend(
+            [
+                "--mode",
+                "sort",
+                "--sort-key",
+                "ts_event",
+                "--seq-column",
+                "seq",
+            ]
+            .map(String::from),
+        );
+        killed_then_rerun(&args, point);
+        let after = row_multiset(&parquet_files(&dir.path().join("events")), SAMPLE_COLUMNS);
+        assert_eq!(after, before, "{point}: rows lost or duplicated");
+        assert!(
+            staging_leftovers(dir.path()).is_empty(),
+            "{point}: staging not cleaned: {:?}",
+            staging_leftovers(dir.path())
+        );
+        let sorted = e2e_tests::compacted_dirs(&dir.path().join("events"));
+        assert_eq!(sorted.len(), 1, "{point}: one sorted partition");
+        let files = parquet_files(&sorted[0]);
+        let rows = row_multiset(&files, SAMPLE_COLUMNS).len() as i64;
+        e2e_tests::assert_sorted_with_seq(&files, rows);
+    }
+}
+
 #[test]
 fn a_first_run_killed_while_it_creates_its_state_leaves_a_usable_one() {
     // Killed a few milliseconds after start, a first run is often inside the creation of its

@@ -265,3 +265,47 @@ pub fn staging_leftovers(root: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// The files, read in name order, are ordered by `ts_event` and numbered `seq` 0..rows-1.
+pub fn assert_sorted_with_seq(files: &[PathBuf], rows: i64) {
+    let mut seqs = Vec::new();
+    let mut last_ts = i64::MIN;
+    for f in files {
+        for b in read_batches(f) {
+            let ts = b
+                .column_by_name("ts_event")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+                .unwrap();
+            let seq = b
+                .column_by_name("seq")
+                .unwrap()
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap();
+            for i in 0..b.num_rows() {
+                assert!(ts.value(i) >= last_ts, "out of order in {}", f.display());
+                last_ts = ts.value(i);
+                seqs.push(seq.value(i));
+            }
+        }
+    }
+    assert_eq!(
+        seqs,
+        (0..rows).collect::<Vec<i64>>(),
+        "seq is 0..N-1 in file order"
+    );
+}
+
+/// The partition directories under `root` holding compacted outputs.
+pub fn compacted_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = parquet_files(root)
+        .into_iter()
+        .filter(|f| f.to_string_lossy().contains("compacted-"))
+        .filter_map(|f| f.parent().map(Path::to_path_buf))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}

@@ -391,6 +391,102 @@ async fn a_task_too_big_for_the_time_left_is_refused_before_it_starts() {
     );
 }
 
+/// A sort too large for one merger invocation runs in steps across several: each invocation
+/// runs the steps its time allows and hands the task (by reference) to the next; one commit
+/// then makes the whole partition sorted, every row once, `seq` 0..N-1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sort_larger_than_one_invocation_continues_across_several() {
+    use compaction::model::dataset::Mode;
+    let mut config = small_config();
+    let ds = &mut config.datasets[0];
+    ds.mode = Mode::Sort;
+    ds.sort_key = vec!["ts_event".into()];
+    ds.seq_column = Some("seq".into());
+    ds.max_task_bytes = compaction::support::units::ByteSize::mib(1);
+    let p = Pipeline::new(config).await;
+    generate(
+        Arc::clone(&p.deployment.store),
+        &SampleSpec {
+            prefix: "events/".into(),
+            partitions: 1,
+            files_per_partition: 16,
+            rows_per_file: 6000,
+            include_hot_partition: false,
+            now: chrono::Utc::now(),
+            seed: 5,
+        },
+    )
+    .await
+    .unwrap();
+    let keys = p.keys().await;
+    let partition = partition_of(&keys[0]);
+    let before = tempfile::tempdir().unwrap();
+    e2e_tests::aws::mirror(p.store(), "events/", before.path()).await;
+    p.plan(&json!({"command": "plan", "dataset": "events", "partition": partition}))
+        .await;
+    let task = p.take_tasks().await.remove(0);
+    assert!(task.input_bytes() > 3 << 20, "{} bytes", task.input_bytes());
+
+    let continuing = Arc::new(CollectingDispatcher::default());
+    let scratch = tempfile::tempdir().unwrap();
+    let merger = MergerFunction::new(
+        p.deployment.clone(),
+        scratch.path().to_path_buf(),
+        256 << 20,
+        20 << 20,
+    )
+    .continuing_with(continuing.clone());
+    // Each invocation has no time beyond the safety margin: it runs one step, then hands on.
+    // The second is cut off by its time limit at once: the next runs its step again.
+    let mut payload: Value =
+        serde_json::from_slice(&task_payload(&task, usize::MAX).unwrap()).unwrap();
+    let mut invocations = 0;
+    loop {
+        invocations += 1;
+        assert!(invocations < 100, "the sort does not finish");
+        let time = if invocations == 2 { 15 } else { 30 };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(time);
+        let response = merger.handle(&payload, deadline).await.unwrap();
+        if response["staged"] == json!(true) {
+            break;
+        }
+        assert_eq!(
+            response["timed_out"] == json!(true),
+            invocations == 2,
+            "{response}"
+        );
+        assert_eq!(response["paused"], json!(true), "{response}");
+        assert_eq!(response["continued"], json!(true), "{response}");
+        let next = std::mem::take(&mut *continuing.tasks.lock().await);
+        assert_eq!(next.len(), 1, "one continuation per paused invocation");
+        payload = serde_json::from_slice(&task_payload(&next[0], 0).unwrap()).unwrap();
+        assert!(payload.get("task_key").is_some(), "continued by reference");
+    }
+    assert!(invocations >= 4, "only {invocations} invocations");
+    let committed = p.commit(&task).await;
+    assert_eq!(
+        committed["results"][0]["committed"],
+        json!(true),
+        "{committed}"
+    );
+    let after = tempfile::tempdir().unwrap();
+    e2e_tests::aws::mirror(p.store(), "events/", after.path()).await;
+    assert_eq!(rows_under(after.path()), rows_under(before.path()));
+    let sorted = e2e_tests::compacted_dirs(&after.path().join("events"));
+    assert_eq!(sorted.len(), 1);
+    let files = parquet_files(&sorted[0]);
+    let rows = row_multiset(&files, SAMPLE_COLUMNS).len() as i64;
+    e2e_tests::assert_sorted_with_seq(&files, rows);
+    assert!(
+        list_all(p.store(), "_compactor/staging/", None)
+            .await
+            .unwrap()
+            .objects
+            .is_empty(),
+        "staging is empty after the commit"
+    );
+}
+
 /// A hot range through the three functions: the DSN from moto's Secrets Manager, the export
 /// into S3, the committer's delete from the real Postgres, the state in DynamoDB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

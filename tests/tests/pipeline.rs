@@ -1120,38 +1120,6 @@ async fn late_files_merge_into_a_sorted_partition_without_re_sorting_it() {
     assert_sorted_with_seq(&files, 20_600);
 }
 
-/// The files, read in name order, are ordered by `ts_event` and numbered `seq` 0..rows-1.
-fn assert_sorted_with_seq(files: &[std::path::PathBuf], rows: i64) {
-    let mut seqs = Vec::new();
-    let mut last_ts = i64::MIN;
-    for f in files {
-        for b in read_batches(f) {
-            let ts = b
-                .column_by_name("ts_event")
-                .unwrap()
-                .as_any()
-                .downcast_ref::<TimestampMicrosecondArray>()
-                .unwrap();
-            let seq = b
-                .column_by_name("seq")
-                .unwrap()
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap();
-            for i in 0..b.num_rows() {
-                assert!(ts.value(i) >= last_ts, "out of order in {}", f.display());
-                last_ts = ts.value(i);
-                seqs.push(seq.value(i));
-            }
-        }
-    }
-    assert_eq!(
-        seqs,
-        (0..rows).collect::<Vec<i64>>(),
-        "seq is 0..N-1 in file order"
-    );
-}
-
 /// A partition larger than one step (`max_task_bytes`) is sorted in passes: run steps, then
 /// merge steps over key ranges, committed as one task; the result is the one-step sort's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,9 +11,10 @@ use crate::drivers::events::{parse_merger_event, MergerEvent};
 use crate::drivers::lambda::metrics::Metrics;
 use crate::error::{Error, Result};
 use crate::model::dataset::Mode;
+use crate::model::task::MANIFEST;
 use crate::model::task::{Task, TaskKind};
 use crate::ports::dispatch::{Dispatcher, LambdaDispatcher};
-use crate::ports::store::read_json;
+use crate::ports::store::{list_all, read_json, PutMode};
 use crate::services::merger::{MergeOutcome, Merger, TimeLimit};
 use crate::support::env::env_var;
 use crate::support::progress::NoProgress;
@@ -159,15 +160,24 @@ impl MergerFunction {
                 None => merger.run(task).await,
             }
         };
-        let finished = tokio::time::timeout(left.saturating_sub(SAFETY_MARGIN / 2), run)
-            .await
-            .map_err(|_| {
-                Error::Other(format!(
-                    "task {task_id} stopped before the time limit; its uploads were aborted and \
-                     its inputs are untouched. {smaller}"
-                ))
-            })
-            .and_then(|r| r);
+        let finished = match tokio::time::timeout(left.saturating_sub(SAFETY_MARGIN / 2), run).await
+        {
+            Ok(result) => result,
+            Err(_) if sort => {
+                // A step cut off by the time limit is run again by the next invocation, after
+                // the steps that finished; once, unless a step finished in between.
+                if let Some(response) = self.continue_after_timeout(&continuation).await? {
+                    return Ok(response);
+                }
+                Err(Error::Other(format!(
+                    "task {task_id} stopped before the time limit twice without finishing a                      step; its inputs are untouched. {smaller}"
+                )))
+            }
+            Err(_) => Err(Error::Other(format!(
+                "task {task_id} stopped before the time limit; its uploads were aborted and \
+                 its inputs are untouched. {smaller}"
+            ))),
+        };
         let outcome = match finished {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -237,6 +247,52 @@ impl MergerFunction {
         Ok(response)
     }
 }
+
+impl MergerFunction {
+    /// After a sort was cut off by the time limit: hands it to a new invocation, which runs the
+    /// interrupted step again, unless it was already cut off with as many steps finished.
+    async fn continue_after_timeout(&self, task: &Task) -> Result<Option<Value>> {
+        let store = self.deployment.store.as_ref();
+        let Some(dispatcher) = &self.continue_with else {
+            return Ok(None);
+        };
+        let listing = list_all(store, &task.task_dir(), None).await?;
+        let steps_done = listing
+            .objects
+            .iter()
+            .filter(|o| o.key.ends_with(MANIFEST) && o.key[task.task_dir().len()..].contains('/'))
+            .count();
+        let marker = task.staging_key(TIMED_OUT);
+        let before = match store.get(&marker).await {
+            Ok((body, _)) => String::from_utf8_lossy(&body).trim().parse::<usize>().ok(),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e),
+        };
+        if before == Some(steps_done) {
+            return Ok(None);
+        }
+        store
+            .put(
+                &marker,
+                bytes::Bytes::from(steps_done.to_string()),
+                PutMode::Overwrite,
+            )
+            .await?;
+        dispatcher.dispatch(task.clone()).await?;
+        dispatcher.flush().await?;
+        tracing::warn!(task_id = %task.task_id, steps_done, "a sort step was cut off by the time limit; the next invocation runs it again");
+        Ok(Some(json!({
+            "task_id": task.task_id,
+            "paused": true,
+            "timed_out": true,
+            "steps_done": steps_done,
+            "continued": true,
+        })))
+    }
+}
+
+/// Records how many steps a sort had finished when one was cut off by the time limit.
+const TIMED_OUT: &str = "_TIMED_OUT";
 
 #[cfg(test)]
 mod tests {

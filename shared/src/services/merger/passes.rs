@@ -85,7 +85,7 @@ impl Merger {
     fn step_bytes(&self, task: &Task) -> u64 {
         let limit = task.dataset.max_task_bytes.bytes();
         match &self.time_limit {
-            Some(t) => limit.min(t.fits()).max(MIN_STEP_BYTES),
+            Some(t) => limit.min(t.fits().max(MIN_STEP_BYTES)),
             None => limit,
         }
     }
