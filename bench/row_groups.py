@@ -139,6 +139,9 @@ def run_compactor(binary: Path, src: dict, args, out_root: Path, name: str, core
     check(not leftovers, f"{name}: {len(leftovers)} inputs left, e.g. {leftovers[:2]}")
     res["row_groups_copied"] = summary["row_groups_copied"]
     res["row_groups_encoded"] = summary["row_groups_encoded"]
+    for key in ("sort_run_steps", "sort_merge_steps"):
+        if summary.get(key):
+            res[key] = summary[key]
     shutil.rmtree(work)
     return res
 

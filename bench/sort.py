@@ -81,6 +81,10 @@ def main() -> int:
                     help="compactor --memory-budget values; each is also its run's RSS bound")
     ap.add_argument("--compare-budget", default="256MiB",
                     help="the budget the targets are judged at")
+    ap.add_argument("--step", default="40MiB",
+                    help="max_task_bytes of the sort in passes (at --compare-budget): the "
+                         "partition is sorted in steps of at most this many input bytes, as on "
+                         "Lambda when it needs longer than one invocation")
     add_build_options(ap, "compactor")
     ap.add_argument("--out-dir", default=str(REPO / "bench" / "out"))
     args = ap.parse_args()
@@ -106,6 +110,23 @@ def main() -> int:
             r = repeated(args.repeat, one)
             r["budget_mib"] = parse_size(budget) / MIB
             rows.append(r)
+        passes_name = f"compactor sort in passes {args.compare_budget}, steps of {args.step}"
+
+        def in_passes():
+            run_args = argparse.Namespace(memory_budget=args.compare_budget)
+            r = run_compactor(binary, src, run_args, out_root, "compactor-sort-in-passes", None,
+                              con, sort_args + ["--workers", "1", "--max-task-bytes", args.step,
+                                                    "--target-file-size", args.step,
+                                                    "--row-group-size", "8MiB"],
+                              lambda c, n, o: check_sorted(c, n, o, with_seq=True))
+            check(r.get("sort_run_steps", 0) >= 2,
+                  f"{passes_name}: not sorted in passes ({r.get('sort_run_steps', 0)} run steps)")
+            r["contender"] = passes_name
+            return r
+
+        r = repeated(args.repeat, in_passes)
+        r["budget_mib"] = parse_size(args.compare_budget) / MIB
+        rows.append(r)
         for name, script in (("polars sort", POLARS_SORT), ("duckdb ORDER BY", duckdb_sort(None)),
                              ("duckdb ORDER BY, memory_limit 256MB", duckdb_sort("256MB"))):
             def one(name=name, script=script):
@@ -137,6 +158,15 @@ def main() -> int:
             f"({fastest['contender']}, {fastest['input_mb_per_s']:.1f}); target 1.5x: "
             f"{'reached' if ratio >= 1.5 else 'NOT reached'}. Peak RSS {rss:.2f}x its; target "
             f"at most 1/3: {'reached' if rss <= 1 / 3 else 'NOT reached'}")
+    passes = [r for r in rows if r["contender"].startswith("compactor sort in passes")]
+    if at and passes:
+        p, one = passes[0], at[0]
+        ratio = p["input_mb_per_s"] / one["input_mb_per_s"]
+        verdicts.append(
+            f"sort in passes ({p.get('sort_run_steps', 0)} run steps, "
+            f"{p.get('sort_merge_steps', 0)} merge steps): {p['input_mb_per_s']:.1f} MB/s, "
+            f"{ratio:.2f}x the one-step sort at the same budget; target within 30%: "
+            f"{'reached' if ratio >= 0.7 else 'NOT reached'}")
     return report(args, "sort", ident, rows, verdicts, failures, t0)
 
 

@@ -4,8 +4,6 @@
 //! allows to open at once). An input that is already sorted costs one comparison per row in its
 //! run. Ties keep input order, so the result is deterministic.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
@@ -583,7 +581,9 @@ struct RunCursor {
 /// in run order, so the merge is stable when the runs are in input order.
 pub struct RunMerger {
     cursors: Vec<Option<RunCursor>>,
-    heap: BinaryHeap<Reverse<(OwnedRow, usize)>>,
+    /// Runs with a current row, as a binary min-heap ordered by (row, run): equal keys come
+    /// in run order. Comparisons read the cursors' rows in place, nothing is copied.
+    heap: Vec<usize>,
     order: KeyOrder,
     converter: RowConverter,
     pending: Vec<(usize, usize)>,
@@ -594,19 +594,68 @@ impl RunMerger {
     pub async fn open(sources: Vec<Box<dyn RunSource>>, order: &KeyOrder) -> Result<Self> {
         let mut merger = Self {
             cursors: Vec::new(),
-            heap: BinaryHeap::new(),
+            heap: Vec::new(),
             order: order.clone(),
             converter: order.converter()?,
             pending: Vec::new(),
         };
         for (i, source) in sources.into_iter().enumerate() {
             let cursor = advance(&merger.order, &merger.converter, source).await?;
-            if let Some(c) = &cursor {
-                merger.heap.push(Reverse((c.rows.row(0).owned(), i)));
-            }
+            let has_rows = cursor.is_some();
             merger.cursors.push(cursor);
+            if has_rows {
+                merger.heap.push(i);
+                merger.sift_up(merger.heap.len() - 1);
+            }
         }
         Ok(merger)
+    }
+
+    /// Does run `a`'s current row come before run `b`'s?
+    fn before(&self, a: usize, b: usize) -> bool {
+        match (&self.cursors[a], &self.cursors[b]) {
+            (Some(x), Some(y)) => (x.rows.row(x.pos), a) < (y.rows.row(y.pos), b),
+            _ => false,
+        }
+    }
+
+    fn sift_up(&mut self, mut i: usize) {
+        while i > 0 {
+            let parent = (i - 1) / 2;
+            if !self.before(self.heap[i], self.heap[parent]) {
+                break;
+            }
+            self.heap.swap(i, parent);
+            i = parent;
+        }
+    }
+
+    fn sift_down(&mut self, mut i: usize) {
+        loop {
+            let (l, r) = (2 * i + 1, 2 * i + 2);
+            let mut least = i;
+            if l < self.heap.len() && self.before(self.heap[l], self.heap[least]) {
+                least = l;
+            }
+            if r < self.heap.len() && self.before(self.heap[r], self.heap[least]) {
+                least = r;
+            }
+            if least == i {
+                return;
+            }
+            self.heap.swap(i, least);
+            i = least;
+        }
+    }
+
+    /// Removes the heap's top run (it has no current row any more).
+    fn pop_top(&mut self) {
+        let last = self.heap.len() - 1;
+        self.heap.swap(0, last);
+        self.heap.pop();
+        if !self.heap.is_empty() {
+            self.sift_down(0);
+        }
     }
 
     fn flush(&mut self) -> Result<Option<RecordBatch>> {
@@ -636,15 +685,15 @@ impl RunMerger {
     }
 
     pub async fn next_batch(&mut self) -> Result<Option<RecordBatch>> {
-        while let Some(Reverse((_, run))) = self.heap.pop() {
+        while let Some(&run) = self.heap.first() {
             let cursor = self.cursors[run]
                 .as_mut()
                 .ok_or_else(|| Error::Other("merge cursor missing".into()))?;
             self.pending.push((run, cursor.pos));
             cursor.pos += 1;
             if cursor.pos < cursor.batch.num_rows() {
-                self.heap
-                    .push(Reverse((cursor.rows.row(cursor.pos).owned(), run)));
+                // The same run, at its next row: back to its place.
+                self.sift_down(0);
                 if self.pending.len() >= OUT_ROWS {
                     return self.flush();
                 }
@@ -655,10 +704,13 @@ impl RunMerger {
                     .take()
                     .ok_or_else(|| Error::Other("merge cursor missing".into()))?;
                 let next = advance(&self.order, &self.converter, exhausted.source).await?;
-                if let Some(c) = &next {
-                    self.heap.push(Reverse((c.rows.row(0).owned(), run)));
-                }
+                let has_rows = next.is_some();
                 self.cursors[run] = next;
+                if has_rows {
+                    self.sift_down(0);
+                } else {
+                    self.pop_top();
+                }
                 if out.is_some() {
                     return Ok(out);
                 }

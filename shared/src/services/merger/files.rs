@@ -158,10 +158,17 @@ impl Merger {
                 .clamp(1 << 20, task_memory(task).row_group.max(1 << 20)),
             None => task_memory(task).row_group,
         };
-        let props = writer_properties(&task.dataset, sorting)?
+        let mut props = writer_properties(&task.dataset, sorting)?
             .into_builder()
-            .set_max_row_group_bytes(Some(row_group as usize))
-            .build();
+            .set_max_row_group_bytes(Some(row_group as usize));
+        if is_run_step(task) {
+            // A run is read once, by the merge steps: cheap to write and to read beats small.
+            props = props
+                .set_compression(parquet::basic::Compression::LZ4_RAW)
+                .set_dictionary_enabled(false)
+                .set_statistics_enabled(parquet::file::properties::EnabledStatistics::None);
+        }
+        let props = props.build();
         let writer = RollingWriter::new(
             Arc::clone(&self.store),
             Arc::clone(task),
@@ -169,12 +176,12 @@ impl Merger {
             Arc::clone(&output_schema),
             props,
         );
-        let sampler = match task.kind.sort_step() {
-            Some(step) if step.merge.is_none() => Some(KeySampler::new(
+        let sampler = match is_run_step(task) {
+            true => Some(KeySampler::new(
                 KeyOrder::new(Arc::clone(schema), &task.dataset.sort_key)?,
                 SAMPLE_EVERY,
             )),
-            _ => None,
+            false => None,
         };
         let mut sink = OutputSink {
             sampler,
@@ -312,12 +319,17 @@ pub(super) fn task_memory(task: &Task) -> MergeMemory {
 /// Outputs, what the sort did, and a run step's sampled keys.
 type Merged = (Vec<OutputFile>, Option<SortWork>, Option<RunSamples>);
 
+/// Is `task` a run step of a sort in passes (its outputs are sorted runs, not final files)?
+fn is_run_step(task: &Task) -> bool {
+    task.kind.sort_step().is_some_and(|s| s.merge.is_none())
+}
+
 /// The `seq` column the outputs are numbered in, if any: a run step's are not (its rows are
 /// numbered by the merge steps).
 pub(super) fn seq_column(task: &Task) -> Option<&String> {
-    match task.kind.sort_step() {
-        Some(step) if step.merge.is_none() => None,
-        _ => task.dataset.seq_column.as_ref(),
+    match is_run_step(task) {
+        true => None,
+        false => task.dataset.seq_column.as_ref(),
     }
 }
 

@@ -43,6 +43,13 @@ use crate::model::task::{MergeRange, SortStep, Task, MANIFEST};
 use crate::ports::store::{read_json, PutMode};
 use crate::support::faults::crash_point;
 
+/// How many steps run at once: one per core, as long as each gets the smallest budget.
+fn step_parallelism(budget: u64) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shares = (budget / crate::model::memory::MIN_BUDGET).max(1) as usize;
+    cores.min(shares).max(1)
+}
+
 /// The least a step handles, whatever the time left: smaller steps cost more than they save.
 const MIN_STEP_BYTES: u64 = 16 << 20;
 
@@ -113,10 +120,15 @@ impl Merger {
             .await?;
         let by_key: HashMap<&str, &ObjectMeta> =
             task.inputs.iter().map(|i| (i.key.as_str(), i)).collect();
+        // Steps run side by side, one per core, each within its share of the budget.
+        let parallel = step_parallelism(task.memory_budget);
+        let share = Task {
+            memory_budget: task.memory_budget / parallel as u64,
+            ..(**task).clone()
+        };
         // A merge step holds a row group of every run: run row groups are sized for that.
-        let row_group_bytes = task_memory(task).merge / (2 * plan.runs.len().max(1) as u64);
-        let mut ran = 0usize;
-        let mut runs = Vec::with_capacity(plan.runs.len());
+        let row_group_bytes = task_memory(&share).merge / (2 * plan.runs.len().max(1) as u64);
+        let mut run_steps = Vec::with_capacity(plan.runs.len());
         for (i, keys) in plan.runs.iter().enumerate() {
             let inputs =
                 keys.iter()
@@ -129,37 +141,26 @@ impl Merger {
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
-            let step = Arc::new(task.step(
+            run_steps.push(Arc::new(share.step(
                 SortStep {
                     name: run_step_name(i),
                     row_group_bytes,
                     merge: None,
                 },
                 inputs,
-            ));
-            let manifest = match self.step_manifest(&step).await? {
-                Some(m) => m,
-                None => {
-                    if !self.may_start(ran, step.input_bytes()) {
-                        return Ok(Passes::Paused {
-                            steps_done: i,
-                            steps_left: plan.runs.len() - i,
-                        });
-                    }
-                    tracing::info!(task = %task.task_id, step = %step.task_dir(), inputs = step.inputs.len(), bytes = step.input_bytes(), "sorting a run");
-                    let started = Instant::now();
-                    let attempt = self.next_attempt(&step).await?;
-                    let mut manifest = self.merge(&step, attempt).await?;
-                    manifest.merge_ms = started.elapsed().as_millis() as u64;
-                    let manifest = self.stage_step(&step, manifest).await?;
-                    ran += 1;
-                    crash_point("after-run-step");
-                    manifest
-                }
-            };
-            runs.push(manifest);
+            )));
         }
-        let sources = RunFiles::of(self, &runs).await?;
+        let mut ran = 0usize;
+        let runs = match self.run_pass(&run_steps, None, parallel, &mut ran).await? {
+            Ok(runs) => runs,
+            Err(left) => {
+                return Ok(Passes::Paused {
+                    steps_done: run_steps.len() - left,
+                    steps_left: left,
+                })
+            }
+        };
+        let mut sources = RunFiles::of(self, &runs).await?;
         let ranges: RangePlan =
             match read_json(self.store.as_ref(), &task.staging_key(RANGES)).await? {
                 Some(r) => r,
@@ -168,46 +169,108 @@ impl Merger {
                     self.put_once(task, RANGES, r).await?
                 }
             };
-        let run_bytes: u64 = runs.iter().map(TaskManifest::output_bytes).sum();
-        let mut merges = Vec::with_capacity(ranges.ranges());
-        for j in 0..ranges.ranges() {
-            let range = MergeRange {
-                index: j,
-                lower: j.checked_sub(1).map(|b| ranges.bounds[b].clone()),
-                upper: ranges.bounds.get(j).cloned(),
-            };
-            let step = Arc::new(task.step(
-                SortStep {
-                    name: merge_step_name(j),
-                    row_group_bytes: 0,
-                    merge: Some(range),
-                },
-                Vec::new(),
-            ));
-            let manifest = match self.step_manifest(&step).await? {
-                Some(m) => m,
-                None => {
-                    let bytes = run_bytes / ranges.ranges() as u64;
-                    if !self.may_start(ran, bytes) {
-                        return Ok(Passes::Paused {
-                            steps_done: runs.len() + j,
-                            steps_left: ranges.ranges() - j,
-                        });
-                    }
-                    tracing::info!(task = %task.task_id, step = %step.task_dir(), runs = runs.len(), "merging a key range of the runs");
-                    let started = Instant::now();
-                    let attempt = self.next_attempt(&step).await?;
-                    let mut manifest = self.merge_range(&step, attempt, &sources).await?;
-                    manifest.merge_ms = started.elapsed().as_millis() as u64;
-                    let manifest = self.stage_step(&step, manifest).await?;
-                    ran += 1;
-                    crash_point("after-merge-step");
-                    manifest
-                }
-            };
-            merges.push(manifest);
-        }
+        sources.ranges = ranges.ranges() as u64;
+        let merge_steps: Vec<Arc<Task>> = (0..ranges.ranges())
+            .map(|j| {
+                Arc::new(share.step(
+                    SortStep {
+                        name: merge_step_name(j),
+                        row_group_bytes: 0,
+                        merge: Some(MergeRange {
+                            index: j,
+                            lower: j.checked_sub(1).map(|b| ranges.bounds[b].clone()),
+                            upper: ranges.bounds.get(j).cloned(),
+                        }),
+                    },
+                    Vec::new(),
+                ))
+            })
+            .collect();
+        let merges = match self
+            .run_pass(&merge_steps, Some(&sources), parallel, &mut ran)
+            .await?
+        {
+            Ok(merges) => merges,
+            Err(left) => {
+                return Ok(Passes::Paused {
+                    steps_done: runs.len() + merge_steps.len() - left,
+                    steps_left: left,
+                })
+            }
+        };
         Ok(Passes::Done(Box::new(assemble(task, &runs, merges)?)))
+    }
+
+    /// Runs the steps of one pass not done yet, `parallel` at a time, while the time allows;
+    /// every step's manifest in order, or (`Err`) how many steps are left when it stopped.
+    async fn run_pass(
+        &self,
+        steps: &[Arc<Task>],
+        sources: Option<&RunFiles>,
+        parallel: usize,
+        ran: &mut usize,
+    ) -> Result<std::result::Result<Vec<TaskManifest>, usize>> {
+        let mut manifests: Vec<Option<TaskManifest>> = Vec::with_capacity(steps.len());
+        for step in steps {
+            manifests.push(self.step_manifest(step).await?);
+        }
+        let pending: Vec<usize> = (0..steps.len())
+            .filter(|&i| manifests[i].is_none())
+            .collect();
+        for (done, group) in pending.chunks(parallel.max(1)).enumerate() {
+            let bytes = group
+                .iter()
+                .map(|&i| self.step_estimate(&steps[i], sources))
+                .max()
+                .unwrap_or(0);
+            if !self.may_start(*ran, bytes) {
+                return Ok(Err(pending.len() - done * parallel.max(1)));
+            }
+            let results = futures::future::try_join_all(
+                group.iter().map(|&i| self.run_step(&steps[i], sources)),
+            )
+            .await?;
+            for (&i, manifest) in group.iter().zip(results) {
+                manifests[i] = Some(manifest);
+            }
+            *ran += group.len();
+        }
+        manifests
+            .into_iter()
+            .map(|m| m.ok_or_else(|| Error::Other("a sort step left no manifest".into())))
+            .collect::<Result<Vec<_>>>()
+            .map(Ok)
+    }
+
+    /// Input bytes a step reads: its inputs (run step) or its share of the runs (merge step).
+    fn step_estimate(&self, step: &Task, sources: Option<&RunFiles>) -> u64 {
+        match sources {
+            Some(runs) => runs.bytes / runs.ranges.max(1),
+            None => step.input_bytes(),
+        }
+    }
+
+    /// Runs one step and records it.
+    async fn run_step(&self, step: &Arc<Task>, sources: Option<&RunFiles>) -> Result<TaskManifest> {
+        let started = Instant::now();
+        let attempt = self.next_attempt(step).await?;
+        let mut manifest = match sources {
+            None => {
+                tracing::info!(step = %step.task_dir(), inputs = step.inputs.len(), bytes = step.input_bytes(), "sorting a run");
+                self.merge(step, attempt).await?
+            }
+            Some(runs) => {
+                tracing::info!(step = %step.task_dir(), runs = runs.runs.len(), "merging a key range of the runs");
+                self.merge_range(step, attempt, runs).await?
+            }
+        };
+        manifest.merge_ms = started.elapsed().as_millis() as u64;
+        let manifest = self.stage_step(step, manifest).await?;
+        crash_point(match sources {
+            None => "after-run-step",
+            Some(_) => "after-merge-step",
+        });
+        Ok(manifest)
     }
 
     fn may_start(&self, ran: usize, bytes: u64) -> bool {
@@ -424,6 +487,9 @@ struct Run {
 struct RunFiles {
     runs: Vec<Run>,
     schema: SchemaRef,
+    /// Bytes of all runs, and the merge ranges they are split in (once chosen).
+    bytes: u64,
+    ranges: u64,
 }
 
 impl RunFiles {
@@ -468,7 +534,12 @@ impl RunFiles {
             .map(|m| format!("{}/{}", m.dataset, m.partition))
             .unwrap_or_default();
         let schema = unify(&partition, &schemas, &[])?;
-        Ok(Self { runs, schema })
+        Ok(Self {
+            runs,
+            schema,
+            bytes: manifests.iter().map(TaskManifest::output_bytes).sum(),
+            ranges: 1,
+        })
     }
 
     /// Bounds that split the runs' rows into ranges of about `step_bytes` each.
