@@ -318,8 +318,12 @@ fn print_plan(summary: &RunSummary, config: &Config) {
                 let e = &t.estimate;
                 seconds += e.seconds;
                 gb_seconds += e.gb_seconds;
+                let passes = match e.sort_run_steps {
+                    0 => String::new(),
+                    n => format!(" (sorted in passes: {n} run steps, then merge steps)"),
+                };
                 println!(
-                    "{}/{}: task {}: reads {}, copies {} as it is, encodes {}; peak memory about {}; about {:.1} s at {}/s ({}) = {:.1} Lambda GB-s",
+                    "{}/{}: task {}{passes}: reads {}, copies {} as it is, encodes {}; peak memory about {}; about {:.1} s at {}/s ({}) = {:.1} Lambda GB-s",
                     plan.dataset,
                     p.partition,
                     t.task_id,

@@ -1,7 +1,7 @@
 //! Compaction under random kills, concurrent writers and a lost or swapped state store.
 //!
-//! Each trial fills a few cold partitions (time, block-range, flat or sorted time layout, in
-//! turn) with small files and fragmented ones (healthy row groups, copied as they are, among
+//! Each trial fills a few cold partitions (time, block-range, flat, sorted, or sorted in passes
+//! of 64 KiB, in turn) with small files and fragmented ones (healthy row groups, copied as they are, among
 //! tiny ones), then runs the real `compactor` binary and kills it (SIGKILL) at a random moment or
 //! at a random crash point, while a writer adds files, overwrites files in place and replaces
 //! files by atomic rename; between runs the state store is sometimes deleted or swapped for an
@@ -27,8 +27,8 @@ use rand::{RngExt, SeedableRng};
 const BIN: &str = env!("CARGO_BIN_EXE_compactor");
 const DEFAULT_TRIALS: usize = 30;
 const DEFAULT_SEED: u64 = 0x2026_1204;
-/// The layouts trials rotate through: time partitions, block ranges (cold below a tip) and a
-/// flat folder (cold when quiet).
+/// The layouts trials rotate through: time partitions, block ranges (cold below a tip), a
+/// flat folder (cold when quiet), sort mode, and sort mode in passes.
 struct Layout {
     args: &'static [&'static str],
     partitions: &'static [&'static str],
@@ -76,6 +76,22 @@ const LAYOUTS: &[Layout] = &[
         ],
         partitions: &["dt=2024-03-01/hour=00", "dt=2024-03-02/hour=07"],
     },
+    // Sort in passes: partitions over 64 KiB are sorted in run steps and merge steps.
+    Layout {
+        args: &[
+            "--template",
+            "dt={date}/hour={hour}",
+            "--mode",
+            "sort",
+            "--sort-key",
+            "id",
+            "--seq-column",
+            "seq",
+            "--max-task-bytes",
+            "64KiB",
+        ],
+        partitions: &["dt=2024-03-01/hour=00", "dt=2024-03-02/hour=07"],
+    },
 ];
 
 /// Every option of the trials' runs but the layout: row groups of 4 KiB or more are healthy,
@@ -107,6 +123,8 @@ const CRASH_POINTS: &[&str] = &[
     "after-delete",
     "mid-copy",
     "mid-encode",
+    "after-run-step",
+    "after-merge-step",
 ];
 
 /// Every version of every file the writer wrote: its key's final version and all row ids ever.
@@ -355,6 +373,8 @@ fn kills_writers_and_lost_state_lose_and_duplicate_nothing() {
                 summary["row_groups_copied"].as_u64().unwrap_or(0) as usize;
             *totals.entry("rows merged in order").or_default() +=
                 summary["rows_in_order"].as_u64().unwrap_or(0) as usize;
+            *totals.entry("sort run steps").or_default() +=
+                summary["sort_run_steps"].as_u64().unwrap_or(0) as usize;
             log.push(format!(
                 "settle: exit {:?}, {} compacted; anomalies {} failures {} refused {} corrupt {}; stderr {:?}",
                 out.status.code(),

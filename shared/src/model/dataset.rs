@@ -288,10 +288,18 @@ impl DatasetConfig {
         if self.row_group_rows < 1024 {
             return fail("row_group_rows", "must be at least 1024".into());
         }
-        if self.max_task_bytes < self.target_file_size {
+        // Concat tasks smaller than a target file would leave outputs that are compacted again;
+        // in sort mode it is the size of a step of a sort in passes.
+        if self.mode == Mode::Concat && self.max_task_bytes < self.target_file_size {
             return fail(
                 "max_task_bytes",
-                "must be at least target_file_size (1GiB is typical)".into(),
+                "must be at least target_file_size in concat mode (1GiB is typical)".into(),
+            );
+        }
+        if self.max_task_bytes.bytes() < 64 << 10 {
+            return fail(
+                "max_task_bytes",
+                "must be at least 64KiB (1GiB is typical)".into(),
             );
         }
         if self.small_file_threshold > self.target_file_size {

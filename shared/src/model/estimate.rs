@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::model::dataset::{DatasetConfig, Mode, RowGroupCopy};
 use crate::model::object::ObjectMeta;
+use crate::model::passes::PassPlan;
 use crate::model::plan::{codec_name, FileLayout};
 use crate::model::state::Counters;
 
@@ -61,7 +62,14 @@ pub struct TaskEstimate {
     /// (90% of its memory).
     pub gb_seconds: f64,
     pub throughput: Throughput,
+    /// Sort mode, inputs over `max_task_bytes`: the run steps of the sort in passes (then as
+    /// many merge steps, about); 0 when the partition is sorted in one step.
+    pub sort_run_steps: usize,
 }
+
+/// A sort in passes reads and writes everything twice, partly in parallel: its measured
+/// throughput is about this fraction of a one-step sort's (`bench/sort.py`).
+pub const PASSES_SPEED: f64 = 0.7;
 
 /// Bytes of `inputs` that a merge would copy as they are: the healthy row groups of files whose
 /// footer the planner read (concat mode, copies allowed; with `same-codec`, only files in the
@@ -107,8 +115,21 @@ pub fn estimate_task(
                 + (2 * dataset.row_group_size.bytes()).min(encode.saturating_mul(2))
         }
     };
-    let seconds =
-        encode as f64 / throughput.bytes_per_sec as f64 + copy as f64 / COPY_BYTES_PER_SEC as f64;
+    let sort_run_steps = match dataset.mode {
+        Mode::Sort if total > dataset.max_task_bytes.bytes() => {
+            PassPlan::new(inputs, dataset.max_task_bytes.bytes())
+                .runs
+                .len()
+        }
+        _ => 0,
+    };
+    let speed = if sort_run_steps > 0 {
+        PASSES_SPEED
+    } else {
+        1.0
+    };
+    let seconds = encode as f64 / (throughput.bytes_per_sec as f64 * speed)
+        + copy as f64 / COPY_BYTES_PER_SEC as f64;
     let function_gb = memory_budget as f64 / 0.9 / (1u64 << 30) as f64;
     TaskEstimate {
         read_bytes: encode,
@@ -118,6 +139,7 @@ pub fn estimate_task(
         seconds,
         gb_seconds: seconds * function_gb,
         throughput,
+        sort_run_steps,
     }
 }
 

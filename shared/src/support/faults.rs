@@ -20,6 +20,10 @@ pub const POINTS: &[&str] = &[
 /// after an encoded one, has reached the staged output (`mid-copy@N` stops at the N-th).
 pub const MERGE_POINTS: &[&str] = &["mid-copy", "mid-encode"];
 
+/// Points of a sort in passes, passed once per step: after a run step, and after a merge step,
+/// has recorded its manifest (`after-run-step@2` stops after the second).
+pub const SORT_STEP_POINTS: &[&str] = &["after-run-step", "after-merge-step"];
+
 /// The further points of a hot range's commit: "after-delete" (the cold copy is live, Postgres
 /// untouched), inside a verified delete between recording its transaction id and committing
 /// it, and after a delete committed but before it is recorded as done.

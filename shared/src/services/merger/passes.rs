@@ -41,7 +41,7 @@ use crate::model::passes::{
 use crate::model::schema::{conform, unify};
 use crate::model::task::{MergeRange, SortStep, Task, MANIFEST};
 use crate::ports::store::{read_json, PutMode};
-use crate::support::faults::crash_point;
+use crate::support::faults::{crash_point, SORT_STEP_POINTS};
 
 /// How many steps run at once: one per core, as long as each gets the smallest budget.
 fn step_parallelism(budget: u64) -> usize {
@@ -267,8 +267,8 @@ impl Merger {
         manifest.merge_ms = started.elapsed().as_millis() as u64;
         let manifest = self.stage_step(step, manifest).await?;
         crash_point(match sources {
-            None => "after-run-step",
-            Some(_) => "after-merge-step",
+            None => SORT_STEP_POINTS[0],
+            Some(_) => SORT_STEP_POINTS[1],
         });
         Ok(manifest)
     }
