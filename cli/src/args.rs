@@ -43,6 +43,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Show the partition records of the state store.
     Status(StatusArgs),
+    /// How healthy the lake is: per partition, files, small files, fragmented row groups,
+    /// schema drift, corrupt and late files, gaps; Postgres backlog of hot datasets.
+    Report(ReportArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -262,8 +265,46 @@ impl DatasetFlags {
 impl CompactArgs {
     /// The configuration: the file (if any) with the flags applied on top, validated.
     pub fn config(&self) -> Result<Config> {
-        let flags = &self.dataset_flags;
-        let mut config = match &self.config {
+        load_config(&self.config, &self.dataset_flags)
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// Directory holding the data (the object-store root), or s3://bucket[/prefix].
+    pub dir: PathBuf,
+    /// Configuration file (TOML, see the README). Without it, one dataset is built from the flags.
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+    /// Only partitions whose time span starts within this window before now (time layouts).
+    #[arg(long, default_value = "14d")]
+    pub since: HumanDuration,
+    /// Only this dataset (repeatable).
+    #[arg(long)]
+    pub dataset: Vec<String>,
+    /// State store: a file, or dynamodb://TABLE [default: DIR/_compactor/state.redb; required for s3:// locations].
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Print the report as JSON (schema in docs/report.md) instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the report as one self-contained HTML page with a heat map of partitions.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    #[command(flatten)]
+    pub dataset_flags: DatasetFlags,
+}
+
+impl ReportArgs {
+    pub fn config(&self) -> Result<Config> {
+        load_config(&self.config, &self.dataset_flags)
+    }
+}
+
+/// The configuration: the file (if any) with the flags applied on top, validated.
+fn load_config(file: &Option<PathBuf>, flags: &DatasetFlags) -> Result<Config> {
+    {
+        let mut config = match file {
             Some(path) => Config::load(path)?,
             None => {
                 let mut config = Config::default();

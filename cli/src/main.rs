@@ -24,7 +24,7 @@ use compaction::ports::state::{DynamoState, EmbeddedState, StateStore};
 use compaction::ports::store::{LocalStore, ObjectStore, S3Store};
 use compaction::support::process::local_owner_id;
 
-use args::{Cli, Command, CompactArgs, DemoArgs, GenerateArgs, StatusArgs};
+use args::{Cli, Command, CompactArgs, DemoArgs, GenerateArgs, ReportArgs, StatusArgs};
 
 /// Exit codes, documented in `--help` and the README.
 const EXIT_PARTIAL: u8 = 3;
@@ -77,6 +77,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Generate(args) => generate_cmd(args).await,
         Command::Demo(args) => demo(args).await,
         Command::Status(args) => status(args).await,
+        Command::Report(args) => health_report(args).await,
     }
 }
 
@@ -274,6 +275,37 @@ async fn demo(args: DemoArgs) -> Result<ExitCode> {
         dir = dir.display()
     );
     Ok(exit_code(&summary))
+}
+
+async fn health_report(args: ReportArgs) -> Result<ExitCode> {
+    use compaction::services::report::{since, Footers, ReportOptions, Reporter};
+    let config = args.config()?;
+    let store = open_store(&args.dir).await?;
+    let state = open_state(&args.dir, &args.state, true).await?;
+    let hot = open_hot_source(&config).await;
+    let now = chrono::Utc::now();
+    let options = ReportOptions {
+        now,
+        since: Some(since(now, args.since.0)),
+        datasets: args.dataset.clone(),
+        footers: Footers::All,
+    };
+    let health = Reporter::new(store, state, hot)
+        .report(&config, &options)
+        .await?;
+    if let Some(path) = &args.html {
+        std::fs::write(path, compaction::drivers::report_page::html(&health))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&health)?);
+    } else {
+        report::print_health(&health);
+        if let Some(path) = &args.html {
+            println!("HTML report: {}", path.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn status(args: StatusArgs) -> Result<ExitCode> {

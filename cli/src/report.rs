@@ -471,3 +471,65 @@ pub fn print_status(records: &[PartitionRecord]) {
     }
     println!("{table}");
 }
+
+/// Partitions listed per dataset in the terminal summary (the JSON and HTML have all).
+const WORST_SHOWN: usize = 20;
+
+/// The health report on the terminal: totals, then each dataset's worst partitions.
+pub fn print_health(report: &compaction::model::report::LakeReport) {
+    use compaction::model::report::Health;
+    let t = &report.totals;
+    println!(
+        "{} partition(s): {} good, {} with work waiting, {} bad, {} gap(s); {} files, {}, {} rows; \
+         {} small files, {} fragmented row groups, {} corrupt, {} quarantined, {} late; {} Postgres backlog rows",
+        t.partitions, t.good, t.warn, t.bad, t.gaps, t.files, human_bytes(t.bytes), t.rows,
+        t.small_files, t.fragmented_row_groups, t.corrupt_files, t.quarantined_files,
+        t.late_files, t.backlog_rows
+    );
+    for ds in &report.datasets {
+        if let Some(hot) = &ds.hot {
+            println!(
+                "\n{} (hot): tip {}, {} final range(s), {} exported, {} moved, {} flagged; {} row(s) past finality still in Postgres",
+                ds.dataset,
+                hot.tip.map_or("-".into(), |v| v.to_string()),
+                hot.ranges_final, hot.ranges_exported, hot.ranges_moved, hot.ranges_flagged,
+                hot.backlog_rows
+            );
+            for r in hot.backlog.iter().take(WORST_SHOWN) {
+                println!("  range {}: {} row(s), cold copy: {}", r.range, r.rows, r.cold);
+            }
+            continue;
+        }
+        let d = &ds.totals;
+        println!(
+            "\n{}: {} partition(s), {} good, {} warn, {} bad, {} gap(s)",
+            ds.dataset, d.partitions, d.good, d.warn, d.bad, d.gaps
+        );
+        let worst: Vec<_> = ds.partitions.iter().filter(|p| p.health != Health::Good).collect();
+        if worst.is_empty() {
+            continue;
+        }
+        let mut table = Table::new();
+        table.load_preset(UTF8_FULL_CONDENSED);
+        table.set_header(vec!["health", "partition", "files", "small", "fragmented row groups", "late", "why"]);
+        for p in worst.iter().take(WORST_SHOWN) {
+            let mut why = p.reasons.join("; ");
+            for note in p.corrupt.iter().chain(&p.quarantined) {
+                why.push_str(&format!("; {}: {}", note.key, note.reason));
+            }
+            table.add_row(vec![
+                p.health.as_str().to_string(),
+                p.partition.clone(),
+                p.files.to_string(),
+                p.small_files.to_string(),
+                p.fragmented_row_groups.to_string(),
+                p.late_files.to_string(),
+                why,
+            ]);
+        }
+        println!("{table}");
+        if worst.len() > WORST_SHOWN {
+            println!("... and {} more (see --json or --html)", worst.len() - WORST_SHOWN);
+        }
+    }
+}

@@ -64,11 +64,24 @@ pub enum PlannerCommand {
     },
 }
 
+/// `{"report": {"since": "14d", "dataset": ["events"]}}`: both optional (default: the
+/// configured `report_since`, every dataset).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportRequest {
+    #[serde(default)]
+    pub since: Option<String>,
+    #[serde(default)]
+    pub dataset: Vec<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PlannerEvent {
     ObjectsCreated(Vec<CreatedObject>),
     Scheduled,
     Command(PlannerCommand),
+    /// Write the lake health report (JSON and HTML) under `report_prefix`.
+    Report(ReportRequest),
     /// Events that need no work (S3's `s3:TestEvent`, removals): acknowledged, not an error.
     Ignored(String),
 }
@@ -76,7 +89,8 @@ pub enum PlannerEvent {
 const ACCEPTED_PLANNER: &str =
     "expected an S3 notification ({\"Records\": [...]}), an EventBridge \
     event from S3 (\"detail-type\": \"Object Created\") or the scheduler (\"Scheduled Event\"), or \
-    a command ({\"command\": \"plan\" | \"sweep\" | \"backfill\", ...}; see events/)";
+    a command ({\"command\": \"plan\" | \"sweep\" | \"backfill\", ...}) or a report \
+    ({\"report\": {...}}; see events/)";
 
 /// The `detail` of an EventBridge "Object Created" event from S3.
 #[derive(Debug, Deserialize, Serialize)]
@@ -183,6 +197,15 @@ pub fn parse_planner_event(value: &Value) -> Result<PlannerEvent> {
                 "EventBridge event {detail_type:?} from {source:?} is not handled; {ACCEPTED_PLANNER}"
             ))),
         };
+    }
+    if let Some(request) = value.get("report") {
+        let request: ReportRequest = serde_json::from_value(request.clone())
+            .map_err(|e| bad(format!("report: {e}; see events/planner-report.json")))?;
+        if let Some(since) = &request.since {
+            humantime::parse_duration(since)
+                .map_err(|e| bad(format!("report since {since:?}: {e}; write e.g. \"14d\"")))?;
+        }
+        return Ok(PlannerEvent::Report(request));
     }
     if value.get("command").is_some() {
         let command: PlannerCommand = serde_json::from_value(value.clone())
@@ -406,6 +429,16 @@ mod tests {
             parse_planner_event(&sample("planner-scheduled.json")).unwrap(),
             PlannerEvent::Scheduled
         );
+        assert_eq!(
+            parse_planner_event(&sample("planner-report.json")).unwrap(),
+            PlannerEvent::Report(ReportRequest {
+                since: Some("14d".into()),
+                dataset: vec!["clicks".into()],
+            })
+        );
+        let bad_since =
+            parse_planner_event(&serde_json::json!({"report": {"since": "soon"}})).unwrap_err();
+        assert!(bad_since.to_string().contains("report since"), "{bad_since}");
         // A layout without time fields: routed to its range partition.
         let PlannerEvent::ObjectsCreated(objects) =
             parse_planner_event(&sample("planner-s3-put-range-layout.json")).unwrap()

@@ -32,6 +32,13 @@ pub struct Config {
     /// merger's time limit). Measured figures replace it once a partition was compacted.
     #[serde(default = "default_merge_throughput")]
     pub merge_throughput: ByteSize,
+    /// Where the planner's `report` event writes the health report (`latest.json`,
+    /// `latest.html` and a dated copy of each).
+    #[serde(default = "default_report_prefix")]
+    pub report_prefix: String,
+    /// The window of time partitions the health report and the sweep's health metrics cover.
+    #[serde(default = "default_report_since")]
+    pub report_since: HumanDuration,
     #[serde(default, rename = "dataset")]
     pub datasets: Vec<DatasetConfig>,
     /// Postgres tables whose finalized ranges move to cold Parquet (see [`HotDatasetConfig`]).
@@ -57,6 +64,12 @@ pub const DEFAULT_MERGE_THROUGHPUT: ByteSize = ByteSize(20 * 1024 * 1024);
 fn default_merge_throughput() -> ByteSize {
     DEFAULT_MERGE_THROUGHPUT
 }
+fn default_report_prefix() -> String {
+    "_compactor/reports".to_string()
+}
+fn default_report_since() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(14 * 24 * 3600))
+}
 fn default_lease_ttl() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(15 * 60))
 }
@@ -67,6 +80,8 @@ impl Default for Config {
             memory_budget: default_memory_budget(),
             lease_ttl: default_lease_ttl(),
             merge_throughput: default_merge_throughput(),
+            report_prefix: default_report_prefix(),
+            report_since: default_report_since(),
             datasets: Vec::new(),
             hot_datasets: Vec::new(),
         }
@@ -96,6 +111,12 @@ impl Config {
             Error::config(
                 "staging_prefix",
                 format!("{e}; use a relative prefix such as \"_compactor/staging\""),
+            )
+        })?;
+        validate_prefix(&self.report_prefix).map_err(|e| {
+            Error::config(
+                "report_prefix",
+                format!("{e}; use a relative prefix such as \"_compactor/reports\""),
             )
         })?;
         if self.memory_budget.bytes() < crate::model::memory::MIN_BUDGET {

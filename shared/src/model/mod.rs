@@ -13,6 +13,7 @@ pub mod object;
 pub mod partition;
 pub mod passes;
 pub mod plan;
+pub mod report;
 pub mod schema;
 pub mod state;
 pub mod task;

@@ -336,6 +336,46 @@ impl PartitionTemplate {
         rest.is_empty().then_some(values)
     }
 
+    /// Writes the partition path for `fields` (the named ones), the time span starting at
+    /// `start` and the range `range` (`{start}`, `{end}`); `None` when a field has no value.
+    pub fn render(
+        &self,
+        fields: &BTreeMap<String, String>,
+        start: Option<DateTime<Utc>>,
+        range: Option<(i64, i64)>,
+    ) -> Option<String> {
+        let mut levels = Vec::with_capacity(self.segments.len());
+        for parts in &self.segments {
+            let mut name = String::new();
+            for part in parts {
+                match part {
+                    Part::Literal(lit) => name.push_str(lit),
+                    Part::Field(field) => {
+                        let value = match (field, start) {
+                            (Field::Date, Some(t)) => t.format("%Y-%m-%d").to_string(),
+                            (Field::Year, Some(t)) => t.format("%Y").to_string(),
+                            (Field::Month, Some(t)) => t.format("%m").to_string(),
+                            (Field::Day, Some(t)) => t.format("%d").to_string(),
+                            (Field::Hour, Some(t)) => t.format("%H").to_string(),
+                            (Field::Minute, Some(t)) => t.format("%M").to_string(),
+                            (Field::Named(n), _) if n == "start" && range.is_some() => {
+                                range?.0.to_string()
+                            }
+                            (Field::Named(n), _) if n == "end" && range.is_some() => {
+                                range?.1.to_string()
+                            }
+                            (Field::Named(n), _) => fields.get(n)?.clone(),
+                            _ => return None,
+                        };
+                        name.push_str(&value);
+                    }
+                }
+            }
+            levels.push(name);
+        }
+        Some(levels.join("/"))
+    }
+
     /// Parses a whole partition path (relative to the dataset prefix, `/`-separated).
     pub fn parse_partition(&self, path: &str) -> Result<PartitionValues> {
         let err = |reason: &str| Error::Partition {

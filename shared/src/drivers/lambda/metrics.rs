@@ -70,6 +70,49 @@ impl Metrics {
     }
 }
 
+/// The health figures of each dataset as EMF documents (dimension `Dataset`): small files,
+/// fragmented row groups, corrupt and quarantined files, gaps, late files, Postgres backlog rows.
+pub fn health_documents(
+    report: &crate::model::report::LakeReport,
+    timestamp_ms: i64,
+) -> Vec<Value> {
+    report
+        .datasets
+        .iter()
+        .map(|ds| {
+            let t = &ds.totals;
+            let figures = [
+                ("SmallFiles", t.small_files),
+                ("FragmentedRowGroups", t.fragmented_row_groups),
+                ("CorruptFiles", t.corrupt_files + t.quarantined_files),
+                ("Gaps", t.gaps),
+                ("LateFiles", t.late_files),
+                ("BacklogRows", t.backlog_rows),
+                ("PartitionsBad", t.bad),
+            ];
+            let mut root = Map::new();
+            root.insert(
+                "_aws".into(),
+                json!({
+                    "Timestamp": timestamp_ms,
+                    "CloudWatchMetrics": [{
+                        "Namespace": NAMESPACE,
+                        "Dimensions": [["Dataset"]],
+                        "Metrics": figures.iter()
+                            .map(|(name, _)| json!({"Name": name, "Unit": "Count"}))
+                            .collect::<Vec<_>>(),
+                    }],
+                }),
+            );
+            root.insert("Dataset".into(), json!(ds.dataset));
+            for (name, value) in figures {
+                root.insert(name.into(), json!(value));
+            }
+            Value::Object(root)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

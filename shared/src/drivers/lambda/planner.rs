@@ -8,9 +8,12 @@ use std::time::Instant;
 use serde_json::{json, Value};
 
 use crate::drivers::events::{
-    parse_planner_event, route_key, KeyRoute, PlannerCommand, PlannerEvent,
+    parse_planner_event, route_key, KeyRoute, PlannerCommand, PlannerEvent, ReportRequest,
 };
-use crate::drivers::lambda::metrics::Metrics;
+use crate::drivers::lambda::metrics::{health_documents, Metrics};
+use crate::model::report::LakeReport;
+use crate::ports::store::PutMode;
+use crate::services::report::{since as since_window, Footers, ReportOptions, Reporter};
 use crate::error::{Error, Result};
 use crate::model::config::{AnyDataset, Config};
 use crate::model::partition::{coldness, Coldness};
@@ -97,9 +100,13 @@ impl PlannerFunction {
                 self.objects_created(&planner, &objects, &mut metrics).await
             }
             PlannerEvent::Scheduled => {
-                self.sweep(&planner, None, false, false, stop_at, &mut metrics)
-                    .await
+                let swept = self
+                    .sweep(&planner, None, false, false, stop_at, &mut metrics)
+                    .await;
+                self.emit_health().await;
+                swept
             }
+            PlannerEvent::Report(request) => self.write_report(&request).await,
             PlannerEvent::Command(command) => {
                 self.command(&planner, command, stop_at, &mut metrics).await
             }
@@ -332,6 +339,82 @@ impl PlannerFunction {
         }
         record_plans(&plans, metrics);
         Ok(json!({"plans": plans_json(&plans)}))
+    }
+}
+
+impl PlannerFunction {
+    async fn health(
+        &self,
+        since: std::time::Duration,
+        datasets: Vec<String>,
+        footers: Footers,
+    ) -> Result<LakeReport> {
+        let now = chrono::Utc::now();
+        Reporter::new(
+            Arc::clone(&self.deployment.store),
+            Arc::clone(&self.deployment.state),
+            self.deployment.hot.clone(),
+        )
+        .report(
+            &self.deployment.config,
+            &ReportOptions {
+                now,
+                since: Some(since_window(now, since)),
+                datasets,
+                footers,
+            },
+        )
+        .await
+    }
+
+    /// The `report` event: the health report as JSON and HTML under `report_prefix`
+    /// (`latest.*`, and a dated copy of each).
+    async fn write_report(&self, request: &ReportRequest) -> Result<Value> {
+        let config = &self.deployment.config;
+        let since = match &request.since {
+            Some(s) => humantime::parse_duration(s)
+                .map_err(|e| Error::BadEvent(format!("report since {s:?}: {e}")))?,
+            None => config.report_since.0,
+        };
+        let report = self.health(since, request.dataset.clone(), Footers::All).await?;
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+        let prefix = crate::model::object::dir_prefix(&config.report_prefix);
+        let json_body = bytes::Bytes::from(
+            serde_json::to_vec_pretty(&report).map_err(|e| Error::Other(e.to_string()))?,
+        );
+        let html_body = bytes::Bytes::from(crate::drivers::report_page::html(&report));
+        let mut written = Vec::new();
+        for (name, body) in [
+            (format!("report-{stamp}.json"), json_body.clone()),
+            (format!("report-{stamp}.html"), html_body.clone()),
+            ("latest.json".to_string(), json_body),
+            ("latest.html".to_string(), html_body),
+        ] {
+            let key = format!("{prefix}{name}");
+            self.deployment
+                .store
+                .put(&key, body, PutMode::Overwrite)
+                .await?;
+            written.push(key);
+        }
+        for document in health_documents(&report, crate::support::clock::now_ms()) {
+            println!("{document}");
+        }
+        Ok(json!({"report": {"written": written, "totals": report.totals}}))
+    }
+
+    /// Every scheduled sweep: the health figures of each dataset as metrics (footers of the
+    /// large files only, so the sweep stays cheap). A failure is logged, never the sweep's.
+    async fn emit_health(&self) {
+        let since = self.deployment.config.report_since.0;
+        match self.health(since, Vec::new(), Footers::LargeOnly).await {
+            Ok(report) => {
+                for document in health_documents(&report, crate::support::clock::now_ms()) {
+                    println!("{document}");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not measure the lake's health"),
+        }
     }
 }
 

@@ -229,43 +229,9 @@ impl Planner {
         self
     }
 
-    /// Partition paths (relative to the source prefix) found by walking one directory level per
-    /// template segment; names that do not match the template, hidden and `_` names are skipped.
+    /// Partition paths of `dataset` (see [`discover`]).
     pub async fn discover(&self, dataset: &DatasetConfig) -> Result<Vec<String>> {
-        let template = dataset.template()?;
-        let root = dataset.source_dir();
-        let staging = dir_prefix(&self.settings.staging_prefix);
-        let mut frontier = vec![String::new()];
-        for level in 0..template.depth() {
-            let mut next = Vec::new();
-            for relative in frontier {
-                let listing =
-                    list_all(self.store.as_ref(), &format!("{root}{relative}"), Some('/')).await?;
-                for prefix in listing.common_prefixes {
-                    if !staging.is_empty() && prefix.starts_with(&staging) {
-                        continue;
-                    }
-                    let name = file_name(&prefix);
-                    if name.starts_with('_') || name.starts_with('.') {
-                        continue;
-                    }
-                    if let Err(e) = crate::model::object::validate_key(&prefix) {
-                        tracing::warn!(dataset = dataset.name, key = %prefix.escape_debug(), error = %e, "skipping a directory whose name the store cannot address; it is left alone");
-                        continue;
-                    }
-                    if template.match_segment(level, name).is_some() {
-                        next.push(format!("{relative}{name}/"));
-                    } else {
-                        tracing::warn!(dataset = dataset.name, key = %prefix, template = dataset.partition_template, "skipping a directory that does not match the partition template");
-                    }
-                }
-            }
-            frontier = next;
-        }
-        Ok(frontier
-            .into_iter()
-            .map(|p| p.trim_end_matches('/').to_string())
-            .collect())
+        discover(self.store.as_ref(), dataset, &self.settings.staging_prefix).await
     }
 
     pub async fn plan_dataset(
@@ -709,4 +675,47 @@ fn later_range_starts(template: &PartitionTemplate, partitions: &[String]) -> Ha
         }
     }
     starts
+}
+
+/// Partition paths (relative to the source prefix) found by walking one directory level per
+/// template segment; names that do not match the template, hidden and `_` names are skipped.
+pub async fn discover(
+store: &dyn ObjectStore,
+dataset: &DatasetConfig,
+staging_prefix: &str,
+) -> Result<Vec<String>> {
+    let template = dataset.template()?;
+    let root = dataset.source_dir();
+    let staging = dir_prefix(staging_prefix);
+    let mut frontier = vec![String::new()];
+    for level in 0..template.depth() {
+        let mut next = Vec::new();
+        for relative in frontier {
+            let listing =
+                list_all(store, &format!("{root}{relative}"), Some('/')).await?;
+            for prefix in listing.common_prefixes {
+                if !staging.is_empty() && prefix.starts_with(&staging) {
+                    continue;
+                }
+                let name = file_name(&prefix);
+                if name.starts_with('_') || name.starts_with('.') {
+                    continue;
+                }
+                if let Err(e) = crate::model::object::validate_key(&prefix) {
+                    tracing::warn!(dataset = dataset.name, key = %prefix.escape_debug(), error = %e, "skipping a directory whose name the store cannot address; it is left alone");
+                    continue;
+                }
+                if template.match_segment(level, name).is_some() {
+                    next.push(format!("{relative}{name}/"));
+                } else {
+                    tracing::warn!(dataset = dataset.name, key = %prefix, template = dataset.partition_template, "skipping a directory that does not match the partition template");
+                }
+            }
+        }
+        frontier = next;
+    }
+    Ok(frontier
+        .into_iter()
+        .map(|p| p.trim_end_matches('/').to_string())
+        .collect())
 }
