@@ -496,7 +496,10 @@ pub fn print_health(report: &compaction::model::report::LakeReport) {
                 hot.backlog_rows
             );
             for r in hot.backlog.iter().take(WORST_SHOWN) {
-                println!("  range {}: {} row(s), cold copy: {}", r.range, r.rows, r.cold);
+                println!(
+                    "  range {}: {} row(s), cold copy: {}",
+                    r.range, r.rows, r.cold
+                );
             }
             continue;
         }
@@ -505,13 +508,25 @@ pub fn print_health(report: &compaction::model::report::LakeReport) {
             "\n{}: {} partition(s), {} good, {} warn, {} bad, {} gap(s)",
             ds.dataset, d.partitions, d.good, d.warn, d.bad, d.gaps
         );
-        let worst: Vec<_> = ds.partitions.iter().filter(|p| p.health != Health::Good).collect();
+        let worst: Vec<_> = ds
+            .partitions
+            .iter()
+            .filter(|p| p.health != Health::Good)
+            .collect();
         if worst.is_empty() {
             continue;
         }
         let mut table = Table::new();
         table.load_preset(UTF8_FULL_CONDENSED);
-        table.set_header(vec!["health", "partition", "files", "small", "fragmented row groups", "late", "why"]);
+        table.set_header(vec![
+            "health",
+            "partition",
+            "files",
+            "small",
+            "fragmented row groups",
+            "late",
+            "why",
+        ]);
         for p in worst.iter().take(WORST_SHOWN) {
             let mut why = p.reasons.join("; ");
             for note in p.corrupt.iter().chain(&p.quarantined) {
@@ -529,7 +544,10 @@ pub fn print_health(report: &compaction::model::report::LakeReport) {
         }
         println!("{table}");
         if worst.len() > WORST_SHOWN {
-            println!("... and {} more (see --json or --html)", worst.len() - WORST_SHOWN);
+            println!(
+                "... and {} more (see --json or --html)",
+                worst.len() - WORST_SHOWN
+            );
         }
     }
 }

@@ -715,3 +715,54 @@ async fn a_flat_folder_compacts_through_the_functions() {
         "staging is empty"
     );
 }
+
+/// The planner's `report` event writes the health report (JSON and HTML) under
+/// `report_prefix` on S3; a bad one is refused and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_event_writes_the_health_report_to_s3() {
+    use compaction::model::report::LakeReport;
+    let p = Pipeline::new(small_config()).await;
+    sample(&p, 2, 4).await;
+    let response = p.plan(&json!({"report": {"since": "2d"}})).await;
+    let written: Vec<String> = response["report"]["written"]
+        .as_array()
+        .expect("written keys")
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    assert!(written.contains(&"_compactor/reports/latest.json".to_string()));
+    assert!(written.contains(&"_compactor/reports/latest.html".to_string()));
+    assert_eq!(written.len(), 4, "{written:?}");
+    let (json_body, _) = p
+        .store()
+        .get("_compactor/reports/latest.json")
+        .await
+        .unwrap();
+    let report: LakeReport = serde_json::from_slice(&json_body).unwrap();
+    assert_eq!(report.datasets[0].dataset, "events");
+    assert_eq!(report.totals.files, 8, "{:?}", report.totals);
+    assert_eq!(report.totals.small_files, 8);
+    let (html, _) = p
+        .store()
+        .get("_compactor/reports/latest.html")
+        .await
+        .unwrap();
+    let html = String::from_utf8_lossy(&html);
+    assert_eq!(
+        html.matches("data-partition=").count(),
+        report.datasets[0].partitions.len()
+    );
+
+    let before = p.keys().await;
+    let refused = p
+        .planner
+        .handle(
+            &json!({"report": {"since": "yesterday-ish"}}),
+            "req-2",
+            far_deadline(),
+        )
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("report since"), "{refused}");
+    assert_eq!(p.keys().await, before, "a refused report writes nothing");
+}

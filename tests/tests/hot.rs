@@ -1,6 +1,8 @@
 //! Hot datasets against a real PostgreSQL: export of finalized ranges into cold Parquet, the
 //! replace commit, and the bounded delete — with the local pipeline (directory + embedded state).
 
+use std::sync::Arc;
+
 use compaction::model::hot::cold::DeleteState;
 use compaction::model::hot::config::{HotDatasetConfig, UnboundedNumeric};
 use compaction::model::plan::SkipReason;
@@ -1049,4 +1051,75 @@ async fn a_lock_timeout_stops_one_batch_reports_the_truth_and_resumes() {
         .await,
         0
     );
+}
+
+/// The health report's Postgres backlog: the rows past finality still in Postgres, by range,
+/// before the ranges are moved; none after (and the range not final yet is never a backlog).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_report_shows_the_postgres_backlog_until_it_is_moved() {
+    use compaction::services::report::{Footers, ReportOptions, Reporter};
+    let env = HotEnv::new().await;
+    env.sql(&format!(
+        "CREATE TABLE {t} (chain_id int4, block_number int4, payload text);
+         INSERT INTO {t} SELECT 1, g, 'p' || g FROM generate_series(0, 3004) g;",
+        t = env.table("backlog")
+    ))
+    .await;
+    let hot = HotDatasetConfig {
+        delete_after_compact: true,
+        ..blocks(&env, "backlog")
+    };
+    let config = hot_config(hot.clone());
+    let report = || async {
+        Reporter::new(
+            Arc::clone(&env.env.store),
+            Arc::clone(&env.env.state),
+            Some(Arc::clone(&env.source)),
+        )
+        .report(
+            &config,
+            &ReportOptions {
+                now: chrono::Utc::now(),
+                since: None,
+                datasets: Vec::new(),
+                footers: Footers::All,
+            },
+        )
+        .await
+        .unwrap()
+    };
+    let before = report().await;
+    let health = before.datasets[0].hot.as_ref().expect("hot health");
+    assert_eq!(
+        (health.tip, health.final_through, health.ranges_final),
+        (Some(3004), Some(2994), 2)
+    );
+    assert_eq!(health.backlog_rows, 2000, "{health:?}");
+    let ranges: Vec<(&str, u64, &str)> = health
+        .backlog
+        .iter()
+        .map(|r| (r.range.as_str(), r.rows, r.cold.as_str()))
+        .collect();
+    assert_eq!(
+        ranges,
+        vec![
+            ("0-1000", 1000, "not exported"),
+            ("1000-2000", 1000, "not exported")
+        ]
+    );
+    assert_eq!(before.totals.backlog_rows, 2000);
+
+    env.run(&config, None).await;
+    let after = report().await;
+    let health = after.datasets[0].hot.as_ref().unwrap();
+    assert_eq!(
+        (
+            health.backlog_rows,
+            health.ranges_exported,
+            health.ranges_moved
+        ),
+        (0, 2, 2),
+        "{health:?}"
+    );
+    assert!(health.backlog.is_empty());
 }

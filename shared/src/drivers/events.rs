@@ -438,7 +438,10 @@ mod tests {
         );
         let bad_since =
             parse_planner_event(&serde_json::json!({"report": {"since": "soon"}})).unwrap_err();
-        assert!(bad_since.to_string().contains("report since"), "{bad_since}");
+        assert!(
+            bad_since.to_string().contains("report since"),
+            "{bad_since}"
+        );
         // A layout without time fields: routed to its range partition.
         let PlannerEvent::ObjectsCreated(objects) =
             parse_planner_event(&sample("planner-s3-put-range-layout.json")).unwrap()

@@ -111,7 +111,10 @@ fn heat_map(out: &mut String, ds: &DatasetHealth) {
 fn totals_table(out: &mut String, t: &Totals) {
     let rows = [
         ("partitions", t.partitions.to_string()),
-        ("good / warn / bad", format!("{} / {} / {}", t.good, t.warn, t.bad)),
+        (
+            "good / warn / bad",
+            format!("{} / {} / {}", t.good, t.warn, t.bad),
+        ),
         ("gaps", t.gaps.to_string()),
         ("files", t.files.to_string()),
         ("bytes", human_bytes(t.bytes)),

@@ -367,11 +367,19 @@ mod tests {
     fn hours_missing_from_a_series_are_gaps_and_the_current_hour_is_not() {
         let mut found = BTreeMap::new();
         found.insert("".to_string(), [at(1), at(2), at(5)].into_iter().collect());
-        let gaps = time_gaps(&found, Granularity::Hour, None, at(6) + Duration::minutes(30));
+        let gaps = time_gaps(
+            &found,
+            Granularity::Hour,
+            None,
+            at(6) + Duration::minutes(30),
+        );
         let hours: Vec<_> = gaps.iter().map(|(_, t)| *t).collect();
         assert_eq!(hours, vec![at(3), at(4)]);
         // `since` before the first partition: the series starts at its first partition.
-        assert_eq!(time_gaps(&found, Granularity::Hour, Some(at(0)), at(6)).len(), 2);
+        assert_eq!(
+            time_gaps(&found, Granularity::Hour, Some(at(0)), at(6)).len(),
+            2
+        );
         // `since` after it: only the later hours count.
         let later = time_gaps(&found, Granularity::Hour, Some(at(4)), at(6));
         assert_eq!(later, vec![("".to_string(), at(4))]);

@@ -291,7 +291,10 @@ impl Reporter {
             ) {
                 Ok(schema) => {
                     let schema = Arc::new(schema);
-                    match schemas.iter_mut().find(|(s, _)| s.fields() == schema.fields()) {
+                    match schemas
+                        .iter_mut()
+                        .find(|(s, _)| s.fields() == schema.fields())
+                    {
                         Some((_, keys)) => keys.push(file.key.clone()),
                         None => schemas.push((schema, vec![file.key.clone()])),
                     }
@@ -340,7 +343,8 @@ impl Reporter {
                 if final_end > hot.range_start {
                     health.ranges_final =
                         ((final_end - hot.range_start) / hot.range_size.max(1) as i64) as u64;
-                    for (start, rows) in source.range_counts(hot, hot.range_start, final_end).await?
+                    for (start, rows) in
+                        source.range_counts(hot, hot.range_start, final_end).await?
                     {
                         let range = KeyRange {
                             start,

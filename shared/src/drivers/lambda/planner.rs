@@ -11,17 +11,17 @@ use crate::drivers::events::{
     parse_planner_event, route_key, KeyRoute, PlannerCommand, PlannerEvent, ReportRequest,
 };
 use crate::drivers::lambda::metrics::{health_documents, Metrics};
-use crate::model::report::LakeReport;
-use crate::ports::store::PutMode;
-use crate::services::report::{since as since_window, Footers, ReportOptions, Reporter};
 use crate::error::{Error, Result};
 use crate::model::config::{AnyDataset, Config};
 use crate::model::partition::{coldness, Coldness};
+use crate::model::report::LakeReport;
 use crate::model::state::{Counters, PartitionId};
 use crate::ports::dispatch::{Dispatcher, LambdaDispatcher};
+use crate::ports::store::PutMode;
 use crate::services::planner::{
     DatasetPlan, PartitionOutcome, PlanOptions, Planner, PlannerSettings,
 };
+use crate::services::report::{since as since_window, Footers, ReportOptions, Reporter};
 use crate::support::env::env_var;
 use crate::support::units::ByteSize;
 
@@ -376,7 +376,9 @@ impl PlannerFunction {
                 .map_err(|e| Error::BadEvent(format!("report since {s:?}: {e}")))?,
             None => config.report_since.0,
         };
-        let report = self.health(since, request.dataset.clone(), Footers::All).await?;
+        let report = self
+            .health(since, request.dataset.clone(), Footers::All)
+            .await?;
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
         let prefix = crate::model::object::dir_prefix(&config.report_prefix);
         let json_body = bytes::Bytes::from(

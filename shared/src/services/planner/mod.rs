@@ -680,9 +680,9 @@ fn later_range_starts(template: &PartitionTemplate, partitions: &[String]) -> Ha
 /// Partition paths (relative to the source prefix) found by walking one directory level per
 /// template segment; names that do not match the template, hidden and `_` names are skipped.
 pub async fn discover(
-store: &dyn ObjectStore,
-dataset: &DatasetConfig,
-staging_prefix: &str,
+    store: &dyn ObjectStore,
+    dataset: &DatasetConfig,
+    staging_prefix: &str,
 ) -> Result<Vec<String>> {
     let template = dataset.template()?;
     let root = dataset.source_dir();
@@ -691,8 +691,7 @@ staging_prefix: &str,
     for level in 0..template.depth() {
         let mut next = Vec::new();
         for relative in frontier {
-            let listing =
-                list_all(store, &format!("{root}{relative}"), Some('/')).await?;
+            let listing = list_all(store, &format!("{root}{relative}"), Some('/')).await?;
             for prefix in listing.common_prefixes {
                 if !staging.is_empty() && prefix.starts_with(&staging) {
                     continue;
