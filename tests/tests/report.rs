@@ -65,7 +65,7 @@ async fn report(store: Arc<dyn ObjectStore>, state: Arc<dyn StateStore>) -> Lake
         .expect("report")
 }
 
-fn partition<'a>(report: &'a LakeReport, i: i64) -> &'a PartitionHealth {
+fn partition(report: &LakeReport, i: i64) -> &PartitionHealth {
     let name = partition_path(hour(i));
     report.datasets[0]
         .partitions
