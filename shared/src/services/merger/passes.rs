@@ -50,6 +50,11 @@ fn step_parallelism(budget: u64) -> usize {
     cores.min(shares).max(1)
 }
 
+/// Decoded bytes per stored byte of a run (LZ4, no dictionaries), assumed when sizing batches.
+const RUN_DECODED_GROWTH: f64 = 3.0;
+/// The fewest rows a merge step decodes at once per run, whatever the number of runs.
+const MIN_RUN_BATCH: usize = 256;
+
 /// The least a step handles, whatever the time left: smaller steps cost more than they save.
 const MIN_STEP_BYTES: u64 = 16 << 20;
 
@@ -359,16 +364,21 @@ impl Merger {
         };
         let (lower, upper) = (bound(&range.lower)?, bound(&range.upper)?);
         let below = Arc::new(AtomicU64::new(0));
+        // Every run holds a decoded batch open: its rows are sized to the run's share of the
+        // merge memory (LZ4 runs decode to about this many times their stored bytes).
+        let share = task_memory(step).merge / runs.runs.len().max(1) as u64;
         let mut sources: Vec<Box<dyn RunSource>> = Vec::with_capacity(runs.runs.len());
         for run in &runs.runs {
+            let decoded_row = (run.row_bytes * RUN_DECODED_GROWTH).max(1.0);
+            let batch_rows = ((share / 2) as f64 / decoded_row) as usize;
             sources.push(Box::new(
                 run.from(
                     self,
                     &order,
                     &converter,
-                    lower.clone(),
-                    upper.clone(),
+                    (lower.clone(), upper.clone()),
                     &below,
+                    batch_rows.clamp(MIN_RUN_BATCH, BATCH_ROWS),
                 )
                 .await?,
             ));
@@ -613,9 +623,9 @@ impl Run {
         merger: &Merger,
         order: &KeyOrder,
         converter: &RowConverter,
-        lower: Option<OwnedRow>,
-        upper: Option<OwnedRow>,
+        (lower, upper): (Option<OwnedRow>, Option<OwnedRow>),
         below: &Arc<AtomicU64>,
+        batch_rows: usize,
     ) -> Result<RangeRun> {
         // Every row up to the last sample under `lower` is under it too.
         let skip = match &lower {
@@ -655,7 +665,7 @@ impl Run {
         let batches = stream::iter(items)
             .then(move |(meta, groups)| {
                 let store = Arc::clone(&store);
-                async move { open_run_file(store, meta, groups).await }
+                async move { open_run_file(store, meta, groups, batch_rows).await }
             })
             .try_flatten()
             .boxed();
@@ -675,6 +685,7 @@ async fn open_run_file(
     store: Arc<dyn crate::ports::store::ObjectStore>,
     meta: ObjectMeta,
     groups: Option<Vec<usize>>,
+    batch_rows: usize,
 ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
     let footer = read_footer(store.as_ref(), &meta.key).await?;
     let key = meta.key.clone();
@@ -684,7 +695,7 @@ async fn open_run_file(
         StoreReader::ranged(store, &meta),
         arrow_meta,
     )
-    .with_batch_size(BATCH_ROWS);
+    .with_batch_size(batch_rows);
     if let Some(groups) = groups {
         builder = builder.with_row_groups(groups);
     }
