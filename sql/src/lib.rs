@@ -1,0 +1,485 @@
+//! SQL over record batches for the maintenance commands: a `WHERE` predicate (`price < 0 AND
+//! venue = 'X'`) and `SET` assignments (`spread = best_ask - best_bid`), parsed by DataFusion's
+//! SQL parser, planned against the data's schema (unknown columns and type errors are found
+//! here, before anything is read or written), coerced, and evaluated as DataFusion physical
+//! expressions. Nothing here parses or evaluates SQL by hand.
+//!
+//! DataFusion's newest release is built on arrow 59 and the product on arrow 60: the columns an
+//! expression reads cross over as Arrow IPC (a copy of those columns only), and its result
+//! comes back the same way. Only the binaries that run maintenance link this crate.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow59::datatypes::{DataType as DataType59, SchemaRef as SchemaRef59};
+use datafusion_common::config::ConfigOptions;
+use datafusion_common::tree_node::TreeNode;
+use datafusion_common::{DFSchema, TableReference};
+use datafusion_expr::execution_props::ExecutionProps;
+use datafusion_expr::planner::ContextProvider;
+use datafusion_expr::{
+    AggregateUDF, Expr, ExprSchemable, HigherOrderUDF, ScalarUDF, TableSource, WindowUDF,
+};
+use datafusion_optimizer::analyzer::type_coercion::TypeCoercionRewriter;
+use datafusion_physical_expr::{create_physical_expr, PhysicalExpr};
+use datafusion_sql::planner::{PlannerContext, SqlToRel};
+use datafusion_sql::sqlparser::dialect::GenericDialect;
+use datafusion_sql::sqlparser::parser::Parser;
+use datafusion_sql::sqlparser::tokenizer::Token;
+
+/// What went wrong with an expression, and where.
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    #[error("{what} {sql:?} is not valid SQL: {message}")]
+    Parse {
+        what: &'static str,
+        sql: String,
+        message: String,
+    },
+    #[error("{what} {sql:?}: {message}")]
+    Plan {
+        what: &'static str,
+        sql: String,
+        message: String,
+    },
+    #[error("evaluating {sql:?}: {message}")]
+    Eval { sql: String, message: String },
+}
+
+/// Planning needs a catalog; expressions here name columns of one schema and no functions.
+struct NoCatalog {
+    options: ConfigOptions,
+}
+
+impl ContextProvider for NoCatalog {
+    fn get_table_source(
+        &self,
+        name: TableReference,
+    ) -> datafusion_common::Result<Arc<dyn TableSource>> {
+        datafusion_common::plan_err!("no table {name} here: name the columns of the data")
+    }
+    fn get_function_meta(&self, _name: &str) -> Option<Arc<ScalarUDF>> {
+        None
+    }
+    fn get_higher_order_meta(&self, _name: &str) -> Option<Arc<HigherOrderUDF>> {
+        None
+    }
+    fn get_aggregate_meta(&self, _name: &str) -> Option<Arc<AggregateUDF>> {
+        None
+    }
+    fn get_window_meta(&self, _name: &str) -> Option<Arc<WindowUDF>> {
+        None
+    }
+    fn get_variable_type(&self, _variable_names: &[String]) -> Option<DataType59> {
+        None
+    }
+    fn options(&self) -> &ConfigOptions {
+        &self.options
+    }
+    fn udf_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn higher_order_function_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn udaf_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+    fn udwf_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+/// An expression planned against a schema: what it reads and how it computes.
+struct Planned {
+    sql: String,
+    /// Indices of the columns it reads, in the data's schema.
+    columns: Vec<usize>,
+    /// The schema of those columns (arrow 59), which the physical expression indexes.
+    input: SchemaRef59,
+    physical: Arc<dyn PhysicalExpr>,
+    data_type: DataType59,
+}
+
+fn to_schema59(schema: &SchemaRef) -> Result<SchemaRef59, String> {
+    let empty = RecordBatch::new_empty(Arc::clone(schema));
+    Ok(batch_to_59(&empty)?.schema())
+}
+
+fn batch_to_59(batch: &RecordBatch) -> Result<arrow59::array::RecordBatch, String> {
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow::ipc::writer::StreamWriter::try_new(&mut buf, &batch.schema())
+            .map_err(|e| e.to_string())?;
+        w.write(batch).map_err(|e| e.to_string())?;
+        w.finish().map_err(|e| e.to_string())?;
+    }
+    let mut r = arrow59::ipc::reader::StreamReader::try_new(std::io::Cursor::new(buf), None)
+        .map_err(|e| e.to_string())?;
+    match r.next() {
+        Some(b) => b.map_err(|e| e.to_string()),
+        None => Ok(arrow59::array::RecordBatch::new_empty(r.schema())),
+    }
+}
+
+fn array_from_59(array: arrow59::array::ArrayRef) -> Result<ArrayRef, String> {
+    let field = arrow59::datatypes::Field::new("v", array.data_type().clone(), true);
+    let batch = arrow59::array::RecordBatch::try_new(
+        Arc::new(arrow59::datatypes::Schema::new(vec![field])),
+        vec![array],
+    )
+    .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    {
+        let mut w = arrow59::ipc::writer::StreamWriter::try_new(&mut buf, &batch.schema())
+            .map_err(|e| e.to_string())?;
+        w.write(&batch).map_err(|e| e.to_string())?;
+        w.finish().map_err(|e| e.to_string())?;
+    }
+    let mut r = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(buf), None)
+        .map_err(|e| e.to_string())?;
+    let back = r
+        .next()
+        .ok_or("an expression's result did not come back")?
+        .map_err(|e| e.to_string())?;
+    Ok(Arc::clone(back.column(0)))
+}
+
+impl Planned {
+    fn new(what: &'static str, sql: &str, schema: &SchemaRef) -> Result<Self, SqlError> {
+        let plan_err = |message: String| SqlError::Plan {
+            what,
+            sql: sql.to_string(),
+            message,
+        };
+        let dialect = GenericDialect {};
+        let mut parser = Parser::new(&dialect)
+            .try_with_sql(sql)
+            .map_err(|e| SqlError::Parse {
+                what,
+                sql: sql.to_string(),
+                message: e.to_string(),
+            })?;
+        let ast = parser.parse_expr().map_err(|e| SqlError::Parse {
+            what,
+            sql: sql.to_string(),
+            message: e.to_string(),
+        })?;
+        // One expression and nothing after it: `x = 1; DROP TABLE t` stops here.
+        let rest = parser.peek_token();
+        if rest.token != Token::EOF {
+            return Err(SqlError::Parse {
+                what,
+                sql: sql.to_string(),
+                message: format!(
+                    "unexpected {} after the expression; give one expression",
+                    rest.token
+                ),
+            });
+        }
+        let full = to_schema59(schema).map_err(plan_err)?;
+        let df_schema =
+            DFSchema::try_from(Arc::clone(&full)).map_err(|e| plan_err(e.to_string()))?;
+        let catalog = NoCatalog {
+            options: ConfigOptions::default(),
+        };
+        let planner = SqlToRel::new(&catalog);
+        let expr = planner
+            .sql_to_expr(ast, &df_schema, &mut PlannerContext::new())
+            .map_err(|e| plan_err(e.strip_backtrace()))?;
+        let expr: Expr = expr
+            .rewrite(&mut TypeCoercionRewriter::new(&df_schema))
+            .map_err(|e| plan_err(e.strip_backtrace()))?
+            .data;
+        let data_type = expr
+            .get_type(&df_schema)
+            .map_err(|e| plan_err(e.strip_backtrace()))?;
+        // The physical expression reads only the columns it names, in this order.
+        let mut columns: Vec<usize> = expr
+            .column_refs()
+            .iter()
+            .filter_map(|c| full.index_of(&c.name).ok())
+            .collect();
+        columns.sort_unstable();
+        columns.dedup();
+        let input = Arc::new(
+            full.project(&columns)
+                .map_err(|e| plan_err(e.to_string()))?,
+        );
+        let input_df =
+            DFSchema::try_from(Arc::clone(&input)).map_err(|e| plan_err(e.to_string()))?;
+        let physical = create_physical_expr(
+            &expr,
+            &input_df,
+            &ExecutionProps::new(),
+            &Default::default(),
+        )
+        .map_err(|e| plan_err(e.strip_backtrace()))?;
+        Ok(Self {
+            sql: sql.to_string(),
+            columns,
+            input,
+            physical,
+            data_type,
+        })
+    }
+
+    fn evaluate(&self, batch: &RecordBatch) -> Result<ArrayRef, SqlError> {
+        let eval = |message: String| SqlError::Eval {
+            sql: self.sql.clone(),
+            message,
+        };
+        let projected = batch
+            .project(&self.columns)
+            .map_err(|e| eval(e.to_string()))?;
+        let input = batch_to_59(&projected).map_err(eval)?;
+        let input = input
+            .with_schema(Arc::clone(&self.input))
+            .map_err(|e| eval(e.to_string()))?;
+        let value = self
+            .physical
+            .evaluate(&input)
+            .and_then(|v| v.into_array(batch.num_rows()))
+            .map_err(|e| eval(e.strip_backtrace()))?;
+        array_from_59(value).map_err(eval)
+    }
+
+    fn column_names(&self, schema: &SchemaRef) -> Vec<String> {
+        self.columns
+            .iter()
+            .map(|&i| schema.field(i).name().clone())
+            .collect()
+    }
+}
+
+/// A `WHERE` predicate over a schema.
+pub struct Predicate {
+    planned: Planned,
+    columns: Vec<String>,
+}
+
+impl Predicate {
+    /// Parses and plans `sql` against `schema`; an unknown column, a type error, anything but
+    /// one boolean expression is an error here.
+    pub fn parse(sql: &str, schema: &SchemaRef) -> Result<Self, SqlError> {
+        let planned = Planned::new("predicate", sql, schema)?;
+        if planned.data_type != DataType59::Boolean && planned.data_type != DataType59::Null {
+            return Err(SqlError::Plan {
+                what: "predicate",
+                sql: sql.to_string(),
+                message: format!(
+                    "is a {}, not a condition (true or false)",
+                    planned.data_type
+                ),
+            });
+        }
+        let columns = planned.column_names(schema);
+        Ok(Self { planned, columns })
+    }
+
+    /// The columns the predicate reads.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    pub fn sql(&self) -> &str {
+        &self.planned.sql
+    }
+
+    /// Which rows match: true where the predicate is true (null counts as no match, as in SQL).
+    pub fn matches(&self, batch: &RecordBatch) -> Result<BooleanArray, SqlError> {
+        let value = self.planned.evaluate(batch)?;
+        let mask = value
+            .as_any()
+            .downcast_ref::<BooleanArray>()
+            .cloned()
+            .unwrap_or_else(|| BooleanArray::from(vec![None; value.len()]));
+        Ok(match mask.nulls() {
+            Some(_) => mask.iter().map(|v| Some(v == Some(true))).collect(),
+            None => mask,
+        })
+    }
+}
+
+/// One `SET column = expression`: the expression is checked to convert to the column's type.
+pub struct Assignment {
+    pub column: String,
+    index: usize,
+    target: DataType,
+    planned: Planned,
+}
+
+impl Assignment {
+    /// Parses `column = expression` against `schema`.
+    pub fn parse(sql: &str, schema: &SchemaRef) -> Result<Self, SqlError> {
+        let plan_err = |message: String| SqlError::Plan {
+            what: "assignment",
+            sql: sql.to_string(),
+            message,
+        };
+        let (column, expression) = sql
+            .split_once('=')
+            .ok_or_else(|| plan_err("write it as column = expression".into()))?;
+        let column = column.trim().trim_matches('"').to_string();
+        let index = schema.index_of(&column).map_err(|_| {
+            plan_err(format!(
+                "no column {column:?} (columns: {})",
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        let target = schema.field(index).data_type().clone();
+        let planned = Planned::new("assignment", expression.trim(), schema)?;
+        let target59 = to_schema59(schema)
+            .map_err(plan_err)?
+            .field(index)
+            .data_type()
+            .clone();
+        if planned.data_type != target59
+            && planned.data_type != DataType59::Null
+            && !arrow59::compute::can_cast_types(&planned.data_type, &target59)
+        {
+            return Err(plan_err(format!(
+                "gives {}, which cannot be stored in column {column:?} ({target})",
+                planned.data_type
+            )));
+        }
+        Ok(Self {
+            column,
+            index,
+            target,
+            planned,
+        })
+    }
+
+    /// The new values of the column for every row of `batch`, in the column's type.
+    pub fn values(&self, batch: &RecordBatch) -> Result<ArrayRef, SqlError> {
+        let values = self.planned.evaluate(batch)?;
+        if values.data_type() == &self.target {
+            return Ok(values);
+        }
+        arrow::compute::cast(&values, &self.target).map_err(|e| SqlError::Eval {
+            sql: self.planned.sql.clone(),
+            message: format!("converting to {}: {e}", self.target),
+        })
+    }
+
+    /// `batch` with this column set where `mask` is true (`CASE WHEN mask THEN expr ELSE column`).
+    pub fn apply(&self, batch: &RecordBatch, mask: &BooleanArray) -> Result<RecordBatch, SqlError> {
+        let eval = |message: String| SqlError::Eval {
+            sql: self.planned.sql.clone(),
+            message,
+        };
+        let new = self.values(batch)?;
+        let merged = arrow::compute::kernels::zip::zip(mask, &new, batch.column(self.index))
+            .map_err(|e| eval(e.to_string()))?;
+        let mut columns = batch.columns().to_vec();
+        columns[self.index] = merged;
+        RecordBatch::try_new(batch.schema(), columns).map_err(|e| eval(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, Int32Array, Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+
+    fn batch() -> RecordBatch {
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("id", DataType::Int64, false),
+                Field::new("venue", DataType::Utf8, true),
+                Field::new("best_bid", DataType::Float64, false),
+                Field::new("best_ask", DataType::Float64, false),
+                Field::new("qty", DataType::Int32, true),
+            ])),
+            vec![
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
+                Arc::new(StringArray::from(vec![
+                    Some("X"),
+                    Some("Y"),
+                    None,
+                    Some("X"),
+                ])),
+                Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0, 4.0])),
+                Arc::new(Float64Array::from(vec![1.5, 2.0, 3.25, 5.0])),
+                Arc::new(Int32Array::from(vec![Some(10), None, Some(30), Some(40)])),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_predicate_matches_rows_and_null_is_no_match() {
+        let b = batch();
+        let p = Predicate::parse("venue = 'X' AND qty > 5", &b.schema()).unwrap();
+        assert_eq!(p.columns(), ["venue", "qty"]);
+        let m = p.matches(&b).unwrap();
+        assert_eq!(
+            m.iter().collect::<Vec<_>>(),
+            vec![Some(true), Some(false), Some(false), Some(true)]
+        );
+        // Int32 against an Int64 literal and a float: coerced.
+        let p = Predicate::parse("qty * 2 >= 60.5 OR id IN (2, 3)", &b.schema()).unwrap();
+        assert_eq!(
+            p.matches(&b).unwrap().iter().collect::<Vec<_>>(),
+            vec![Some(false), Some(true), Some(true), Some(true)]
+        );
+    }
+
+    #[test]
+    fn an_assignment_sets_matching_rows_in_the_columns_type() {
+        let b = batch();
+        let a = Assignment::parse("best_bid = best_ask - 0.5", &b.schema()).unwrap();
+        let mask = Predicate::parse("id > 2", &b.schema())
+            .unwrap()
+            .matches(&b)
+            .unwrap();
+        let out = a.apply(&b, &mask).unwrap();
+        let bid = out
+            .column(2)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
+        assert_eq!(bid.values(), &[1.0, 2.0, 2.75, 4.5]);
+        // An integer expression into an Int32 column is converted.
+        let q = Assignment::parse("qty = id + 100", &b.schema()).unwrap();
+        let out = q.apply(&b, &mask).unwrap();
+        let qty = out.column(4).as_any().downcast_ref::<Int32Array>().unwrap();
+        assert_eq!(
+            qty.iter().collect::<Vec<_>>(),
+            vec![Some(10), None, Some(103), Some(104)]
+        );
+    }
+
+    #[test]
+    fn hostile_and_wrong_expressions_fail_before_any_data_is_read() {
+        let s = batch().schema();
+        for (sql, says) in [
+            ("id = 1; DROP TABLE events", "unexpected ;"),
+            ("nope > 1", "nope"),
+            ("venue + 1 > 2", "venue"),
+            ("id + 1", "not a condition"),
+            ("id = ", "not valid SQL"),
+            ("id = (SELECT 1 FROM t)", "t"),
+        ] {
+            let e = Predicate::parse(sql, &s)
+                .err()
+                .unwrap_or_else(|| panic!("{sql} parsed"));
+            assert!(e.to_string().contains(says), "{sql}: {e}");
+        }
+        let e = Assignment::parse("missing = 1", &s)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("no column \"missing\""), "{e}");
+        let e = Assignment::parse("venue", &s).err().unwrap().to_string();
+        assert!(e.contains("column = expression"), "{e}");
+    }
+}
