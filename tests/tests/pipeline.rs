@@ -1159,15 +1159,9 @@ async fn a_partition_larger_than_a_step_is_sorted_in_passes() {
         before,
         "every row once"
     );
-    let sorted = cold_partition_dirs(&env)
-        .into_iter()
-        .find(|d| {
-            parquet_files(d)
-                .iter()
-                .any(|f| f.to_string_lossy().contains("compacted-"))
-        })
-        .expect("the compacted partition");
-    let files = parquet_files(&sorted);
+    let sorted = compacted_dirs(&env.root().join("events"));
+    assert_eq!(sorted.len(), 1, "one sorted partition");
+    let files = parquet_files(&sorted[0]);
     let rows = row_multiset(&files, SAMPLE_COLUMNS).len() as i64;
     assert_eq!(rows, report.commits[0].rows as i64);
     assert_sorted_with_seq(&files, rows);

@@ -41,25 +41,7 @@ impl Metrics {
 
     /// The EMF document.
     pub fn document(&self, timestamp_ms: i64) -> Value {
-        let mut root = Map::new();
-        root.insert(
-            "_aws".into(),
-            json!({
-                "Timestamp": timestamp_ms,
-                "CloudWatchMetrics": [{
-                    "Namespace": NAMESPACE,
-                    "Dimensions": [["Function"]],
-                    "Metrics": self.values.iter()
-                        .map(|(name, unit, _)| json!({"Name": name, "Unit": unit}))
-                        .collect::<Vec<_>>(),
-                }],
-            }),
-        );
-        root.insert("Function".into(), json!(self.function));
-        for (name, _, value) in &self.values {
-            root.insert((*name).into(), json!(value));
-        }
-        Value::Object(root)
+        emf(("Function", &self.function), &self.values, timestamp_ms)
     }
 
     /// Prints the document as one line on stdout, where Lambda picks EMF up.
@@ -68,6 +50,33 @@ impl Metrics {
             println!("{}", self.document(crate::support::clock::now_ms()));
         }
     }
+}
+
+/// One EMF document: `values` (name, unit, value) under one dimension.
+fn emf(
+    (dimension, value): (&str, &str),
+    values: &[(&'static str, &'static str, f64)],
+    timestamp_ms: i64,
+) -> Value {
+    let mut root = Map::new();
+    root.insert(
+        "_aws".into(),
+        json!({
+            "Timestamp": timestamp_ms,
+            "CloudWatchMetrics": [{
+                "Namespace": NAMESPACE,
+                "Dimensions": [[dimension]],
+                "Metrics": values.iter()
+                    .map(|(name, unit, _)| json!({"Name": name, "Unit": unit}))
+                    .collect::<Vec<_>>(),
+            }],
+        }),
+    );
+    root.insert(dimension.into(), json!(value));
+    for (name, _, v) in values {
+        root.insert((*name).into(), json!(v));
+    }
+    Value::Object(root)
 }
 
 /// The health figures of each dataset as EMF documents (dimension `Dataset`): small files,
@@ -81,7 +90,7 @@ pub fn health_documents(
         .iter()
         .map(|ds| {
             let t = &ds.totals;
-            let figures = [
+            let figures: Vec<(&'static str, &'static str, f64)> = [
                 ("SmallFiles", t.small_files),
                 ("FragmentedRowGroups", t.fragmented_row_groups),
                 ("CorruptFiles", t.corrupt_files + t.quarantined_files),
@@ -89,26 +98,11 @@ pub fn health_documents(
                 ("LateFiles", t.late_files),
                 ("BacklogRows", t.backlog_rows),
                 ("PartitionsBad", t.bad),
-            ];
-            let mut root = Map::new();
-            root.insert(
-                "_aws".into(),
-                json!({
-                    "Timestamp": timestamp_ms,
-                    "CloudWatchMetrics": [{
-                        "Namespace": NAMESPACE,
-                        "Dimensions": [["Dataset"]],
-                        "Metrics": figures.iter()
-                            .map(|(name, _)| json!({"Name": name, "Unit": "Count"}))
-                            .collect::<Vec<_>>(),
-                    }],
-                }),
-            );
-            root.insert("Dataset".into(), json!(ds.dataset));
-            for (name, value) in figures {
-                root.insert(name.into(), json!(value));
-            }
-            Value::Object(root)
+            ]
+            .into_iter()
+            .map(|(name, value)| (name, "Count", value as f64))
+            .collect();
+            emf(("Dataset", &ds.dataset), &figures, timestamp_ms)
         })
         .collect()
 }
