@@ -73,6 +73,18 @@ pub struct RunSamples {
     pub keys: String,
 }
 
+/// The task directory (`…/<task>/`) whose step finished with the manifest at `key`
+/// (`…/<task>/<step>/_manifest.json`); `None` for any other key. A task's finished steps are
+/// its progress: counted from a listing, they tell a resumed task from one that is stuck.
+pub fn finished_step_of(key: &str) -> Option<&str> {
+    let step_dir = key
+        .strip_suffix(crate::model::task::MANIFEST)?
+        .strip_suffix('/')?;
+    let (task_dir, step) = step_dir.rsplit_once('/')?;
+    let is_step = step.starts_with("run-") || step.starts_with("merge-");
+    is_step.then(|| &key[..task_dir.len() + 1])
+}
+
 /// The name of run step `i` (from 0) and of merge step `i`.
 pub fn run_step_name(i: usize) -> String {
     format!("run-{:04}", i + 1)
@@ -160,6 +172,27 @@ mod tests {
         let same: Vec<(u32, u64)> = (0..10).map(|_| (7, 100)).chain([(9, 100)]).collect();
         assert_eq!(choose_bounds(same, 100), vec![9]);
         assert!(choose_bounds(Vec::<(u32, u64)>::new(), 100).is_empty());
+    }
+
+    #[test]
+    fn finished_steps_are_told_by_their_manifests() {
+        assert_eq!(
+            finished_step_of("st/ds/p=1/g000001-t0000/run-0002/_manifest.json"),
+            Some("st/ds/p=1/g000001-t0000/")
+        );
+        assert_eq!(
+            finished_step_of("st/ds/g000001-t0000/merge-0001/_manifest.json"),
+            Some("st/ds/g000001-t0000/")
+        );
+        // The task's own manifest, and a step's outputs, are not finished steps.
+        assert_eq!(
+            finished_step_of("st/ds/p=1/g000001-t0000/_manifest.json"),
+            None
+        );
+        assert_eq!(
+            finished_step_of("st/ds/p=1/g000001-t0000/run-0002/a1-00000.parquet"),
+            None
+        );
     }
 
     #[test]

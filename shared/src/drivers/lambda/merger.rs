@@ -11,7 +11,7 @@ use crate::drivers::events::{parse_merger_event, MergerEvent};
 use crate::drivers::lambda::metrics::Metrics;
 use crate::error::{Error, Result};
 use crate::model::dataset::Mode;
-use crate::model::task::MANIFEST;
+use crate::model::passes::finished_step_of;
 use crate::model::task::{Task, TaskKind};
 use crate::ports::dispatch::{Dispatcher, LambdaDispatcher};
 use crate::ports::store::{list_all, read_json, PutMode};
@@ -260,7 +260,7 @@ impl MergerFunction {
         let steps_done = listing
             .objects
             .iter()
-            .filter(|o| o.key.ends_with(MANIFEST) && o.key[task.task_dir().len()..].contains('/'))
+            .filter(|o| finished_step_of(&o.key) == Some(task.task_dir().as_str()))
             .count();
         let marker = task.staging_key(TIMED_OUT);
         let before = match store.get(&marker).await {

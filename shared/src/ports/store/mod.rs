@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
-use crate::model::manifest::from_json;
+use crate::model::manifest::{from_json, to_json};
 use crate::model::object::{dir_prefix, ObjectMeta};
 
 pub use local::LocalStore;
@@ -139,6 +139,26 @@ pub async fn read_json<T: for<'de> serde::Deserialize<'de>>(
     match store.get(key).await {
         Ok((bytes, _)) => Ok(Some(from_json(key, &bytes)?)),
         Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `value` as JSON at `key` unless something is there (create-if-absent, so the first
+/// writer wins); returns what stands at `key` and whether it is `value` (false: another
+/// writer's, read back).
+pub async fn put_json_once<T>(store: &dyn ObjectStore, key: &str, value: T) -> Result<(T, bool)>
+where
+    T: serde::Serialize + for<'de> serde::Deserialize<'de>,
+{
+    match store.put(key, to_json(&value), PutMode::IfAbsent).await {
+        Ok(_) => Ok((value, true)),
+        Err(e) if e.is_precondition_failed() => match read_json::<T>(store, key).await? {
+            Some(winner) => Ok((winner, false)),
+            None => Err(Error::Manifest {
+                key: key.to_string(),
+                message: "vanished right after a concurrent write".into(),
+            }),
+        },
         Err(e) => Err(e),
     }
 }

@@ -34,7 +34,9 @@ use crate::model::task::{DECISION, MANIFEST, PARTITION_MANIFEST, SUCCESS};
 use crate::ports::hot::HotSource;
 use crate::ports::state::StateStore;
 use crate::ports::store::{current_versions, read_json};
-use crate::ports::store::{list_all, DeleteFailure, DeleteRequest, ObjectStore, PutMode};
+use crate::ports::store::{
+    list_all, put_json_once, DeleteFailure, DeleteRequest, ObjectStore, PutMode,
+};
 use crate::support::clock::now_ms;
 use crate::support::faults::crash_point;
 
@@ -249,23 +251,8 @@ impl Committer {
             reason: reason.to_string(),
             at_ms: now_ms(),
         };
-        match self
-            .store
-            .put(&key, to_json(&decision), PutMode::IfAbsent)
-            .await
-        {
-            Ok(_) => Ok(verdict),
-            Err(e) if e.is_precondition_failed() => {
-                let existing = read_json::<Decision>(self.store.as_ref(), &key)
-                    .await?
-                    .ok_or_else(|| Error::Manifest {
-                        key: key.clone(),
-                        message: "vanished right after a concurrent write".into(),
-                    })?;
-                Ok(existing.verdict)
-            }
-            Err(e) => Err(e),
-        }
+        let (standing, _) = put_json_once(self.store.as_ref(), &key, decision).await?;
+        Ok(standing.verdict)
     }
 
     async fn verify_and_decide(

@@ -148,54 +148,7 @@ impl Merger {
         infos: &[InputInfo],
         schema: &SchemaRef,
     ) -> std::result::Result<Merged, AttemptFailure> {
-        let output_schema = outputs_schema(task, schema);
-        let sorting = sorting_columns(task, &output_schema);
-        // The row group being encoded is the writer's share of the budget; a run step's are
-        // as small as a merge step over every run needs them.
-        let row_group = match task.kind.sort_step() {
-            Some(step) => step
-                .row_group_bytes
-                .clamp(1 << 20, task_memory(task).row_group.max(1 << 20)),
-            None => task_memory(task).row_group,
-        };
-        let mut props = writer_properties(&task.dataset, sorting)?
-            .into_builder()
-            .set_max_row_group_bytes(Some(row_group as usize));
-        if is_run_step(task) {
-            // A run is read once, by the merge steps: cheap to write and to read beats small.
-            props = props
-                .set_compression(parquet::basic::Compression::LZ4_RAW)
-                .set_dictionary_enabled(false)
-                .set_statistics_enabled(parquet::file::properties::EnabledStatistics::None);
-        }
-        let props = props.build();
-        let writer = RollingWriter::new(
-            Arc::clone(&self.store),
-            Arc::clone(task),
-            attempt,
-            Arc::clone(&output_schema),
-            props,
-        );
-        let sampler = match is_run_step(task) {
-            true => Some(KeySampler::new(
-                KeyOrder::new(Arc::clone(schema), &task.dataset.sort_key)?,
-                SAMPLE_EVERY,
-            )),
-            false => None,
-        };
-        let mut sink = OutputSink {
-            sampler,
-            numbering: seq_column(task).map(|seq| {
-                let (schema, position) = with_seq_column(schema, &task.dataset.sort_key, seq);
-                SeqNumbering {
-                    schema,
-                    position,
-                    next: 0,
-                }
-            }),
-            writer,
-            rows: 0,
-        };
+        let mut sink = self.output_sink(task, attempt, schema, 0)?;
         let result = self.feed(task, infos, schema, &mut sink).await;
         match result {
             Ok(sort) => {
@@ -227,6 +180,66 @@ impl Merger {
                 Err(failure)
             }
         }
+    }
+
+    /// Where a task's merged batches go: its rolling writer (the sort order declared, row
+    /// groups sized from the budget, a run step's runs cheap to write and read), `seq` numbered
+    /// from `first_seq` when configured, and a run step's key sampler.
+    pub(super) fn output_sink(
+        &self,
+        task: &Arc<Task>,
+        attempt: u32,
+        schema: &SchemaRef,
+        first_seq: u64,
+    ) -> Result<OutputSink> {
+        let output_schema = outputs_schema(task, schema);
+        let sorting = sorting_columns(task, &output_schema);
+        let run_step = is_run_step(task);
+        // The row group being encoded is the writer's share of the budget; a run step's are
+        // as small as a merge step over every run needs them.
+        let row_group = match task.kind.sort_step() {
+            Some(step) if run_step => step
+                .row_group_bytes
+                .clamp(1 << 20, task_memory(task).row_group.max(1 << 20)),
+            _ => task_memory(task).row_group,
+        };
+        let mut props = writer_properties(&task.dataset, sorting)?
+            .into_builder()
+            .set_max_row_group_bytes(Some(row_group as usize));
+        if run_step {
+            // A run is read once, by the merge steps: cheap to write and to read beats small.
+            props = props
+                .set_compression(parquet::basic::Compression::LZ4_RAW)
+                .set_dictionary_enabled(false)
+                .set_statistics_enabled(parquet::file::properties::EnabledStatistics::None);
+        }
+        let writer = RollingWriter::new(
+            Arc::clone(&self.store),
+            Arc::clone(task),
+            attempt,
+            output_schema,
+            props.build(),
+        );
+        let sampler = match run_step {
+            true => Some(KeySampler::new(
+                KeyOrder::new(Arc::clone(schema), &task.dataset.sort_key)?,
+                SAMPLE_EVERY,
+            )),
+            false => None,
+        };
+        Ok(OutputSink {
+            sampler,
+            numbering: seq_column(task).map(|seq| {
+                let (schema, position) = with_seq_column(schema, &task.dataset.sort_key, seq);
+                SeqNumbering {
+                    schema,
+                    position,
+                    next: first_seq as i64,
+                }
+            }),
+            writer,
+            rows: 0,
+        })
     }
 
     async fn feed(
@@ -342,7 +355,7 @@ pub(super) fn outputs_schema(task: &Task, schema: &SchemaRef) -> SchemaRef {
 }
 
 /// Declares the sort order in the footer (sort mode), for engines that use it.
-pub(super) fn sorting_columns(task: &Task, schema: &SchemaRef) -> Option<Vec<SortingColumn>> {
+fn sorting_columns(task: &Task, schema: &SchemaRef) -> Option<Vec<SortingColumn>> {
     if task.dataset.mode != Mode::Sort {
         return None;
     }

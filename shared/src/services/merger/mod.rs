@@ -18,12 +18,12 @@ use arrow::datatypes::SchemaRef;
 use crate::error::{Error, Result};
 use crate::format::writer::discard_staged;
 use crate::model::manifest::{
-    to_json, ColumnDesc, Decision, OutputFile, SkippedInput, TaskManifest, Verdict, FORMAT_VERSION,
+    ColumnDesc, Decision, OutputFile, SkippedInput, TaskManifest, Verdict, FORMAT_VERSION,
 };
 use crate::model::object::file_name;
 use crate::model::task::{Task, TaskKind, DECISION, MANIFEST, SUCCESS};
 use crate::ports::hot::HotSource;
-use crate::ports::store::{list_all, ObjectStore, PutMode};
+use crate::ports::store::{list_all, put_json_once, ObjectStore, PutMode};
 use crate::support::faults::crash_point;
 use crate::support::progress::Progress;
 
@@ -133,32 +133,31 @@ impl Merger {
             // A sort in passes adds up its steps' times instead.
             manifest.merge_ms = started.elapsed().as_millis() as u64;
         }
-        match self
-            .store
-            .put(
-                &task.staging_key(MANIFEST),
-                to_json(&manifest),
-                PutMode::IfAbsent,
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.is_precondition_failed() => {
-                // A concurrent run of the same task staged first; its result stands.
-                self.discard(&manifest.outputs).await;
-                let winner = read_json::<TaskManifest>(store, &task.staging_key(MANIFEST))
-                    .await?
-                    .ok_or_else(|| Error::Manifest {
-                        key: task.staging_key(MANIFEST),
-                        message: "vanished after a concurrent write".into(),
-                    })?;
-                return Ok(MergeOutcome::AlreadyStaged(winner));
-            }
-            Err(e) => return Err(e),
+        let (manifest, ours) = self.stage_manifest(&task, manifest).await?;
+        if !ours {
+            // A concurrent run of the same task staged first; its result stands.
+            return Ok(MergeOutcome::AlreadyStaged(manifest));
         }
         self.mark_success(&task).await?;
         crash_point("after-merge");
         Ok(MergeOutcome::Staged(manifest))
+    }
+
+    /// Records a merged task (or step) with its create-if-absent manifest. A concurrent run of
+    /// the same task that recorded first wins: this run's outputs are discarded and the winner's
+    /// manifest returned (false).
+    async fn stage_manifest(
+        &self,
+        task: &Task,
+        manifest: TaskManifest,
+    ) -> Result<(TaskManifest, bool)> {
+        let outputs = manifest.outputs.clone();
+        let (standing, ours) =
+            put_json_once(self.store.as_ref(), &task.staging_key(MANIFEST), manifest).await?;
+        if !ours {
+            self.discard(&outputs).await;
+        }
+        Ok((standing, ours))
     }
 
     async fn next_attempt(&self, task: &Task) -> Result<u32> {

@@ -21,18 +21,15 @@ use futures::{StreamExt, TryStreamExt};
 use parquet::arrow::arrow_reader::ArrowReaderMetadata;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 
-use super::files::{outputs_schema, sorting_columns, task_memory, OutputSink};
+use super::files::{outputs_schema, task_memory};
 use super::inputs::BATCH_ROWS;
 use super::{task_manifest, Merger};
 use crate::error::{Error, Result};
 use crate::format::io::{read_footer, StoreReader};
-use crate::format::sort::{
-    decode_keys, encode_keys, with_seq_column, KeyOrder, RunMerger, RunSource, SeqNumbering,
-};
-use crate::format::writer::{writer_properties, RollingWriter};
+use crate::format::sort::{decode_keys, encode_keys, KeyOrder, RunMerger, RunSource};
 use crate::model::batch::BatchSink;
 use crate::model::dataset::Mode;
-use crate::model::manifest::{to_json, SortWork, TaskManifest};
+use crate::model::manifest::{SortWork, TaskManifest};
 use crate::model::object::ObjectMeta;
 use crate::model::passes::{
     check_assembly, choose_bounds, merge_step_name, run_step_name, PassPlan, RangePlan, PASSES,
@@ -40,7 +37,7 @@ use crate::model::passes::{
 };
 use crate::model::schema::{conform, unify};
 use crate::model::task::{MergeRange, SortStep, Task, MANIFEST};
-use crate::ports::store::{read_json, PutMode};
+use crate::ports::store::{put_json_once, read_json};
 use crate::support::faults::{crash_point, SORT_STEP_POINTS};
 
 /// How many steps run at once: one per core, as long as each gets the smallest budget.
@@ -270,7 +267,7 @@ impl Merger {
             }
         };
         manifest.merge_ms = started.elapsed().as_millis() as u64;
-        let manifest = self.stage_step(step, manifest).await?;
+        let (manifest, _) = self.stage_manifest(step, manifest).await?;
         crash_point(match sources {
             None => SORT_STEP_POINTS[0],
             Some(_) => SORT_STEP_POINTS[1],
@@ -294,46 +291,11 @@ impl Merger {
         if let Some(existing) = read_json::<T>(self.store.as_ref(), &key).await? {
             return Ok(existing);
         }
-        match self
-            .store
-            .put(&key, to_json(&value), PutMode::IfAbsent)
-            .await
-        {
-            Ok(_) => Ok(value),
-            Err(e) if e.is_precondition_failed() => read_json::<T>(self.store.as_ref(), &key)
-                .await?
-                .ok_or_else(|| Error::Manifest {
-                    key,
-                    message: "vanished right after a concurrent write".into(),
-                }),
-            Err(e) => Err(e),
-        }
+        Ok(put_json_once(self.store.as_ref(), &key, value).await?.0)
     }
 
     async fn step_manifest(&self, step: &Task) -> Result<Option<TaskManifest>> {
         read_json(self.store.as_ref(), &step.staging_key(MANIFEST)).await
-    }
-
-    /// Records a finished step; a concurrent run of the same step that recorded first wins.
-    async fn stage_step(&self, step: &Task, manifest: TaskManifest) -> Result<TaskManifest> {
-        let key = step.staging_key(MANIFEST);
-        match self
-            .store
-            .put(&key, to_json(&manifest), PutMode::IfAbsent)
-            .await
-        {
-            Ok(_) => Ok(manifest),
-            Err(e) if e.is_precondition_failed() => {
-                self.discard(&manifest.outputs).await;
-                self.step_manifest(step)
-                    .await?
-                    .ok_or_else(|| Error::Manifest {
-                        key,
-                        message: "vanished right after a concurrent write".into(),
-                    })
-            }
-            Err(e) => Err(e),
-        }
     }
 
     /// Merge step: every run's rows in the step's key range, merged, numbered from the rows
@@ -387,30 +349,7 @@ impl Merger {
         let mut merger = RunMerger::open(sources, &order).await?;
         let seq_start = below.load(Ordering::SeqCst);
         let output_schema = outputs_schema(step, &runs.schema);
-        let props = writer_properties(&step.dataset, sorting_columns(step, &output_schema))?
-            .into_builder()
-            .set_max_row_group_bytes(Some(task_memory(step).row_group as usize))
-            .build();
-        let writer = RollingWriter::new(
-            Arc::clone(&self.store),
-            Arc::clone(step),
-            attempt,
-            Arc::clone(&output_schema),
-            props,
-        );
-        let mut sink = OutputSink {
-            writer,
-            numbering: step.dataset.seq_column.as_ref().map(|seq| {
-                let (schema, position) = with_seq_column(&runs.schema, &step.dataset.sort_key, seq);
-                SeqNumbering {
-                    schema,
-                    position,
-                    next: seq_start as i64,
-                }
-            }),
-            sampler: None,
-            rows: 0,
-        };
+        let mut sink = self.output_sink(step, attempt, &runs.schema, seq_start)?;
         let merged = async {
             while let Some(batch) = merger.next_batch().await? {
                 sink.push(batch).await?;
@@ -637,7 +576,8 @@ impl Run {
             None => 0,
         };
         let mut skipped = 0u64;
-        let mut items: Vec<(ObjectMeta, Option<Vec<usize>>)> = Vec::new();
+        // Each file to read, and for the first its footer and the row groups to read.
+        let mut items: Vec<(ObjectMeta, Option<FirstFile>)> = Vec::new();
         for (meta, rows) in &self.files {
             if items.is_empty() && skipped + rows <= skip {
                 skipped += rows;
@@ -655,7 +595,7 @@ impl Run {
                         groups.push(g);
                     }
                 }
-                items.push((meta.clone(), Some(groups)));
+                items.push((meta.clone(), Some((footer, groups))));
             } else {
                 items.push((meta.clone(), None));
             }
@@ -663,9 +603,9 @@ impl Run {
         below.fetch_add(skipped, Ordering::SeqCst);
         let store = Arc::clone(&merger.store);
         let batches = stream::iter(items)
-            .then(move |(meta, groups)| {
+            .then(move |(meta, first)| {
                 let store = Arc::clone(&store);
-                async move { open_run_file(store, meta, groups, batch_rows).await }
+                async move { open_run_file(store, meta, first, batch_rows).await }
             })
             .try_flatten()
             .boxed();
@@ -681,13 +621,22 @@ impl Run {
     }
 }
 
+/// The first file a merge step reads of a run: its footer (read to find where to start) and
+/// the row groups from there on.
+type FirstFile = (Arc<parquet::file::metadata::ParquetMetaData>, Vec<usize>);
+
+/// The batches of one run file: the first from `first`'s row groups (its footer already read),
+/// the others whole.
 async fn open_run_file(
     store: Arc<dyn crate::ports::store::ObjectStore>,
     meta: ObjectMeta,
-    groups: Option<Vec<usize>>,
+    first: Option<FirstFile>,
     batch_rows: usize,
 ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
-    let footer = read_footer(store.as_ref(), &meta.key).await?;
+    let (footer, groups) = match first {
+        Some((footer, groups)) => (footer, Some(groups)),
+        None => (read_footer(store.as_ref(), &meta.key).await?, None),
+    };
     let key = meta.key.clone();
     let arrow_meta = ArrowReaderMetadata::try_new(footer, Default::default())
         .map_err(|e| Error::parquet(&key, e))?;

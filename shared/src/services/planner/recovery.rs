@@ -4,10 +4,10 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::error::{Error, Result};
+use crate::model::passes::finished_step_of;
 use crate::model::state::{PartitionId, PartitionStatus};
 use crate::model::task::{
-    dataset_staging_dir, generation_of, parse_task_dir, Task, DECISION, MANIFEST, SUCCESS,
-    TASK_SPEC,
+    dataset_staging_dir, generation_of, parse_task_dir, Task, DECISION, SUCCESS, TASK_SPEC,
 };
 use crate::ports::store::read_json;
 use crate::ports::store::{list_all, PutMode};
@@ -28,10 +28,8 @@ impl Planner {
         let mut steps_done: BTreeMap<String, usize> = BTreeMap::new();
         for object in listing.objects {
             if let Some((dir, name)) = object.key.rsplit_once('/') {
-                if name == MANIFEST {
-                    if let Some((task_dir, _step)) = dir.rsplit_once('/') {
-                        *steps_done.entry(format!("{task_dir}/")).or_default() += 1;
-                    }
+                if let Some(task_dir) = finished_step_of(&object.key) {
+                    *steps_done.entry(task_dir.to_string()).or_default() += 1;
                 }
                 dirs.entry(format!("{dir}/"))
                     .or_default()
