@@ -46,6 +46,54 @@ pub enum Command {
     /// How healthy the lake is: per partition, files, small files, fragmented row groups,
     /// schema drift, corrupt and late files, gaps; Postgres backlog of hot datasets.
     Report(ReportArgs),
+    /// Delete the rows matching a SQL predicate: partitions pruned by their fields, files
+    /// without a matching row untouched, row groups without one copied as bytes, each
+    /// partition's change committed atomically.
+    Delete(DeleteArgs),
+    /// Set columns of the rows matching a SQL predicate (`--set "col = expression"`).
+    Update(UpdateArgs),
+    /// Put back the files a delete or update kept with --backup, and remove what replaced them.
+    Restore(RestoreArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DeleteArgs {
+    /// The rows to change: a SQL boolean expression over the data's columns and the partition
+    /// template's fields, e.g. "venue = 'X' AND price < 0" or "dt < '2024-02-01'". A row where
+    /// it is NULL is not matched.
+    #[arg(long = "where", value_name = "PREDICATE")]
+    pub predicate: String,
+    /// Keep the files this replaces under this prefix (relative to DIR), with a record
+    /// `compactor restore DIR PREFIX` reads to put them back.
+    #[arg(long, value_name = "PREFIX")]
+    pub backup: Option<String>,
+    #[command(flatten)]
+    pub common: CompactArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UpdateArgs {
+    /// An assignment "column = expression" (repeatable); every expression reads the row as it
+    /// was, e.g. --set "spread = best_ask - best_bid". Checked against the column's type before
+    /// anything is written.
+    #[arg(long = "set", value_name = "ASSIGNMENT", required = true)]
+    pub set: Vec<String>,
+    #[command(flatten)]
+    pub rewrite: DeleteArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// Directory holding the data (the object-store root), or s3://bucket[/prefix].
+    pub dir: PathBuf,
+    /// The --backup prefix of the operations to undo (relative to DIR).
+    pub backup: String,
+    /// Print what would be restored; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

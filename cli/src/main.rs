@@ -7,6 +7,7 @@
 
 mod args;
 mod report;
+mod rewrite;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -78,6 +79,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => demo(args).await,
         Command::Status(args) => status(args).await,
         Command::Report(args) => health_report(args).await,
+        Command::Delete(args) => rewrite::rewrite(args, Vec::new()).await,
+        Command::Update(args) => rewrite::rewrite(args.rewrite, args.set).await,
+        Command::Restore(args) => rewrite::restore(args).await,
     }
 }
 
@@ -138,7 +142,7 @@ async fn compact(args: CompactArgs, dry_run: bool) -> Result<ExitCode> {
     let config = args.config()?;
     let store = open_store(&args.dir).await?;
     let state = open_state(&args.dir, &args.state, dry_run).await?;
-    let summary = execute(&config, store, state, &args, dry_run).await?;
+    let summary = execute(&config, store, state, &args, dry_run, None).await?;
     let exit = exit_code(&summary);
     if args.json {
         println!(
@@ -151,12 +155,14 @@ async fn compact(args: CompactArgs, dry_run: bool) -> Result<ExitCode> {
     Ok(exit)
 }
 
+/// Runs the pipeline: a compaction, or with `rewrite` a delete or update.
 async fn execute(
     config: &Config,
     store: Arc<dyn ObjectStore>,
     state: Arc<dyn StateStore>,
     args: &CompactArgs,
     dry_run: bool,
+    rewrite: Option<compaction::model::rewrite::RewriteSpec>,
 ) -> Result<RunSummary> {
     let progress = Arc::new(report::Bar::new(args.quiet || args.json || dry_run));
     let options = RunOptions {
@@ -167,8 +173,14 @@ async fn execute(
         workers: args.workers.unwrap_or_else(default_workers),
         scratch: std::env::temp_dir(),
         owner: local_owner_id(),
+        rewrite,
+        // Always: a compaction finishes a rewrite a crash interrupted.
+        row_changes: Some(Arc::new(compaction_sql::SqlRowChanges)),
     };
-    let hot = open_hot_source(config).await;
+    let hot = match options.rewrite {
+        Some(_) => None,
+        None => open_hot_source(config).await,
+    };
     let summary = run_local(config, store, state, hot, progress.clone(), &options).await?;
     progress.finish();
     Ok(summary)
@@ -268,7 +280,7 @@ async fn demo(args: DemoArgs) -> Result<ExitCode> {
     let config = compact_args.config()?;
     println!("2/2 compacting (mode {:?}) ...", config.datasets[0].mode);
     let state = open_state(dir, &None, false).await?;
-    let summary = execute(&config, store, state, &compact_args, false).await?;
+    let summary = execute(&config, store, state, &compact_args, false, None).await?;
     report::print(&summary, &config, false);
     println!(
         "\nTry it again: `compactor compact {dir} --prefix events/` changes nothing the second time.\nRead it: duckdb -c \"SELECT count(*) FROM read_parquet('{dir}/events/*/*/*.parquet')\"",

@@ -84,6 +84,11 @@ pub enum Error {
         reason: String,
     },
 
+    /// A `WHERE` predicate or `SET` assignment that does not fit the data (found while
+    /// planning, before anything is written).
+    #[error("{0}; nothing was written")]
+    Expression(String),
+
     #[error("event rejected: {0}")]
     BadEvent(String),
 

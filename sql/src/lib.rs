@@ -13,15 +13,24 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow59::datatypes::{DataType as DataType59, SchemaRef as SchemaRef59};
+use compaction::model::rewrite::RewriteSpec;
+use compaction::ports::rows::{RowChange, RowChanges};
 use datafusion_common::config::ConfigOptions;
+use datafusion_common::stats::Precision;
 use datafusion_common::tree_node::TreeNode;
+use datafusion_common::ScalarValue;
 use datafusion_common::{DFSchema, TableReference};
 use datafusion_expr::execution_props::ExecutionProps;
 use datafusion_expr::planner::ContextProvider;
+use datafusion_expr::simplify::SimplifyContext;
 use datafusion_expr::{
     AggregateUDF, Expr, ExprSchemable, HigherOrderUDF, ScalarUDF, TableSource, WindowUDF,
 };
+use datafusion_expr_common::interval_arithmetic::Interval;
 use datafusion_optimizer::analyzer::type_coercion::TypeCoercionRewriter;
+use datafusion_optimizer::simplify_expressions::ExprSimplifier;
+use datafusion_physical_expr::analysis::{analyze, AnalysisContext, ExprBoundaries};
+use datafusion_physical_expr::expressions::Column;
 use datafusion_physical_expr::{create_physical_expr, PhysicalExpr};
 use datafusion_sql::planner::{PlannerContext, SqlToRel};
 use datafusion_sql::sqlparser::dialect::GenericDialect;
@@ -47,9 +56,27 @@ pub enum SqlError {
     Eval { sql: String, message: String },
 }
 
-/// Planning needs a catalog; expressions here name columns of one schema and no functions.
+/// Planning needs a catalog; expressions here name columns of one schema and DataFusion's
+/// standard scalar functions (no tables, no aggregates).
 struct NoCatalog {
     options: ConfigOptions,
+    functions: std::collections::HashMap<String, Arc<ScalarUDF>>,
+}
+
+impl NoCatalog {
+    fn new() -> Self {
+        let mut functions = std::collections::HashMap::new();
+        for f in datafusion_functions::all_default_functions() {
+            for alias in f.aliases() {
+                functions.insert(alias.clone(), Arc::clone(&f));
+            }
+            functions.insert(f.name().to_string(), f);
+        }
+        Self {
+            options: ConfigOptions::default(),
+            functions,
+        }
+    }
 }
 
 impl ContextProvider for NoCatalog {
@@ -59,8 +86,8 @@ impl ContextProvider for NoCatalog {
     ) -> datafusion_common::Result<Arc<dyn TableSource>> {
         datafusion_common::plan_err!("no table {name} here: name the columns of the data")
     }
-    fn get_function_meta(&self, _name: &str) -> Option<Arc<ScalarUDF>> {
-        None
+    fn get_function_meta(&self, name: &str) -> Option<Arc<ScalarUDF>> {
+        self.functions.get(name).cloned()
     }
     fn get_higher_order_meta(&self, _name: &str) -> Option<Arc<HigherOrderUDF>> {
         None
@@ -78,7 +105,7 @@ impl ContextProvider for NoCatalog {
         &self.options
     }
     fn udf_names(&self) -> Vec<String> {
-        Vec::new()
+        self.functions.keys().cloned().collect()
     }
     fn higher_order_function_names(&self) -> Vec<String> {
         Vec::new()
@@ -121,6 +148,23 @@ fn batch_to_59(batch: &RecordBatch) -> Result<arrow59::array::RecordBatch, Strin
         Some(b) => b.map_err(|e| e.to_string()),
         None => Ok(arrow59::array::RecordBatch::new_empty(r.schema())),
     }
+}
+
+/// The columns of `bounds` that `input` names, with its types, as arrow 59 arrays (`None`:
+/// absent or of another type, so no bound).
+fn bounds_59(
+    input: &SchemaRef59,
+    bounds: &RecordBatch,
+) -> Result<Vec<Option<arrow59::array::ArrayRef>>, String> {
+    let converted = batch_to_59(bounds)?;
+    Ok(input
+        .fields()
+        .iter()
+        .map(|f| {
+            let column = converted.column_by_name(f.name())?;
+            (column.data_type() == f.data_type()).then(|| Arc::clone(column))
+        })
+        .collect())
 }
 
 fn array_from_59(array: arrow59::array::ArrayRef) -> Result<ArrayRef, String> {
@@ -181,9 +225,7 @@ impl Planned {
         let full = to_schema59(schema).map_err(plan_err)?;
         let df_schema =
             DFSchema::try_from(Arc::clone(&full)).map_err(|e| plan_err(e.to_string()))?;
-        let catalog = NoCatalog {
-            options: ConfigOptions::default(),
-        };
+        let catalog = NoCatalog::new();
         let planner = SqlToRel::new(&catalog);
         let expr = planner
             .sql_to_expr(ast, &df_schema, &mut PlannerContext::new())
@@ -192,6 +234,14 @@ impl Planned {
             .rewrite(&mut TypeCoercionRewriter::new(&df_schema))
             .map_err(|e| plan_err(e.strip_backtrace()))?
             .data;
+        // Constants folded, and functions such as coalesce rewritten into what the physical
+        // expressions evaluate (as DataFusion's optimizer does before execution).
+        let context = SimplifyContext::builder()
+            .with_schema(Arc::new(df_schema.clone()))
+            .build();
+        let expr = ExprSimplifier::new(context)
+            .simplify(expr)
+            .map_err(|e| plan_err(e.strip_backtrace()))?;
         let data_type = expr
             .get_type(&df_schema)
             .map_err(|e| plan_err(e.strip_backtrace()))?;
@@ -230,9 +280,16 @@ impl Planned {
             sql: self.sql.clone(),
             message,
         };
-        let projected = batch
-            .project(&self.columns)
+        // By name: the batch may hold only some of the schema's columns (a scan reads only
+        // the predicate's).
+        let indices = self
+            .input
+            .fields()
+            .iter()
+            .map(|f| batch.schema().index_of(f.name()))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| eval(e.to_string()))?;
+        let projected = batch.project(&indices).map_err(|e| eval(e.to_string()))?;
         let input = batch_to_59(&projected).map_err(eval)?;
         let input = input
             .with_schema(Arc::clone(&self.input))
@@ -287,6 +344,61 @@ impl Predicate {
         &self.planned.sql
     }
 
+    /// For each row of `mins` and `maxes` (lower and upper bounds of the columns they hold, by
+    /// name; null or absent: no bound): false when DataFusion's interval analysis proves that
+    /// no row within the bounds can satisfy the predicate. Anything it cannot analyse may match.
+    pub fn may_match(
+        &self,
+        mins: &RecordBatch,
+        maxes: &RecordBatch,
+    ) -> Result<Vec<bool>, SqlError> {
+        let eval = |message: String| SqlError::Eval {
+            sql: self.planned.sql.clone(),
+            message,
+        };
+        let input = &self.planned.input;
+        let lows = bounds_59(input, mins).map_err(eval)?;
+        let highs = bounds_59(input, maxes).map_err(eval)?;
+        let rows = mins.num_rows().min(maxes.num_rows());
+        Ok((0..rows)
+            .map(|row| {
+                let boundaries = input
+                    .fields()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, field)| {
+                        let bound = |arrays: &[Option<arrow59::array::ArrayRef>]| {
+                            arrays[i]
+                                .as_ref()
+                                .and_then(|a| ScalarValue::try_from_array(a, row).ok())
+                                .or_else(|| ScalarValue::try_from(field.data_type()).ok())
+                                .unwrap_or(ScalarValue::Null)
+                        };
+                        let interval = Interval::try_new(bound(&lows), bound(&highs))
+                            .or_else(|_| Interval::make_unbounded(field.data_type()))
+                            .ok();
+                        ExprBoundaries {
+                            column: Column::new(field.name(), i),
+                            interval,
+                            distinct_count: Precision::Absent,
+                        }
+                    })
+                    .collect::<Vec<_>>();
+                if boundaries.iter().any(|b| b.interval.is_none()) {
+                    return true;
+                }
+                let proven_empty = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    analyze(
+                        &self.planned.physical,
+                        AnalysisContext::new(boundaries),
+                        input,
+                    )
+                }));
+                !matches!(proven_empty, Ok(Ok(ctx)) if ctx.selectivity == Some(0.0))
+            })
+            .collect())
+    }
+
     /// Which rows match: true where the predicate is true (null counts as no match, as in SQL).
     pub fn matches(&self, batch: &RecordBatch) -> Result<BooleanArray, SqlError> {
         let value = self.planned.evaluate(batch)?;
@@ -305,7 +417,6 @@ impl Predicate {
 /// One `SET column = expression`: the expression is checked to convert to the column's type.
 pub struct Assignment {
     pub column: String,
-    index: usize,
     target: DataType,
     planned: Planned,
 }
@@ -351,7 +462,6 @@ impl Assignment {
         }
         Ok(Self {
             column,
-            index,
             target,
             planned,
         })
@@ -371,16 +481,109 @@ impl Assignment {
 
     /// `batch` with this column set where `mask` is true (`CASE WHEN mask THEN expr ELSE column`).
     pub fn apply(&self, batch: &RecordBatch, mask: &BooleanArray) -> Result<RecordBatch, SqlError> {
+        apply_all(std::slice::from_ref(self), batch, mask)
+    }
+}
+
+/// `batch` with every assignment applied where `mask` is true, each expression reading the row
+/// as it was before any of them (SQL `UPDATE ... SET a = ..., b = ...`).
+pub fn apply_all(
+    assignments: &[Assignment],
+    batch: &RecordBatch,
+    mask: &BooleanArray,
+) -> Result<RecordBatch, SqlError> {
+    let mut columns = batch.columns().to_vec();
+    for a in assignments {
         let eval = |message: String| SqlError::Eval {
-            sql: self.planned.sql.clone(),
+            sql: a.planned.sql.clone(),
             message,
         };
-        let new = self.values(batch)?;
-        let merged = arrow::compute::kernels::zip::zip(mask, &new, batch.column(self.index))
+        let index = batch
+            .schema()
+            .index_of(&a.column)
             .map_err(|e| eval(e.to_string()))?;
-        let mut columns = batch.columns().to_vec();
-        columns[self.index] = merged;
-        RecordBatch::try_new(batch.schema(), columns).map_err(|e| eval(e.to_string()))
+        let new = a.values(batch)?;
+        columns[index] = arrow::compute::kernels::zip::zip(mask, &new, batch.column(index))
+            .map_err(|e| eval(e.to_string()))?;
+    }
+    RecordBatch::try_new(batch.schema(), columns).map_err(|e| SqlError::Eval {
+        sql: "SET".into(),
+        message: e.to_string(),
+    })
+}
+
+/// A rewrite's predicate and assignments, planned: the [`RowChange`] the library runs.
+struct SqlChange {
+    predicate: Predicate,
+    set: Vec<Assignment>,
+}
+
+/// Plans rewrites with DataFusion: the [`RowChanges`] of the `compactor` CLI.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SqlRowChanges;
+
+fn expression_error(e: SqlError) -> compaction::Error {
+    compaction::Error::Expression(e.to_string())
+}
+
+impl RowChanges for SqlRowChanges {
+    fn plan(
+        &self,
+        spec: &RewriteSpec,
+        schema: &SchemaRef,
+    ) -> compaction::Result<Arc<dyn RowChange>> {
+        let predicate = Predicate::parse(&spec.predicate, schema).map_err(expression_error)?;
+        let set = spec
+            .set
+            .iter()
+            .map(|s| Assignment::parse(s, schema))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(expression_error)?;
+        for (i, a) in set.iter().enumerate() {
+            if set[..i].iter().any(|b| b.column == a.column) {
+                return Err(compaction::Error::Expression(format!(
+                    "column {:?} is set twice; set each column once",
+                    a.column
+                )));
+            }
+        }
+        Ok(Arc::new(SqlChange { predicate, set }))
+    }
+}
+
+impl RowChange for SqlChange {
+    fn predicate_columns(&self) -> Vec<String> {
+        self.predicate.columns().to_vec()
+    }
+
+    fn read_columns(&self) -> Vec<String> {
+        let mut names = self.predicate.columns().to_vec();
+        for a in &self.set {
+            for f in a.planned.input.fields() {
+                if !names.contains(f.name()) {
+                    names.push(f.name().clone());
+                }
+            }
+        }
+        names
+    }
+
+    fn set_columns(&self) -> Vec<String> {
+        self.set.iter().map(|a| a.column.clone()).collect()
+    }
+
+    fn may_match(&self, mins: &RecordBatch, maxes: &RecordBatch) -> compaction::Result<Vec<bool>> {
+        self.predicate
+            .may_match(mins, maxes)
+            .map_err(expression_error)
+    }
+
+    fn matches(&self, batch: &RecordBatch) -> compaction::Result<BooleanArray> {
+        self.predicate.matches(batch).map_err(expression_error)
+    }
+
+    fn apply(&self, batch: &RecordBatch, mask: &BooleanArray) -> compaction::Result<RecordBatch> {
+        apply_all(&self.set, batch, mask).map_err(expression_error)
     }
 }
 

@@ -103,6 +103,8 @@ pub fn run_options(dry_run: bool) -> RunOptions {
         workers: 2,
         scratch: std::env::temp_dir(),
         owner: local_owner_id(),
+        rewrite: None,
+        row_changes: None,
     }
 }
 

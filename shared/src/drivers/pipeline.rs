@@ -37,6 +37,10 @@ pub struct RunOptions {
     pub scratch: PathBuf,
     /// Lease owner name.
     pub owner: String,
+    /// Instead of compacting: rewrite the rows this predicate matches (delete or update).
+    pub rewrite: Option<crate::model::rewrite::RewriteSpec>,
+    /// Plans the expressions of rewrites (needed for `rewrite`, and to finish interrupted ones).
+    pub row_changes: Option<Arc<dyn crate::ports::rows::RowChanges>>,
 }
 
 #[derive(Clone, Debug)]
@@ -231,7 +235,8 @@ pub async fn run_local(
             options.scratch.clone(),
             Arc::clone(&progress),
         )
-        .with_hot_source(hot.clone()),
+        .with_hot_source(hot.clone())
+        .with_row_changes(options.row_changes.clone()),
         committer: Committer::new(
             Arc::clone(&store),
             Arc::clone(&state),
@@ -263,11 +268,16 @@ pub async fn run_local(
             }
         }));
     }
-    let dispatcher: Arc<dyn Dispatcher> = if options.dry_run {
+    // A rewrite runs nothing until every partition is planned: an expression that fails on
+    // some partition's data stops it before anything is written.
+    let collected = Arc::new(CollectingDispatcher::default());
+    let (dispatcher, queue): (Arc<dyn Dispatcher>, _) = if options.dry_run {
         drop(tx); // nothing runs in a dry run; let the workers stop
-        Arc::new(CollectingDispatcher::default())
+        (collected.clone(), None)
+    } else if options.rewrite.is_some() {
+        (collected.clone(), Some(tx))
     } else {
-        Arc::new(ChannelDispatcher::new(tx))
+        (Arc::new(ChannelDispatcher::new(tx)), None)
     };
     let planner = Planner::new(
         Arc::clone(&store),
@@ -281,9 +291,12 @@ pub async fn run_local(
             merge_throughput: config.merge_throughput.bytes(),
         },
     )
-    .with_hot_source(hot);
+    .with_hot_source(hot)
+    .with_row_changes(options.row_changes.clone());
     let plan_options = PlanOptions {
         only: options.partitions.clone(),
+        // A rewrite is asked for: coldness and back-off do not hold it up.
+        force: options.rewrite.is_some(),
         ..PlanOptions::sweep(options.now, options.dry_run)
     };
     let wanted = |name: &str| {
@@ -302,12 +315,15 @@ pub async fn run_local(
             config
                 .hot_datasets
                 .iter()
-                .filter(|h| wanted(&h.name))
+                .filter(|h| wanted(&h.name) && options.rewrite.is_none())
                 .map(AnyDataset::Hot),
         );
     for dataset in plans {
         let planned = match dataset {
-            AnyDataset::Files(ds) => planner.plan_dataset(ds, &plan_options).await,
+            AnyDataset::Files(ds) => match &options.rewrite {
+                Some(spec) => planner.plan_rewrite(ds, spec, &plan_options).await,
+                None => planner.plan_dataset(ds, &plan_options).await,
+            },
             AnyDataset::Hot(hot) => planner.plan_hot_dataset(hot, &plan_options).await,
         };
         match planned {
@@ -350,6 +366,38 @@ pub async fn run_local(
     }
     // Dropping the planner closes the queue; workers finish what is queued and stop.
     drop(planner);
+    if let Some(queue) = queue {
+        let tasks = std::mem::take(&mut *collected.tasks.lock().await);
+        if planning_error.is_some() {
+            for task in tasks {
+                let reason = "the rewrite stopped while planning; nothing of it was written";
+                let abandoned = match services.committer.abandon(&task.task_dir(), reason).await {
+                    Ok(_) => {
+                        services
+                            .state
+                            .finish_round(
+                                &task.partition,
+                                task.generation,
+                                PartitionStatus::Active,
+                                Some(reason.into()),
+                                now_ms(),
+                            )
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = abandoned {
+                    tracing::error!(task = %task.task_id, error = %e, "could not abandon a planned task; the next run abandons it");
+                }
+            }
+        } else {
+            for task in tasks {
+                if queue.send(task).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
     for handle in handles {
         if let Err(e) = handle.await {
             tracing::error!(error = %e, "a worker panicked");

@@ -176,6 +176,9 @@ pub struct TaskManifest {
     /// For an export of a hot range: what the committer needs to delete it from Postgres.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export: Option<ExportRecord>,
+    /// For a rewrite (delete or update): rows read and matched, row groups copied and redone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<crate::model::rewrite::RewriteRecord>,
 }
 
 impl TaskManifest {
@@ -373,6 +376,7 @@ mod tests {
             samples: None,
             seq_start: None,
             export: None,
+            rewrite: None,
         }
     }
 

@@ -14,6 +14,7 @@ pub mod partition;
 pub mod passes;
 pub mod plan;
 pub mod report;
+pub mod rewrite;
 pub mod schema;
 pub mod state;
 pub mod task;

@@ -156,6 +156,10 @@ pub enum SkipReason {
     /// A hot range with rows that are not final yet (`final_through` is the last final value;
     /// `None` for an empty table).
     NotFinal { final_through: Option<i64> },
+    /// A rewrite: the predicate cannot match the partition's template fields (no file read).
+    Pruned,
+    /// A rewrite: no row of the partition matches the predicate.
+    NoMatchingRows,
 }
 
 impl std::fmt::Display for SkipReason {
@@ -171,6 +175,8 @@ impl std::fmt::Display for SkipReason {
             SkipReason::NotFinal {
                 final_through: None,
             } => write!(f, "not final: the table has no rows for this chain"),
+            SkipReason::Pruned => write!(f, "pruned: the predicate rules out the partition"),
+            SkipReason::NoMatchingRows => write!(f, "no matching row"),
         }
     }
 }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::dataset::DatasetConfig;
 use crate::model::hot::export::ExportSpec;
 use crate::model::object::{dir_prefix, join_key, ObjectMeta};
+use crate::model::rewrite::RewriteSpec;
 use crate::model::state::PartitionId;
 
 pub const TASK_SPEC: &str = "_task.json";
@@ -66,6 +67,9 @@ pub enum TaskKind {
     /// One step of a partition sorted in passes ([`crate::model::passes`]): staged in a
     /// directory of its own inside its partition task's, never committed on its own.
     SortStep(Box<SortStep>),
+    /// Delete or update the rows matching a predicate in the input files, each rewritten into
+    /// its own output ([`crate::model::rewrite`]).
+    Rewrite(Box<RewriteSpec>),
 }
 
 /// A step of a sort in passes.
@@ -98,6 +102,7 @@ impl TaskKind {
             TaskKind::MergeFiles => "merge_files",
             TaskKind::ExportRange(_) => "export_range",
             TaskKind::SortStep(_) => "sort_step",
+            TaskKind::Rewrite(_) => "rewrite",
         }
     }
 
@@ -117,6 +122,7 @@ impl Serialize for TaskKind {
             TaskKind::MergeFiles => {}
             TaskKind::ExportRange(spec) => map.serialize_entry("export", spec.as_ref())?,
             TaskKind::SortStep(step) => map.serialize_entry("sort_step", step.as_ref())?,
+            TaskKind::Rewrite(spec) => map.serialize_entry("rewrite", spec.as_ref())?,
         }
         map.end()
     }
@@ -130,12 +136,15 @@ impl<'de> Deserialize<'de> for TaskKind {
             export: Option<ExportSpec>,
             #[serde(default)]
             sort_step: Option<SortStep>,
+            #[serde(default)]
+            rewrite: Option<RewriteSpec>,
         }
         let keys = Keys::deserialize(deserializer)?;
-        Ok(match (keys.export, keys.sort_step) {
-            (Some(spec), _) => TaskKind::ExportRange(Box::new(spec)),
-            (None, Some(step)) => TaskKind::SortStep(Box::new(step)),
-            (None, None) => TaskKind::MergeFiles,
+        Ok(match (keys.export, keys.sort_step, keys.rewrite) {
+            (Some(spec), _, _) => TaskKind::ExportRange(Box::new(spec)),
+            (None, Some(step), _) => TaskKind::SortStep(Box::new(step)),
+            (None, None, Some(spec)) => TaskKind::Rewrite(Box::new(spec)),
+            (None, None, None) => TaskKind::MergeFiles,
         })
     }
 }

@@ -10,5 +10,6 @@
 pub mod aws;
 pub mod dispatch;
 pub mod hot;
+pub mod rows;
 pub mod state;
 pub mod store;

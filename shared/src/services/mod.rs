@@ -3,6 +3,7 @@
 //! delete-from-Postgres protocol the merger and committer share; [`lease`] keeps a partition's
 //! lease alive while work runs; [`report`] tells how healthy the lake is.
 
+pub mod backup;
 pub mod committer;
 pub mod hot_delete;
 pub mod lease;

@@ -136,6 +136,7 @@ impl MergerFunction {
                 "Lower the hot dataset's range_size (or raise MergerTimeout)"
             }
             TaskKind::MergeFiles | TaskKind::SortStep(_) => "Lower max_task_bytes",
+            TaskKind::Rewrite(_) => "Narrow the predicate to fewer partitions",
         };
         let continuation = task.clone();
         let partition = task.partition.clone();

@@ -78,6 +78,8 @@ pub struct CommitReport {
     pub cold: Option<ColdRange>,
     /// The `dataset_uuid` of the commit's event.
     pub dataset_uuid: String,
+    /// For a rewrite (delete, update): rows read and matched, row groups copied and redone.
+    pub rewrite: Option<crate::model::rewrite::RewriteRecord>,
 }
 
 impl CommitReport {
@@ -467,6 +469,7 @@ impl Committer {
                 |e| e.hot.dataset_uuid(),
             ),
             cold,
+            rewrite: manifest.rewrite,
         })))
     }
 

@@ -428,15 +428,12 @@ async fn copy_and_decode(
     let footer = Arc::new(footer);
     let mut copies = Vec::with_capacity(info.copy.len());
     for &group in &info.copy {
-        let mut blooms = Vec::new();
-        for range in bloom_ranges(footer.row_group(group)) {
-            blooms.push(match range {
-                Some(r) => Some((r.start, store.get_range(&info.meta.key, r).await?)),
-                None => None,
-            });
-        }
-        let copied = describe(&info.meta.key, &info.meta.version, &footer, group, blooms)
-            .map_err(|e| classify(index, e))?;
+        let copied = copied_row_group(store.as_ref(), &info.meta, &footer, group)
+            .await
+            .map_err(|e| match e {
+                Error::CorruptInput { reason, .. } => ReadFailure::Corrupt { index, reason },
+                other => ReadFailure::Other(other),
+            })?;
         copies.push(Ok(InputEvent::Copy {
             index,
             group: copied,
@@ -461,4 +458,25 @@ async fn copy_and_decode(
     Ok(stream::iter(copies)
         .chain(conformed(batches, target, index))
         .boxed())
+}
+
+/// Row group `group` of `meta` (whose footer, read with its page index, is `footer`) described
+/// for a verbatim copy, its bloom filters fetched.
+pub async fn copied_row_group(
+    store: &dyn ObjectStore,
+    meta: &ObjectMeta,
+    footer: &ParquetMetaData,
+    group: usize,
+) -> Result<CopiedRowGroup> {
+    let mut blooms = Vec::new();
+    for range in bloom_ranges(footer.row_group(group)) {
+        blooms.push(match range {
+            Some(r) => Some((r.start, store.get_range(&meta.key, r).await?)),
+            None => None,
+        });
+    }
+    describe(&meta.key, &meta.version, footer, group, blooms).map_err(|e| Error::CorruptInput {
+        key: meta.key.clone(),
+        reason: e.to_string(),
+    })
 }

@@ -9,6 +9,7 @@ pub mod export;
 mod files;
 mod inputs;
 mod passes;
+mod rewrite;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -64,6 +65,8 @@ pub struct Merger {
     hot: Option<Arc<dyn HotSource>>,
     /// On Lambda: when the invocation ends, so a sort in passes stops between steps in time.
     time_limit: Option<TimeLimit>,
+    /// Plans the expressions of rewrite tasks (delete, update).
+    row_changes: Option<Arc<dyn crate::ports::rows::RowChanges>>,
 }
 
 impl Merger {
@@ -75,7 +78,17 @@ impl Merger {
             progress,
             hot: None,
             time_limit: None,
+            row_changes: None,
         }
+    }
+
+    /// Lets the merger run rewrite tasks (delete, update) with these expressions.
+    pub fn with_row_changes(
+        mut self,
+        changes: Option<Arc<dyn crate::ports::rows::RowChanges>>,
+    ) -> Self {
+        self.row_changes = changes;
+        self
     }
 
     /// Stops a sort in passes between two steps when the next would not end before the limit.
@@ -122,6 +135,7 @@ impl Merger {
             }
             TaskKind::MergeFiles => self.merge(&task, attempt).await?,
             TaskKind::ExportRange(spec) => self.export(&task, spec, attempt).await?,
+            TaskKind::Rewrite(spec) => self.rewrite(&task, spec, attempt).await?,
             TaskKind::SortStep(step) => {
                 return Err(Error::Other(format!(
                     "{} is a step of task {}, which runs its steps itself; run the task",
@@ -251,5 +265,6 @@ fn task_manifest(
         samples: None,
         seq_start: None,
         export,
+        rewrite: None,
     }
 }

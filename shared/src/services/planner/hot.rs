@@ -274,6 +274,7 @@ impl Planner {
             outcome,
             anomaly: None,
             files: Vec::new(),
+            rewrite: None,
         };
         if !final_through.is_some_and(|through| crate::model::hot::range::is_final(range, through))
         {

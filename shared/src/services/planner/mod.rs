@@ -6,6 +6,7 @@
 
 mod hot;
 mod recovery;
+pub mod rewrite;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -133,6 +134,8 @@ pub struct PartitionReport {
     /// Something found that should not happen, and what is done about it (e.g. rows that
     /// reached a hot range after it was moved).
     pub anomaly: Option<String>,
+    /// A rewrite: what the scan for matching rows found.
+    pub rewrite: Option<crate::model::rewrite::RewriteScan>,
     /// Each data file and why it is, or is not, compacted (file datasets that were planned).
     pub files: Vec<FileNote>,
 }
@@ -198,6 +201,8 @@ pub struct Planner {
     settings: PlannerSettings,
     /// The Postgres of the hot datasets (their tips, and the deletes of recovered commits).
     hot: Option<Arc<dyn HotSource>>,
+    /// Plans the expressions of rewrites (delete, update).
+    row_changes: Option<Arc<dyn crate::ports::rows::RowChanges>>,
 }
 
 impl Planner {
@@ -219,7 +224,17 @@ impl Planner {
             dispatcher,
             settings,
             hot: None,
+            row_changes: None,
         }
+    }
+
+    /// Lets the planner plan rewrites (delete, update) with these expressions.
+    pub fn with_row_changes(
+        mut self,
+        changes: Option<Arc<dyn crate::ports::rows::RowChanges>>,
+    ) -> Self {
+        self.row_changes = changes;
+        self
     }
 
     /// Lets the planner plan hot datasets (and commit their recovered exports).
@@ -305,6 +320,7 @@ impl Planner {
                         outcome: PartitionOutcome::Failed(e.to_string()),
                         anomaly: None,
                         files: Vec::new(),
+                        rewrite: None,
                     });
                 }
             }
@@ -384,6 +400,7 @@ impl Planner {
             outcome,
             anomaly: None,
             files: std::mem::take(files),
+            rewrite: None,
         };
         if let Coldness::Hot { until } =
             self.coldness_of(dataset, &values, &files, later_starts, options.now)?

@@ -1,0 +1,238 @@
+//! Backups of the files a rewrite replaces (`--backup PREFIX`) and `compactor restore`.
+//!
+//! Before a rewrite task is staged, each input is copied to `<prefix>/<its key>` and the
+//! partition manifest next to it, and a [`BackupRecord`] names them and the outputs that will
+//! replace them. A restore puts every kept file back where it was (a copy that never replaces
+//! anything), puts the partition manifest back, then removes the outputs: run again after a
+//! crash, it finishes what it started. Records are restored newest first, and a restored one
+//! is marked so that a second restore changes nothing.
+
+use crate::error::{Error, Result};
+use crate::model::manifest::TaskManifest;
+use crate::model::object::dir_prefix;
+use crate::model::rewrite::{
+    backup_key, backup_record_key, BackedUpFile, BackupRecord, RewriteSpec, BACKUP_RECORDS,
+};
+use crate::model::task::{partition_output_dir, Task, PARTITION_MANIFEST};
+use crate::ports::store::{
+    list_all, put_json_once, read_json, DeleteRequest, ObjectStore, PutMode,
+};
+use crate::support::clock::now_ms;
+
+/// Suffix of the marker a restore leaves next to a record it finished.
+const RESTORED: &str = ".restored";
+/// Suffix of the marker a restore leaves before it removes a record's outputs.
+const RESTORING: &str = ".restoring";
+
+/// Keeps the inputs of a staged rewrite (and the partition manifest) under `prefix`.
+pub async fn keep(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    task: &Task,
+    spec: &RewriteSpec,
+    manifest: &TaskManifest,
+) -> Result<()> {
+    let mut files = Vec::with_capacity(manifest.inputs.len());
+    for input in &manifest.inputs {
+        let kept = backup_key(prefix, &input.key);
+        copy_once(store, &input.key, &kept, input.size).await?;
+        files.push(BackedUpFile {
+            key: input.key.clone(),
+            size: input.size,
+            backup_key: kept,
+        });
+    }
+    let manifest_key = format!(
+        "{}{PARTITION_MANIFEST}",
+        partition_output_dir(&task.dataset, &task.partition.partition)
+    );
+    let manifest_backup = match store.head(&manifest_key).await? {
+        Some(m) => {
+            let kept = backup_key(prefix, &format!("{manifest_key}.{}", task.task_id));
+            copy_once(store, &manifest_key, &kept, m.size).await?;
+            Some(kept)
+        }
+        None => None,
+    };
+    let record = BackupRecord {
+        dataset: task.partition.dataset.clone(),
+        partition: task.partition.partition.clone(),
+        task_id: task.task_id.clone(),
+        predicate: spec.predicate.clone(),
+        set: spec.set.clone(),
+        files,
+        partition_manifest: manifest_key,
+        partition_manifest_backup: manifest_backup,
+        outputs: manifest
+            .outputs
+            .iter()
+            .map(|o| o.final_key.clone())
+            .collect(),
+        created_at_ms: now_ms(),
+    };
+    let key = backup_record_key(
+        prefix,
+        &task.partition.dataset,
+        &task.partition.partition,
+        &task.task_id,
+    );
+    put_json_once(store, &key, record).await?;
+    Ok(())
+}
+
+/// Copies `from` to `to` unless an earlier attempt already did.
+async fn copy_once(store: &dyn ObjectStore, from: &str, to: &str, size: u64) -> Result<()> {
+    match store.copy(from, to).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_precondition_failed() => match store.head(to).await? {
+            Some(m) if m.size == size => Ok(()),
+            _ => Err(Error::Other(format!(
+                "the backup location {to} already holds another file; pick a new --backup prefix (nothing was changed)"
+            ))),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// What a restore did (or, in a dry run, would do).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Backup records found, and of those restored by this run (earlier restores are skipped).
+    pub records: usize,
+    pub restored: usize,
+    /// Files put back where they were.
+    pub files_restored: usize,
+    /// Files not put back because something is at their key now (left alone, listed here).
+    pub files_in_the_way: Vec<String>,
+    /// Partition manifests put back (or removed, where there was none before).
+    pub manifests_restored: usize,
+    /// Files the operations had written in their place, removed.
+    pub outputs_removed: usize,
+}
+
+/// Puts back every backup under `prefix` not restored yet (in a dry run: counts what would be).
+pub async fn restore(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    dry_run: bool,
+) -> Result<RestoreReport> {
+    let root = dir_prefix(&backup_key(prefix, BACKUP_RECORDS));
+    let listing = list_all(store, &root, None).await?;
+    if listing.objects.is_empty() {
+        return Err(Error::Other(format!(
+            "no backup under {prefix}: {root} holds no record (pass the --backup prefix of the operation)"
+        )));
+    }
+    let marked = |suffix: &str| -> std::collections::HashSet<String> {
+        listing
+            .objects
+            .iter()
+            .filter_map(|o| o.key.strip_suffix(suffix).map(str::to_string))
+            .collect()
+    };
+    let (done, started) = (marked(RESTORED), marked(RESTORING));
+    let mut records = Vec::new();
+    for object in listing.objects.iter().filter(|o| o.key.ends_with(".json")) {
+        if let Some(record) = read_json::<BackupRecord>(store, &object.key).await? {
+            records.push((object.key.clone(), record));
+        }
+    }
+    records.sort_by_key(|(_, r)| std::cmp::Reverse(r.created_at_ms));
+    let mut report = RestoreReport {
+        records: records.len(),
+        ..RestoreReport::default()
+    };
+    for (key, record) in records {
+        if done.contains(&key) {
+            continue;
+        }
+        // An output that is gone before this restore started: the partition was compacted
+        // again since, and its rows are in files this backup does not know.
+        if !started.contains(&key) {
+            for output in &record.outputs {
+                if store.head(output).await?.is_none() {
+                    return Err(Error::Other(format!(
+                        "cannot restore {key}: {output}, which the operation wrote, is gone (the partition {} was changed since); nothing of this backup was restored",
+                        record.partition
+                    )));
+                }
+            }
+        }
+        report.restored += 1;
+        for file in &record.files {
+            match store.head(&file.key).await? {
+                Some(_) => report.files_in_the_way.push(file.key.clone()),
+                None => {
+                    if !dry_run {
+                        match store.copy(&file.backup_key, &file.key).await {
+                            Ok(_) => {}
+                            // A concurrent restore (or writer) put something there first.
+                            Err(e) if e.is_precondition_failed() => {
+                                report.files_in_the_way.push(file.key.clone());
+                                continue;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    report.files_restored += 1;
+                }
+            }
+        }
+        if !dry_run {
+            match &record.partition_manifest_backup {
+                Some(kept) => {
+                    let (bytes, _) = store.get(kept).await?;
+                    store
+                        .put(&record.partition_manifest, bytes, PutMode::Overwrite)
+                        .await?;
+                }
+                None => {
+                    store
+                        .delete_many(&[DeleteRequest {
+                            key: record.partition_manifest.clone(),
+                            version: None,
+                        }])
+                        .await?;
+                }
+            }
+        }
+        report.manifests_restored += 1;
+        let requests: Vec<DeleteRequest> = record
+            .outputs
+            .iter()
+            .map(|k| DeleteRequest {
+                key: k.clone(),
+                version: None,
+            })
+            .collect();
+        for output in &record.outputs {
+            if store.head(output).await?.is_some() {
+                report.outputs_removed += 1;
+            }
+        }
+        if !dry_run {
+            store
+                .put(
+                    &format!("{key}{RESTORING}"),
+                    bytes::Bytes::from_static(b"restoring\n"),
+                    PutMode::Overwrite,
+                )
+                .await?;
+            let kept = store.delete_many(&requests).await?;
+            if let Some(k) = kept.first() {
+                return Err(Error::Other(format!(
+                    "restoring {key}: could not remove {}: {}; run the restore again",
+                    k.key, k.reason
+                )));
+            }
+            store
+                .put(
+                    &format!("{key}{RESTORED}"),
+                    bytes::Bytes::from_static(b"restored\n"),
+                    PutMode::Overwrite,
+                )
+                .await?;
+        }
+    }
+    Ok(report)
+}
