@@ -7,8 +7,10 @@ use anyhow::{Context, Result};
 use compaction::drivers::pipeline::RunSummary;
 use compaction::model::object::validate_key;
 use compaction::model::rewrite::RewriteSpec;
+use compaction::services::planner::rewrite::check_rewrite;
 use compaction::services::planner::PartitionOutcome;
 use compaction::support::units::human_bytes;
+use compaction_sql::SqlRowChanges;
 use serde_json::json;
 
 use crate::args::{DeleteArgs, RestoreArgs};
@@ -29,6 +31,21 @@ pub async fn rewrite(args: DeleteArgs, set: Vec<String>) -> Result<ExitCode> {
     };
     let config = common.config()?;
     let store = open_store(&common.dir).await?;
+    // The expressions are checked against the data before the state store is even opened.
+    for dataset in config
+        .datasets
+        .iter()
+        .filter(|d| common.dataset.is_empty() || common.dataset.contains(&d.name))
+    {
+        check_rewrite(
+            store.as_ref(),
+            dataset,
+            &config.staging_prefix,
+            &spec,
+            &SqlRowChanges,
+        )
+        .await?;
+    }
     let state = open_state(&common.dir, &common.state, dry_run).await?;
     let summary = execute(&config, store, state, common, dry_run, Some(spec.clone())).await?;
     let totals = Totals::of(&summary);
@@ -94,6 +111,9 @@ impl Totals {
                     PartitionOutcome::Skipped(compaction::model::plan::SkipReason::Pruned) => {
                         t.pruned += 1
                     }
+                    PartitionOutcome::Skipped(
+                        reason @ compaction::model::plan::SkipReason::Resuming,
+                    ) => t.skipped.push(format!("{name}: {reason}")),
                     PartitionOutcome::LeaseHeld { owner, .. } => t.skipped.push(format!(
                         "{name}: left alone, another run ({owner}) holds its lease; run again later"
                     )),

@@ -451,10 +451,7 @@ impl Assignment {
             .field(index)
             .data_type()
             .clone();
-        if planned.data_type != target59
-            && planned.data_type != DataType59::Null
-            && !arrow59::compute::can_cast_types(&planned.data_type, &target59)
-        {
+        if !assignable(&planned.data_type, &target59) {
             return Err(plan_err(format!(
                 "gives {}, which cannot be stored in column {column:?} ({target})",
                 planned.data_type
@@ -473,9 +470,16 @@ impl Assignment {
         if values.data_type() == &self.target {
             return Ok(values);
         }
-        arrow::compute::cast(&values, &self.target).map_err(|e| SqlError::Eval {
-            sql: self.planned.sql.clone(),
-            message: format!("converting to {}: {e}", self.target),
+        // A value that does not fit (an overflow) is an error, never a silent NULL.
+        let options = arrow::compute::CastOptions {
+            safe: false,
+            ..Default::default()
+        };
+        arrow::compute::cast_with_options(&values, &self.target, &options).map_err(|e| {
+            SqlError::Eval {
+                sql: self.planned.sql.clone(),
+                message: format!("converting to {}: {e}", self.target),
+            }
         })
     }
 
@@ -483,6 +487,25 @@ impl Assignment {
     pub fn apply(&self, batch: &RecordBatch, mask: &BooleanArray) -> Result<RecordBatch, SqlError> {
         apply_all(std::slice::from_ref(self), batch, mask)
     }
+}
+
+/// May a value of type `from` be stored in a column of type `to`, as SQL's assignment
+/// conversions allow: the same type, NULL, a number into a number, a time into a time, anything
+/// into a string. A string into a number (or a time) is refused: it would fail or become NULL
+/// row by row.
+fn assignable(from: &DataType59, to: &DataType59) -> bool {
+    use DataType59 as T;
+    let value = |t: &DataType59| match t {
+        T::Dictionary(_, v) => v.as_ref().clone(),
+        other => other.clone(),
+    };
+    let (from, to) = (value(from), value(to));
+    let stringy = |t: &DataType59| matches!(t, T::Utf8 | T::LargeUtf8 | T::Utf8View);
+    from == to
+        || from == T::Null
+        || (from.is_numeric() && to.is_numeric())
+        || (from.is_temporal() && to.is_temporal())
+        || (stringy(&to) && (from.is_primitive() || stringy(&from) || from == T::Boolean))
 }
 
 /// `batch` with every assignment applied where `mask` is true, each expression reading the row
@@ -559,6 +582,9 @@ impl RowChange for SqlChange {
     fn read_columns(&self) -> Vec<String> {
         let mut names = self.predicate.columns().to_vec();
         for a in &self.set {
+            if !names.contains(&a.column) {
+                names.push(a.column.clone());
+            }
             for f in a.planned.input.fields() {
                 if !names.contains(f.name()) {
                     names.push(f.name().clone());
@@ -684,5 +710,46 @@ mod tests {
         assert!(e.contains("no column \"missing\""), "{e}");
         let e = Assignment::parse("venue", &s).err().unwrap().to_string();
         assert!(e.contains("column = expression"), "{e}");
+        // A string into a number would fail (or turn NULL) row by row: refused up front.
+        let e = Assignment::parse("qty = venue", &s)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("cannot be stored"), "{e}");
+        assert!(Assignment::parse("venue = qty", &s).is_ok());
+    }
+
+    #[test]
+    fn statistics_rule_out_only_what_cannot_match() {
+        let s = batch().schema();
+        // Two row groups: ids 1..10 and 20..30; venues A..B and X..Z; qty without statistics.
+        let bounds = |ids: [i64; 2], venues: [&str; 2]| {
+            RecordBatch::try_new(
+                Arc::new(Schema::new(vec![
+                    Field::new("id", DataType::Int64, true),
+                    Field::new("venue", DataType::Utf8, true),
+                ])),
+                vec![
+                    Arc::new(Int64Array::from(ids.to_vec())),
+                    Arc::new(StringArray::from(venues.to_vec())),
+                ],
+            )
+            .unwrap()
+        };
+        let (mins, maxes) = (bounds([1, 20], ["A", "X"]), bounds([10, 30], ["B", "Z"]));
+        let may = |sql: &str| {
+            Predicate::parse(sql, &s)
+                .unwrap()
+                .may_match(&mins, &maxes)
+                .unwrap()
+        };
+        assert_eq!(may("id > 15"), [false, true]);
+        assert_eq!(may("id BETWEEN 11 AND 19"), [false, false]);
+        assert_eq!(may("id = 5 AND venue = 'Y'"), [false, false]);
+        assert_eq!(may("venue = 'Y'"), [false, true]);
+        // No statistics, or nothing interval analysis understands: may match.
+        assert_eq!(may("qty > 1000"), [true, true]);
+        assert_eq!(may("venue IS NULL"), [true, true]);
+        assert_eq!(may("id > 15 OR qty IS NULL"), [true, true]);
     }
 }

@@ -160,6 +160,9 @@ pub enum SkipReason {
     Pruned,
     /// A rewrite: no row of the partition matches the predicate.
     NoMatchingRows,
+    /// Interrupted work of the partition is being finished first (its commit, or its merge
+    /// dispatched again); the partition is planned anew by the next run.
+    Resuming,
 }
 
 impl std::fmt::Display for SkipReason {
@@ -177,6 +180,10 @@ impl std::fmt::Display for SkipReason {
             } => write!(f, "not final: the table has no rows for this chain"),
             SkipReason::Pruned => write!(f, "pruned: the predicate rules out the partition"),
             SkipReason::NoMatchingRows => write!(f, "no matching row"),
+            SkipReason::Resuming => write!(
+                f,
+                "interrupted work was finished first; run again to look at it anew"
+            ),
         }
     }
 }

@@ -16,7 +16,7 @@ pub trait RowChange: Send + Sync {
     /// The columns the predicate reads.
     fn predicate_columns(&self) -> Vec<String>;
 
-    /// The columns the predicate and the assignments' expressions read.
+    /// The columns the predicate and the assignments read or set.
     fn read_columns(&self) -> Vec<String>;
 
     /// The columns the assignments set (none: a delete).

@@ -142,6 +142,10 @@ pub async fn restore(
         records: records.len(),
         ..RestoreReport::default()
     };
+    // A dry run changes nothing: what it would have put back and removed is kept here, so
+    // that older records are judged against the lake the newer ones would have left.
+    let mut would: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+
     for (key, record) in records {
         if done.contains(&key) {
             continue;
@@ -150,7 +154,7 @@ pub async fn restore(
         // again since, and its rows are in files this backup does not know.
         if !started.contains(&key) {
             for output in &record.outputs {
-                if store.head(output).await?.is_none() {
+                if !exists(store, output, &would).await? {
                     return Err(Error::Other(format!(
                         "cannot restore {key}: {output}, which the operation wrote, is gone (the partition {} was changed since); nothing of this backup was restored",
                         record.partition
@@ -160,9 +164,9 @@ pub async fn restore(
         }
         report.restored += 1;
         for file in &record.files {
-            match store.head(&file.key).await? {
-                Some(_) => report.files_in_the_way.push(file.key.clone()),
-                None => {
+            match exists(store, &file.key, &would).await? {
+                true => report.files_in_the_way.push(file.key.clone()),
+                false => {
                     if !dry_run {
                         match store.copy(&file.backup_key, &file.key).await {
                             Ok(_) => {}
@@ -175,6 +179,7 @@ pub async fn restore(
                         }
                     }
                     report.files_restored += 1;
+                    would.insert(file.key.clone(), true);
                 }
             }
         }
@@ -206,9 +211,10 @@ pub async fn restore(
             })
             .collect();
         for output in &record.outputs {
-            if store.head(output).await?.is_some() {
+            if exists(store, output, &would).await? {
                 report.outputs_removed += 1;
             }
+            would.insert(output.clone(), false);
         }
         if !dry_run {
             store
@@ -235,4 +241,16 @@ pub async fn restore(
         }
     }
     Ok(report)
+}
+
+/// Is there an object at `key` (or would there be, after what a dry run would have done)?
+async fn exists(
+    store: &dyn ObjectStore,
+    key: &str,
+    would: &std::collections::HashMap<String, bool>,
+) -> Result<bool> {
+    match would.get(key) {
+        Some(present) => Ok(*present),
+        None => Ok(store.head(key).await?.is_some()),
+    }
 }

@@ -24,6 +24,10 @@ pub const MERGE_POINTS: &[&str] = &["mid-copy", "mid-encode"];
 /// has recorded its manifest (`after-run-step@2` stops after the second).
 pub const SORT_STEP_POINTS: &[&str] = &["after-run-step", "after-merge-step"];
 
+/// Points of a rewrite (delete, update): after each input file is rewritten into staging
+/// (`mid-rewrite@N`), and after the replaced files were kept under the backup prefix.
+pub const REWRITE_POINTS: &[&str] = &["mid-rewrite", "after-backup"];
+
 /// The further points of a hot range's commit: "after-delete" (the cold copy is live, Postgres
 /// untouched), inside a verified delete between recording its transaction id and committing
 /// it, and after a delete committed but before it is recorded as done.

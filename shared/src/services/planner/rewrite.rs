@@ -81,13 +81,20 @@ impl Planner {
         };
         partitions.sort();
         let mut reports = Vec::with_capacity(partitions.len());
-        // The expressions are checked against the first file's schema before anything else.
-        let mut checked = false;
         for partition in partitions {
             if recovery.blocks(&crate::model::task::partition_staging_dir(
                 &self.settings.staging_prefix,
                 &PartitionId::new(&dataset.name, &partition),
             )) {
+                reports.push(PartitionReport {
+                    partition,
+                    data_files: 0,
+                    data_bytes: 0,
+                    outcome: PartitionOutcome::Skipped(SkipReason::Resuming),
+                    anomaly: None,
+                    files: Vec::new(),
+                    rewrite: None,
+                });
                 continue;
             }
             let planned = self
@@ -98,7 +105,6 @@ impl Planner {
                     spec,
                     changes.as_ref(),
                     options,
-                    &mut checked,
                 )
                 .await;
             match planned {
@@ -136,7 +142,6 @@ impl Planner {
         spec: &RewriteSpec,
         changes: &dyn RowChanges,
         options: &PlanOptions,
-        checked: &mut bool,
     ) -> Result<PartitionReport> {
         let values = partition_fields(template, partition)?;
         let files = self.rewrite_files(dataset, partition).await?;
@@ -163,7 +168,6 @@ impl Planner {
         let columns = PartitionColumns::new(&values, &schema);
         let change = changes.plan(spec, &columns.extend_schema(&schema))?;
         check_targets(change.as_ref(), &columns, &schema)?;
-        *checked = true;
         let bounds = columns.bounds(1)?;
         if !change
             .may_match(&bounds, &bounds)?
@@ -293,6 +297,37 @@ impl Planner {
         files.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(files)
     }
+}
+
+/// Checks a rewrite's expressions against the first data file of `dataset` (its schema and its
+/// partition's fields) before anything is opened for writing. False: the dataset has no data
+/// file.
+pub async fn check_rewrite(
+    store: &dyn ObjectStore,
+    dataset: &DatasetConfig,
+    staging_prefix: &str,
+    spec: &RewriteSpec,
+    changes: &dyn RowChanges,
+) -> Result<bool> {
+    let template = dataset.template()?;
+    for partition in super::discover(store, dataset, staging_prefix).await? {
+        let dir = crate::model::task::partition_source_dir(dataset, &partition);
+        let listing = crate::ports::store::list_all(store, &dir, Some('/')).await?;
+        let Some(first) = listing
+            .objects
+            .iter()
+            .find(|o| crate::model::plan::is_data_file(&o.key, &dataset.file_suffix))
+        else {
+            continue;
+        };
+        let footer = read_footer(store, &first.key).await?;
+        let schema = arrow_schema(&first.key, &footer)?;
+        let columns = PartitionColumns::new(&partition_fields(&template, &partition)?, &schema);
+        let change = changes.plan(spec, &columns.extend_schema(&schema))?;
+        check_targets(change.as_ref(), &columns, &schema)?;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// A file's Arrow schema, as its footer gives it.
