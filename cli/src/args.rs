@@ -52,7 +52,11 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Set columns of the rows matching a SQL predicate (`--set "col = expression"`).
     Update(UpdateArgs),
-    /// Put back the files a delete or update kept with --backup, and remove what replaced them.
+    /// Insert a source's rows whose key the data lacks and update those whose key it holds;
+    /// each new row goes to the partition its partition fields name.
+    Upsert(UpsertArgs),
+    /// Put back the files a delete, update or upsert kept with --backup, and remove what
+    /// replaced them.
     Restore(RestoreArgs),
 }
 
@@ -80,6 +84,30 @@ pub struct UpdateArgs {
     pub set: Vec<String>,
     #[command(flatten)]
     pub rewrite: DeleteArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UpsertArgs {
+    /// A Parquet file, or a directory of them (read recursively), holding the rows: every
+    /// column of the data (cast to the data's types), plus the partition fields that name a
+    /// new row's partition (e.g. `dt` and `hour` for dt={date}/hour={hour}) when the data
+    /// does not hold them. Read into memory.
+    #[arg(long, value_name = "FILE_OR_DIR")]
+    pub from: PathBuf,
+    /// The column(s) identifying a row, comma-separated; the source must hold each key once,
+    /// never null.
+    #[arg(long, value_name = "COLUMNS", value_delimiter = ',', required = true)]
+    pub key: Vec<String>,
+    /// The columns a row whose key the data holds takes from the source, comma-separated
+    /// [default: every column but the key].
+    #[arg(long, value_name = "COLUMNS", value_delimiter = ',')]
+    pub update_cols: Vec<String>,
+    /// Keep the files this replaces under this prefix (relative to DIR), with a record
+    /// `compactor restore DIR PREFIX` reads to put them back.
+    #[arg(long, value_name = "PREFIX")]
+    pub backup: Option<String>,
+    #[command(flatten)]
+    pub common: CompactArgs,
 }
 
 #[derive(Args, Debug, Clone)]

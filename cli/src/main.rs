@@ -81,6 +81,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Report(args) => health_report(args).await,
         Command::Delete(args) => rewrite::rewrite(args, Vec::new()).await,
         Command::Update(args) => rewrite::rewrite(args.rewrite, args.set).await,
+        Command::Upsert(args) => rewrite::upsert(args).await,
         Command::Restore(args) => rewrite::restore(args).await,
     }
 }
@@ -142,7 +143,7 @@ async fn compact(args: CompactArgs, dry_run: bool) -> Result<ExitCode> {
     let config = args.config()?;
     let store = open_store(&args.dir).await?;
     let state = open_state(&args.dir, &args.state, dry_run).await?;
-    let summary = execute(&config, store, state, &args, dry_run, None).await?;
+    let summary = execute(&config, store, state, &args, dry_run, None, None).await?;
     let exit = exit_code(&summary);
     if args.json {
         println!(
@@ -163,6 +164,7 @@ async fn execute(
     args: &CompactArgs,
     dry_run: bool,
     rewrite: Option<compaction::model::rewrite::RewriteSpec>,
+    upsert_rows: Option<Arc<compaction::services::upsert::SourceRows>>,
 ) -> Result<RunSummary> {
     let progress = Arc::new(report::Bar::new(args.quiet || args.json || dry_run));
     let options = RunOptions {
@@ -176,6 +178,7 @@ async fn execute(
         rewrite,
         // Always: a compaction finishes a rewrite a crash interrupted.
         row_changes: Some(Arc::new(compaction_sql::SqlRowChanges)),
+        upsert_rows,
     };
     let hot = match options.rewrite {
         Some(_) => None,
@@ -280,7 +283,7 @@ async fn demo(args: DemoArgs) -> Result<ExitCode> {
     let config = compact_args.config()?;
     println!("2/2 compacting (mode {:?}) ...", config.datasets[0].mode);
     let state = open_state(dir, &None, false).await?;
-    let summary = execute(&config, store, state, &compact_args, false, None).await?;
+    let summary = execute(&config, store, state, &compact_args, false, None, None).await?;
     report::print(&summary, &config, false);
     println!(
         "\nTry it again: `compactor compact {dir} --prefix events/` changes nothing the second time.\nRead it: duckdb -c \"SELECT count(*) FROM read_parquet('{dir}/events/*/*/*.parquet')\"",

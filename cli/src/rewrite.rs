@@ -6,48 +6,111 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use compaction::drivers::pipeline::RunSummary;
 use compaction::model::object::validate_key;
-use compaction::model::rewrite::RewriteSpec;
+use std::sync::Arc;
+
+use compaction::model::rewrite::{RewriteSpec, UpsertSpec};
 use compaction::services::planner::rewrite::check_rewrite;
+use compaction::services::planner::upsert::check_upsert;
 use compaction::services::planner::PartitionOutcome;
+use compaction::services::upsert::{SourceRows, UpsertSource};
 use compaction::support::units::human_bytes;
 use compaction_sql::SqlRowChanges;
 use serde_json::json;
 
-use crate::args::{DeleteArgs, RestoreArgs};
+use crate::args::{CompactArgs, DeleteArgs, RestoreArgs, UpsertArgs};
 use crate::{execute, open_state, open_store, EXIT_PARTIAL};
 
 /// Runs a delete (`set` empty) or an update.
 pub async fn rewrite(args: DeleteArgs, set: Vec<String>) -> Result<ExitCode> {
-    let common = &args.common;
-    let dry_run = common.dry_run;
-    if let Some(prefix) = &args.backup {
-        validate_key(prefix).with_context(|| format!("--backup {prefix:?}"))?;
-    }
     let spec = RewriteSpec {
         predicate: args.predicate.clone(),
         set,
         backup: args.backup.clone(),
-        groups: Default::default(),
+        ..RewriteSpec::default()
     };
+    run(&args.common, spec, None).await
+}
+
+/// Runs an upsert.
+pub async fn upsert(args: UpsertArgs) -> Result<ExitCode> {
+    let rows = UpsertSource::read(&args.from)
+        .with_context(|| format!("reading --from {}", args.from.display()))?;
+    let spec = RewriteSpec {
+        backup: args.backup.clone(),
+        upsert: Some(UpsertSpec {
+            source: args.from.display().to_string(),
+            key: args.key.clone(),
+            update_cols: args.update_cols.clone(),
+            ..UpsertSpec::default()
+        }),
+        ..RewriteSpec::default()
+    };
+    run(&args.common, spec, Some(Arc::new(rows))).await
+}
+
+/// Checks the operation against the data, runs it and prints what it did.
+async fn run(
+    common: &CompactArgs,
+    spec: RewriteSpec,
+    upsert_rows: Option<Arc<SourceRows>>,
+) -> Result<ExitCode> {
+    let dry_run = common.dry_run;
+    if let Some(prefix) = &spec.backup {
+        validate_key(prefix).with_context(|| format!("--backup {prefix:?}"))?;
+    }
     let config = common.config()?;
     let store = open_store(&common.dir).await?;
-    // The expressions are checked against the data before the state store is even opened.
-    for dataset in config
+    let datasets: Vec<_> = config
         .datasets
         .iter()
         .filter(|d| common.dataset.is_empty() || common.dataset.contains(&d.name))
-    {
-        check_rewrite(
-            store.as_ref(),
-            dataset,
-            &config.staging_prefix,
-            &spec,
-            &SqlRowChanges,
-        )
-        .await?;
+        .collect();
+    // The operation is checked against the data before the state store is even opened.
+    match (&spec.upsert, &upsert_rows) {
+        (Some(upsert), Some(rows)) => {
+            let [dataset] = datasets.as_slice() else {
+                anyhow::bail!(
+                    "an upsert goes into one dataset; name it with --dataset (the config has {})",
+                    datasets
+                        .iter()
+                        .map(|d| d.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            };
+            check_upsert(
+                store.as_ref(),
+                dataset,
+                &config.staging_prefix,
+                upsert,
+                rows,
+            )
+            .await?;
+        }
+        _ => {
+            for dataset in &datasets {
+                check_rewrite(
+                    store.as_ref(),
+                    dataset,
+                    &config.staging_prefix,
+                    &spec,
+                    &SqlRowChanges,
+                )
+                .await?;
+            }
+        }
     }
     let state = open_state(&common.dir, &common.state, dry_run).await?;
-    let summary = execute(&config, store, state, common, dry_run, Some(spec.clone())).await?;
+    let summary = execute(
+        &config,
+        store,
+        state,
+        common,
+        dry_run,
+        Some(spec.clone()),
+        upsert_rows,
+    )
+    .await?;
     let totals = Totals::of(&summary);
     if common.json {
         println!(
@@ -82,6 +145,9 @@ struct Totals {
     row_groups_scanned: u64,
     row_groups_matched: u64,
     rows_matched: u64,
+    /// Rows an upsert plans to insert, and inserted.
+    rows_to_insert: u64,
+    rows_inserted: u64,
     /// Partitions whose rewrite committed, and what the commits did.
     committed: usize,
     files_replaced: usize,
@@ -90,8 +156,9 @@ struct Totals {
     rows_in: u64,
     row_groups_copied: u64,
     row_groups_rewritten: u64,
-    /// Partition, rows matched, files, bytes: the partitions with a matching row.
-    matched: Vec<(String, u64, usize, u64)>,
+    /// Partition, rows matched, files, bytes, rows to insert: the partitions with a matching
+    /// row or a row to insert.
+    matched: Vec<(String, u64, usize, u64, u64)>,
     /// What was not done, and why.
     skipped: Vec<String>,
     secs: f64,
@@ -124,10 +191,11 @@ impl Totals {
                     t.skipped.push(format!("{name}: {a}"));
                 }
                 let Some(scan) = &p.rewrite else { continue };
+                t.rows_to_insert += scan.rows_inserted;
                 t.files_scanned += scan.files_scanned;
                 t.row_groups += scan.row_groups;
                 t.row_groups_scanned += scan.row_groups_scanned;
-                if scan.files.is_empty() {
+                if scan.files.is_empty() && scan.rows_inserted == 0 {
                     t.without_match += 1;
                     continue;
                 }
@@ -136,8 +204,13 @@ impl Totals {
                 t.bytes_matched += scan.bytes();
                 t.row_groups_matched += scan.row_groups_matched;
                 t.rows_matched += scan.rows_matched;
-                t.matched
-                    .push((name, scan.rows_matched, scan.files.len(), scan.bytes()));
+                t.matched.push((
+                    name,
+                    scan.rows_matched,
+                    scan.files.len(),
+                    scan.bytes(),
+                    scan.rows_inserted,
+                ));
             }
         }
         for c in &summary.commits {
@@ -146,6 +219,7 @@ impl Totals {
             t.files_replaced += c.inputs_deleted;
             t.files_written += c.outputs;
             t.rows_changed += r.rows_matched;
+            t.rows_inserted += r.rows_inserted;
             t.rows_in += r.rows_in;
             t.row_groups_copied += r.row_groups_copied;
             t.row_groups_rewritten += r.row_groups_rewritten;
@@ -170,14 +244,7 @@ impl Totals {
     }
 
     fn print(&self, spec: &RewriteSpec, dry_run: bool) {
-        let what = match spec.is_delete() {
-            true => format!("delete WHERE {}", spec.predicate),
-            false => format!(
-                "update SET {} WHERE {}",
-                spec.set.join(", "),
-                spec.predicate
-            ),
-        };
+        let what = spec.describe();
         println!(
             "{what}{}",
             if dry_run {
@@ -204,11 +271,21 @@ impl Totals {
             self.row_groups_scanned,
             self.row_groups_matched
         );
-        println!("rows:       {} matched", self.rows_matched);
-        for (name, rows, files, bytes) in self.matched.iter().take(20) {
+        match spec.upsert {
+            Some(_) => println!(
+                "rows:       {} matched by key (to update), {} to insert",
+                self.rows_matched, self.rows_to_insert
+            ),
+            None => println!("rows:       {} matched", self.rows_matched),
+        }
+        for (name, rows, files, bytes, inserts) in self.matched.iter().take(20) {
             println!(
-                "  {name}: {rows} rows in {files} file(s), {}",
-                human_bytes(*bytes)
+                "  {name}: {rows} rows in {files} file(s), {}{}",
+                human_bytes(*bytes),
+                match inserts {
+                    0 => String::new(),
+                    n => format!("; {n} rows to insert"),
+                }
             );
         }
         if self.matched.len() > 20 {
@@ -216,7 +293,7 @@ impl Totals {
         }
         if !dry_run {
             println!(
-                "done:       {} partition(s) committed: {} file(s) replaced by {}; {} rows {}; row groups {} copied as bytes, {} rewritten; {:.2} s{}",
+                "done:       {} partition(s) committed: {} file(s) replaced by {}; {} rows {}{}; row groups {} copied as bytes, {} rewritten; {:.2} s{}",
                 self.committed,
                 self.files_replaced,
                 self.files_written,
@@ -224,6 +301,10 @@ impl Totals {
                 match spec.is_delete() {
                     true => "deleted",
                     false => "updated",
+                },
+                match spec.upsert {
+                    Some(_) => format!(", {} inserted", self.rows_inserted),
+                    None => String::new(),
                 },
                 self.row_groups_copied,
                 self.row_groups_rewritten,
@@ -241,9 +322,12 @@ impl Totals {
 
     fn json(&self, spec: &RewriteSpec, dry_run: bool) -> serde_json::Value {
         json!({
-            "operation": if spec.is_delete() { "delete" } else { "update" },
+            "operation": spec.verb(),
             "predicate": spec.predicate,
             "set": spec.set,
+            "upsert": spec.upsert.as_ref().map(|u| json!({
+                "source": u.source, "key": u.key, "update_cols": u.update_cols,
+            })),
             "dry_run": dry_run,
             "backup": spec.backup,
             "partitions": {
@@ -270,10 +354,12 @@ impl Totals {
             "rows": {
                 "matched": self.rows_matched,
                 "changed": self.rows_changed,
+                "to_insert": self.rows_to_insert,
+                "inserted": self.rows_inserted,
                 "read": self.rows_in,
             },
-            "matched_partitions": self.matched.iter().map(|(p, rows, files, bytes)| json!({
-                "partition": p, "rows": rows, "files": files, "bytes": bytes,
+            "matched_partitions": self.matched.iter().map(|(p, rows, files, bytes, inserts)| json!({
+                "partition": p, "rows": rows, "files": files, "bytes": bytes, "rows_to_insert": inserts,
             })).collect::<Vec<_>>(),
             "skipped": self.skipped,
             "seconds": self.secs,

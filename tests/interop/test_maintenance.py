@@ -335,3 +335,171 @@ def expected_sql(op: str, predicate: str) -> str:
     return (
         f"SELECT id, ts, price, CASE WHEN ({predicate}) IS TRUE THEN -7 ELSE qty END AS qty, note, flag, venue, dt FROM {{src}}"
     )
+
+
+# ---- upsert ----
+
+UPSERT_COLS = "id, ts, price, qty, note, flag"
+
+
+def write_source(path: Path, rng: random.Random, existing: int, new: int, first_new: int, new_partitions=(), files=None):
+    """`existing` ids of the lake (of its first `files` files) with new values, and `new` new
+    ids, each with its venue and dt (some new rows in `new_partitions`, which the lake lacks)."""
+    total_ids = (files or len(VENUES) * len(DAYS) * FILES_PER_PARTITION) * ROWS_PER_FILE
+    ids = rng.sample(range(total_ids), existing) + list(range(first_new, first_new + new))
+    places = [(rng.choice(VENUES), rng.choice(DAYS)) for _ in ids]
+    for i, p in enumerate(new_partitions):
+        places[existing + i] = p
+    table = pa.table(
+        {
+            # Columns in another order, and types the data does not use: they are cast.
+            "note": pa.array([f"u{rng.randint(0, 9)}" for _ in ids], pa.string()),
+            "id": pa.array(ids, pa.int32()),
+            "ts": pa.array([1_800_000_000_000_000 + i for i in ids], pa.timestamp("us", tz="UTC")),
+            "price": pa.array([float(rng.randint(1000, 2000)) for _ in ids], pa.float32()),
+            "qty": pa.array([rng.randint(500, 600) for _ in ids], pa.int64()),
+            "flag": pa.array([True for _ in ids], pa.bool_()),
+            "venue": pa.array([v for v, _ in places], pa.string()),
+            "dt": pa.array([d for _, d in places], pa.string()),
+        }
+    )
+    pq.write_table(table, path)
+    return path
+
+
+def upsert_oracle(con, src: Path, before: str, update_cols):
+    """The anti-join union: rows without a source key as they are, rows with one taking the
+    source's `update_cols` (in their own partition), source rows with a new key inserted."""
+    con.execute(
+        f"CREATE OR REPLACE TABLE src AS SELECT CAST(id AS BIGINT) AS id, ts, CAST(price AS DOUBLE) AS price, "
+        f"CAST(qty AS INTEGER) AS qty, note, flag, venue, dt FROM read_parquet('{src}')"
+    )
+    cols = ", ".join(f"s.{c}" if c in update_cols else f"b.{c}" for c in UPSERT_COLS.split(", "))
+    con.execute(
+        f"""CREATE OR REPLACE TABLE expected AS
+            SELECT b.* FROM {before} b ANTI JOIN src s USING (id)
+            UNION ALL SELECT {cols}, b.venue, b.dt FROM {before} b JOIN src s USING (id)
+            UNION ALL SELECT s.* FROM src s ANTI JOIN {before} b USING (id)"""
+    )
+    updated = con.execute(f"SELECT count(*) FROM {before} b JOIN src s USING (id)").fetchone()[0]
+    inserted = con.execute(f"SELECT count(*) FROM src s ANTI JOIN {before} b USING (id)").fetchone()[0]
+    return updated, inserted
+
+
+@pytest.mark.parametrize("update_cols", [None, ["price", "note"]])
+def test_upsert_is_the_anti_join_union_of_data_and_source(lake, tmp_path, update_cols):
+    rng = random.Random(SEED)
+    src = write_source(tmp_path / "src.parquet", rng, 150, 60, 900_000, [("B", "2024-01-09"), ("C", "2024-01-09")], files=10)
+    con = duckdb.connect()
+    relation(con, lake, "before")
+    before = tree(lake / "events")
+    files_with_key = {
+        Path(f).relative_to(lake / "events").as_posix()
+        for (f,) in con.execute(
+            f"SELECT DISTINCT filename FROM read_parquet('{lake}/events/*/*/*.parquet', filename = true) "
+            f"WHERE id IN (SELECT id FROM read_parquet('{src}'))"
+        ).fetchall()
+    }
+    extra = ["--update-cols", ",".join(update_cols)] if update_cols else []
+    out = cmd("upsert", *common(lake), "--from", str(src), "--key", "id", *extra, "--json")
+    summary = json.loads(out.stdout)
+    relation(con, lake, "after")
+    updated, inserted = upsert_oracle(con, src, "before", update_cols or UPSERT_COLS.split(", "))
+    assert_same(con, "after", "expected", f"upsert (update cols {update_cols})")
+    assert (updated, inserted) == (150, 60)
+    assert summary["operation"] == "upsert", summary
+    assert summary["rows"]["changed"] == updated and summary["rows"]["inserted"] == inserted, summary
+    # New rows went to the partitions their venue and dt name, one of them new.
+    assert (lake / "events" / "venue=B" / "dt=2024-01-09").is_dir()
+    # Exactly the files holding a source key were replaced; the others are untouched.
+    after = tree(lake / "events")
+    changed = {k for k in before if after.get(k) != before[k]}
+    assert changed == files_with_key and len(changed) < len(before), changed
+    assert not staging_leftovers(lake)
+    # Run again: every key is there now, nothing is inserted twice, the content is the same.
+    again = json.loads(cmd("upsert", *common(lake), "--from", str(src), "--key", "id", *extra, "--json").stdout)
+    assert again["rows"]["inserted"] == 0 and again["rows"]["changed"] == updated + inserted, again
+    relation(con, lake, "again")
+    assert_same(con, "again", "expected", "upsert run twice")
+
+
+def test_upsert_refuses_bad_sources_before_anything_is_written(lake, tmp_path):
+    rng = random.Random(SEED)
+    src = write_source(tmp_path / "src.parquet", rng, 5, 5, 900_000)
+    dup = tmp_path / "dup.parquet"
+    t = pq.read_table(src)
+    pq.write_table(pa.concat_tables([t, t.slice(0, 1)]), dup)
+    no_dt = tmp_path / "no_dt.parquet"
+    pq.write_table(t.drop(["dt"]), no_dt)
+    bad_type = tmp_path / "bad_type.parquet"
+    pq.write_table(t.set_column(t.schema.get_field_index("qty"), "qty", pa.array(["x"] * t.num_rows)), bad_type)
+    before = tree(lake)
+    for source, key, says in [
+        (dup, "id", "twice"),
+        (no_dt, "id", "partition field"),
+        (bad_type, "id", "qty"),
+        (src, "nope", "nope"),
+        (tmp_path / "missing.parquet", "id", "missing.parquet"),
+    ]:
+        out = cmd("upsert", *common(lake), "--from", str(source), "--key", key, check=False)
+        assert out.returncode == 1, out
+        assert says in out.stderr, out.stderr
+        assert tree(lake) == before, f"{source.name}: the tree changed"
+
+
+def test_upsert_dry_run_changes_nothing_and_backup_restores(lake, tmp_path):
+    rng = random.Random(SEED)
+    src = write_source(tmp_path / "src.parquet", rng, 40, 10, 900_000, [("A", "2024-01-09")])
+    cmd("compact", *common(lake), "--partition", "venue=B/dt=2024-01-02")
+    before = tree(lake)
+    dry = json.loads(cmd("upsert", *common(lake), "--from", str(src), "--key", "id", "--dry-run", "--json").stdout)
+    assert dry["rows"]["matched"] == 40 and dry["rows"]["to_insert"] == 10, dry
+    assert tree(lake) == before
+    data = tree(lake, skip=("_compactor/",))
+    cmd("upsert", *common(lake), "--from", str(src), "--key", "id", "--backup", "bk/up")
+    assert tree(lake, skip=("_compactor/", "bk/")) != data
+    cmd("restore", str(lake), "bk/up")
+    # The inserted rows' new files go too; the new partition's folder may stay, empty.
+    restored = {k: v for k, v in tree(lake, skip=("_compactor/", "bk/")).items()}
+    assert restored == data
+
+
+def test_an_upsert_killed_at_any_point_with_writers_meanwhile_converges_on_rerun(lake, tmp_path):
+    rng = random.Random(SEED + 1)
+    src = write_source(tmp_path / "src.parquet", rng, 120, 40, 900_000, [("C", "2024-01-09")])
+    pristine = tmp_path / "pristine"
+    shutil.copytree(lake, pristine)
+    con = duckdb.connect()
+    keys = {i for (i,) in con.execute(f"SELECT id FROM read_parquet('{src}')").fetchall()}
+    for i, point in enumerate(CRASH_POINTS):
+        work = tmp_path / f"t{i}"
+        shutil.copytree(pristine, work)
+        relation(con, work, "before")
+        files_with_key = {
+            Path(f).relative_to(work).as_posix()
+            for (f,) in con.execute(
+                f"SELECT DISTINCT filename FROM read_parquet('{work}/events/*/*/*.parquet', filename = true) WHERE id IN (SELECT unnest({sorted(keys)!r}))"
+            ).fetchall()
+        }
+        killed = cmd("upsert", *common(work), "--from", str(src), "--key", "id", "--backup", "bk", env={"COMPACTOR_CRASH_AT": point}, check=False)
+        assert killed.returncode != 0, f"{point}: not killed ({killed.stdout})"
+        kind = concurrent_change(work, rng, files_with_key, i)
+        # The oracle: the upsert applied to the rows the lake would hold had the killed run
+        # not happened (its changes are idempotent), with the writer's change.
+        relation(con, work, "now_raw")
+        for _ in range(3):
+            out = cmd("upsert", *common(work), "--from", str(src), "--key", "id", check=False)
+            if out.returncode == 0:
+                break
+            assert out.returncode == 3, f"{point}: rerun failed: {out.stdout}\n{out.stderr}"
+        assert out.returncode == 0, f"{point}: no convergence after 3 reruns: {out.stdout}"
+        relation(con, work, "after")
+        # now_raw may hold the interrupted step's rows twice, or source rows already upserted:
+        # per id the oracle keeps one row (ids are unique in the lake and the source).
+        con.execute("CREATE OR REPLACE TABLE now AS SELECT DISTINCT ON (id) * FROM now_raw")
+        upsert_oracle(con, src, "now", UPSERT_COLS.split(", "))
+        assert_same(con, "after", "expected", f"{point} with a concurrent {kind}")
+        dupes = con.execute("SELECT count(*) - count(DISTINCT id) FROM after").fetchone()[0]
+        assert dupes == 0, f"{point} ({kind}): {dupes} duplicated ids"
+        assert not staging_leftovers(work), f"{point}: staging not cleaned"
+        shutil.rmtree(work)

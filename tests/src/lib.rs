@@ -105,6 +105,7 @@ pub fn run_options(dry_run: bool) -> RunOptions {
         owner: local_owner_id(),
         rewrite: None,
         row_changes: None,
+        upsert_rows: None,
     }
 }
 

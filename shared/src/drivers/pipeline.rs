@@ -41,6 +41,8 @@ pub struct RunOptions {
     pub rewrite: Option<crate::model::rewrite::RewriteSpec>,
     /// Plans the expressions of rewrites (needed for `rewrite`, and to finish interrupted ones).
     pub row_changes: Option<Arc<dyn crate::ports::rows::RowChanges>>,
+    /// The source rows of an upsert (`rewrite` with an upsert spec), as read.
+    pub upsert_rows: Option<Arc<Vec<arrow::array::RecordBatch>>>,
 }
 
 #[derive(Clone, Debug)]
@@ -292,7 +294,8 @@ pub async fn run_local(
         },
     )
     .with_hot_source(hot)
-    .with_row_changes(options.row_changes.clone());
+    .with_row_changes(options.row_changes.clone())
+    .with_upsert_rows(options.upsert_rows.clone());
     let plan_options = PlanOptions {
         only: options.partitions.clone(),
         // A rewrite is asked for: coldness and back-off do not hold it up.

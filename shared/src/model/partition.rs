@@ -376,6 +376,51 @@ impl PartitionTemplate {
         Some(levels.join("/"))
     }
 
+    /// Each field's name, with the name of its `key=` directory level (`("date", Some("dt"))`
+    /// for `dt={date}`).
+    pub fn field_names(&self) -> Vec<(String, Option<String>)> {
+        let mut names = Vec::new();
+        for parts in &self.segments {
+            for (i, part) in parts.iter().enumerate() {
+                if let Part::Field(field) = part {
+                    let key = level_key(parts, i);
+                    names.push((field.name().to_string(), key.map(str::to_string)));
+                }
+            }
+        }
+        names
+    }
+
+    /// The partition path of one row: each field's value is `value(field, key)`, `key` being
+    /// the name of a `key=` directory level (`dt` for `dt={date}`); a time field's number is
+    /// zero-padded to its width (`7` for `{hour}` is `07`). `None` when a field has no value.
+    /// The path is not checked: parse it with [`PartitionTemplate::parse_partition`].
+    pub fn render_with(
+        &self,
+        value: impl Fn(&str, Option<&str>) -> Option<String>,
+    ) -> Option<String> {
+        let mut levels = Vec::with_capacity(self.segments.len());
+        for parts in &self.segments {
+            let mut name = String::new();
+            for (i, part) in parts.iter().enumerate() {
+                match part {
+                    Part::Literal(lit) => name.push_str(lit),
+                    Part::Field(field) => {
+                        let mut v = value(field.name(), level_key(parts, i))?;
+                        if let Some(width) = field.width() {
+                            if v.len() < width && v.bytes().all(|b| b.is_ascii_digit()) {
+                                v = format!("{v:0>width$}");
+                            }
+                        }
+                        name.push_str(&v);
+                    }
+                }
+            }
+            levels.push(name);
+        }
+        Some(levels.join("/"))
+    }
+
     /// Parses a whole partition path (relative to the dataset prefix, `/`-separated).
     pub fn parse_partition(&self, path: &str) -> Result<PartitionValues> {
         let err = |reason: &str| Error::Partition {
@@ -425,6 +470,14 @@ impl PartitionTemplate {
             span: Some((start, self.granularity().end_of(start))),
             fields,
         })
+    }
+}
+
+/// The `key` of a `key={field}` directory level, for its field at `parts[i]`.
+fn level_key(parts: &[Part], i: usize) -> Option<&str> {
+    match (i, parts.first()) {
+        (1, Some(Part::Literal(lit))) => lit.strip_suffix('='),
+        _ => None,
     }
 }
 
@@ -548,6 +601,31 @@ mod tests {
         assert_eq!(
             v.span,
             Some((t("2024-03-01T05:00:00Z"), t("2024-03-01T06:00:00Z")))
+        );
+    }
+
+    #[test]
+    fn rows_render_their_partition_by_key_or_field() {
+        let tpl = PartitionTemplate::parse("dt={date}/hour={hour}/{region}").unwrap();
+        let row = |field: &str, key: Option<&str>| match (field, key) {
+            (_, Some("dt")) => Some("2024-03-01".to_string()),
+            ("hour", _) => Some("7".to_string()),
+            ("region", None) => Some("eu".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            tpl.render_with(row).as_deref(),
+            Some("dt=2024-03-01/hour=07/eu")
+        );
+        assert!(tpl.parse_partition("dt=2024-03-01/hour=07/eu").is_ok());
+        assert_eq!(tpl.render_with(|_, _| None), None);
+        assert_eq!(
+            tpl.field_names(),
+            vec![
+                ("date".to_string(), Some("dt".to_string())),
+                ("hour".to_string(), Some("hour".to_string())),
+                ("region".to_string(), None)
+            ]
         );
     }
 

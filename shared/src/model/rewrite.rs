@@ -35,21 +35,72 @@ pub struct RewriteSpec {
     /// version). The others are copied as they are.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub groups: BTreeMap<String, Vec<usize>>,
+    /// An upsert instead of a predicate: rows matched by key, new rows inserted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upsert: Option<UpsertSpec>,
 }
 
 impl RewriteSpec {
     pub fn is_delete(&self) -> bool {
-        self.set.is_empty()
+        self.set.is_empty() && self.upsert.is_none()
     }
 
-    /// `delete` or `update`, for messages.
+    /// `delete`, `update` or `upsert`, for messages.
     pub fn verb(&self) -> &'static str {
-        match self.is_delete() {
-            true => "delete",
-            false => "update",
+        match (&self.upsert, self.set.is_empty()) {
+            (Some(_), _) => "upsert",
+            (None, true) => "delete",
+            (None, false) => "update",
+        }
+    }
+
+    /// What the operation is, for messages and backup records.
+    pub fn describe(&self) -> String {
+        match &self.upsert {
+            Some(u) => format!(
+                "upsert from {} by key ({}), a matched row taking {}",
+                u.source,
+                u.key.join(", "),
+                match u.update_cols.is_empty() {
+                    true => "every other column".to_string(),
+                    false => format!("({})", u.update_cols.join(", ")),
+                }
+            ),
+            None if self.set.is_empty() => format!("delete WHERE {}", self.predicate),
+            None => format!(
+                "update SET {} WHERE {}",
+                self.set.join(", "),
+                self.predicate
+            ),
         }
     }
 }
+
+/// An upsert (`compactor upsert`): the rows of a source matched by key against the data; a
+/// match has its `update_cols` replaced by the source row's values, a source row without a
+/// match is inserted into the partition its partition fields name.
+///
+/// The operation's spec names the key; each task's spec also counts the source rows staged
+/// for its partition, in its task directory: [`UPSERT_UPDATES`] (keys found in the
+/// partition's data) and [`UPSERT_INSERTS`] (keys found nowhere, routed here).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpsertSpec {
+    /// Where the rows came from, for messages.
+    pub source: String,
+    pub key: Vec<String>,
+    /// The columns a matched row takes from the source (default: every column but the key).
+    pub update_cols: Vec<String>,
+    /// Source rows staged for this task: matched in its partition, and inserted there.
+    #[serde(default)]
+    pub updates: u64,
+    #[serde(default)]
+    pub inserts: u64,
+}
+
+/// The source rows whose key the partition's data holds, in an upsert task's directory.
+pub const UPSERT_UPDATES: &str = "_upsert_updates.parquet";
+/// The source rows an upsert task inserts into its partition, in its task directory.
+pub const UPSERT_INSERTS: &str = "_upsert_inserts.parquet";
 
 /// What a rewrite task did, in its manifest and commit report.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +112,9 @@ pub struct RewriteRecord {
     /// Row groups of the inputs copied as bytes (no matching row), and decoded.
     pub row_groups_copied: u64,
     pub row_groups_rewritten: u64,
+    /// Rows an upsert inserted.
+    #[serde(default)]
+    pub rows_inserted: u64,
 }
 
 /// What the planner's scan found in one partition.
@@ -78,6 +132,8 @@ pub struct RewriteScan {
     pub rows_matched: u64,
     /// Rows of the files with a matching row.
     pub rows_in_files: u64,
+    /// Rows an upsert inserts into the partition.
+    pub rows_inserted: u64,
     pub groups: BTreeMap<String, Vec<usize>>,
 }
 

@@ -58,7 +58,10 @@ pub async fn keep(
         dataset: task.partition.dataset.clone(),
         partition: task.partition.partition.clone(),
         task_id: task.task_id.clone(),
-        predicate: spec.predicate.clone(),
+        predicate: match spec.upsert {
+            Some(_) => spec.describe(),
+            None => spec.predicate.clone(),
+        },
         set: spec.set.clone(),
         files,
         partition_manifest: manifest_key,

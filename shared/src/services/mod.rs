@@ -10,3 +10,4 @@ pub mod lease;
 pub mod merger;
 pub mod planner;
 pub mod report;
+pub mod upsert;

@@ -23,11 +23,15 @@ use crate::format::writer::{writer_properties, RollingWriter};
 use crate::model::dataset::RowGroupCopy;
 use crate::model::manifest::{check_versions, skipped, OutputFile, SkipKind, TaskManifest};
 use crate::model::object::ObjectMeta;
-use crate::model::rewrite::{partition_fields, PartitionColumns, RewriteRecord, RewriteSpec};
+use crate::model::rewrite::{
+    partition_fields, PartitionColumns, RewriteRecord, RewriteSpec, UpsertSpec, UPSERT_INSERTS,
+    UPSERT_UPDATES,
+};
 use crate::model::task::Task;
 use crate::ports::rows::RowChanges;
 use crate::ports::store::current_versions;
 use crate::services::planner::rewrite::{arrow_schema, check_targets};
+use crate::services::upsert::{decode, KeyedChanges};
 use crate::support::faults::crash_point;
 
 impl Merger {
@@ -38,14 +42,17 @@ impl Merger {
         spec: &RewriteSpec,
         attempt: u32,
     ) -> Result<TaskManifest> {
-        let changes = self.row_changes.as_ref().ok_or_else(|| {
-            Error::Other(format!(
-                "task {} is a {} of rows, which needs the SQL engine this merger does not link; run it with the `compactor` CLI",
-                task.task_id,
-                spec.verb()
-            ))
-        })?;
         let store = self.store.as_ref();
+        let changes: Arc<dyn RowChanges> = match &spec.upsert {
+            Some(upsert) => Arc::new(staged_updates(store, task, upsert).await?),
+            None => self.row_changes.clone().ok_or_else(|| {
+                Error::Other(format!(
+                    "task {} is a {} of rows, which needs the SQL engine this merger does not link; run it with the `compactor` CLI",
+                    task.task_id,
+                    spec.verb()
+                ))
+            })?,
+        };
         let values = partition_fields(&task.dataset.template()?, &task.partition.partition)?;
         let current = current_versions(store, &task.inputs).await?;
         let (unchanged, mut skipped_inputs) = check_versions(&task.inputs, &current);
@@ -109,6 +116,18 @@ impl Merger {
             outputs.extend(files);
         }
         skipped_inputs.extend(changed);
+        if let Some(upsert) = spec.upsert.as_ref().filter(|u| u.inserts > 0) {
+            match self.insert(task, upsert, attempt, next_index).await {
+                Ok((files, rows)) => {
+                    record.rows_inserted = rows;
+                    outputs.extend(files);
+                }
+                Err(e) => {
+                    self.discard(&outputs).await;
+                    return Err(e);
+                }
+            }
+        }
         let schema = match outputs.first() {
             Some(first) => {
                 let footer = crate::format::io::read_footer(store, &first.staging_key).await?;
@@ -131,6 +150,43 @@ impl Merger {
             crash_point("after-backup");
         }
         Ok(manifest)
+    }
+
+    /// Writes the rows an upsert task inserts into outputs numbered from `first_index`.
+    async fn insert(
+        &self,
+        task: &Arc<Task>,
+        upsert: &UpsertSpec,
+        attempt: u32,
+        first_index: usize,
+    ) -> Result<(Vec<OutputFile>, u64)> {
+        let key = task.staging_key(UPSERT_INSERTS);
+        let rows = decode(&key, self.store.get(&key).await?.0)?;
+        let props = writer_properties(&task.dataset, None)?;
+        let mut writer = RollingWriter::new(
+            Arc::clone(&self.store),
+            Arc::clone(task),
+            attempt,
+            rows.schema(),
+            props,
+        )
+        .with_first_index(first_index);
+        if let Err(e) = writer.write(&rows).await {
+            writer.abort().await;
+            return Err(e);
+        }
+        let outputs = writer.finish().await?;
+        let written: u64 = outputs.iter().map(|o| o.rows).sum();
+        if written != upsert.inserts || rows.num_rows() as u64 != upsert.inserts {
+            self.discard(&outputs).await;
+            return Err(Error::Other(format!(
+                "task {}: {written} rows inserted where the plan staged {} ({key} holds {}); nothing was staged",
+                task.task_id,
+                upsert.inserts,
+                rows.num_rows()
+            )));
+        }
+        Ok((outputs, written))
     }
 
     /// Rewrites one input into outputs numbered from `first_index`.
@@ -214,7 +270,7 @@ impl Merger {
                     let extended = columns.extend(&batch)?;
                     let mask = change.matches(&extended)?;
                     record.rows_matched += mask.true_count() as u64;
-                    let out = if set.is_empty() {
+                    let out = if spec.is_delete() {
                         let keep =
                             arrow::compute::not(&mask).map_err(|e| Error::parquet(&meta.key, e))?;
                         filter_record_batch(&batch, &keep)
@@ -240,7 +296,7 @@ impl Merger {
             return Err(e);
         }
         let outputs = writer.finish().await?;
-        let expected = match set.is_empty() {
+        let expected = match spec.is_delete() {
             true => record.rows_in - record.rows_matched.min(record.rows_in),
             false => record.rows_in,
         };
@@ -254,6 +310,31 @@ impl Merger {
         }
         Ok((outputs, record))
     }
+}
+
+/// The source rows an upsert task matches by key, from its directory.
+async fn staged_updates(
+    store: &dyn crate::ports::store::ObjectStore,
+    task: &Task,
+    upsert: &UpsertSpec,
+) -> Result<KeyedChanges> {
+    let rows = match upsert.updates {
+        0 => None,
+        _ => {
+            let key = task.staging_key(UPSERT_UPDATES);
+            Some(decode(&key, store.get(&key).await?.0)?)
+        }
+    };
+    let rows = match rows {
+        Some(rows) => rows,
+        // No key of the partition's data is in the source: the task only inserts.
+        None => {
+            let key = task.staging_key(UPSERT_INSERTS);
+            let inserts = decode(&key, store.get(&key).await?.0)?;
+            arrow::array::RecordBatch::new_empty(inserts.schema())
+        }
+    };
+    KeyedChanges::new(rows, &upsert.key, &upsert.update_cols)
 }
 
 fn corrupt(meta: &ObjectMeta, e: parquet::errors::ParquetError) -> Error {

@@ -7,6 +7,7 @@
 mod hot;
 mod recovery;
 pub mod rewrite;
+pub mod upsert;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -203,6 +204,8 @@ pub struct Planner {
     hot: Option<Arc<dyn HotSource>>,
     /// Plans the expressions of rewrites (delete, update).
     row_changes: Option<Arc<dyn crate::ports::rows::RowChanges>>,
+    /// The rows of an upsert's source, as read.
+    upsert_rows: Option<Arc<Vec<arrow::array::RecordBatch>>>,
 }
 
 impl Planner {
@@ -225,10 +228,17 @@ impl Planner {
             settings,
             hot: None,
             row_changes: None,
+            upsert_rows: None,
         }
     }
 
     /// Lets the planner plan rewrites (delete, update) with these expressions.
+    /// The rows of an upsert's source (what a rewrite with an upsert spec upserts).
+    pub fn with_upsert_rows(mut self, rows: Option<Arc<Vec<arrow::array::RecordBatch>>>) -> Self {
+        self.upsert_rows = rows;
+        self
+    }
+
     pub fn with_row_changes(
         mut self,
         changes: Option<Arc<dyn crate::ports::rows::RowChanges>>,
@@ -484,6 +494,20 @@ impl Planner {
         estimate: impl Fn(&Task, Throughput) -> TaskEstimate,
         make_tasks: impl Fn(u64) -> Vec<Task>,
     ) -> Result<PartitionOutcome> {
+        self.start_round_with(id, options, estimate, make_tasks, &[])
+            .await
+    }
+
+    /// [`Planner::start_round`], with `staged` files (name, content) put in each task's
+    /// directory before its spec: what the merger reads besides the inputs.
+    async fn start_round_with(
+        &self,
+        id: &PartitionId,
+        options: &PlanOptions,
+        estimate: impl Fn(&Task, Throughput) -> TaskEstimate,
+        make_tasks: impl Fn(u64) -> Vec<Task>,
+        staged: &[(&str, bytes::Bytes)],
+    ) -> Result<PartitionOutcome> {
         let record = self.state.get(id).await?;
         let throughput = Throughput::of(
             record.as_ref().map(|r| &r.counters),
@@ -557,6 +581,11 @@ impl Planner {
         let ids: Vec<String> = tasks.iter().map(|t| t.task_id.clone()).collect();
         self.state.set_round(id, &lease, &ids).await?;
         for task in tasks {
+            for (name, content) in staged {
+                self.store
+                    .put(&task.staging_key(name), content.clone(), PutMode::Overwrite)
+                    .await?;
+            }
             // The spec in staging lets a recovery re-run the task, and is what an S3-passed
             // reference points at.
             self.store

@@ -52,6 +52,45 @@ impl FileScan {
     }
 }
 
+/// What the scan of one partition found.
+#[derive(Debug, Default)]
+pub(super) struct ScannedPartition {
+    pub partition: String,
+    /// Its data files.
+    pub files: Vec<ObjectMeta>,
+    /// Its fields rule the predicate out: no file was read.
+    pub pruned: bool,
+    /// The first data file's schema, and the scan (when files were read).
+    pub schema: Option<SchemaRef>,
+    pub scan: Option<RewriteScan>,
+    /// Files whose footer or rows could not be read.
+    pub unreadable: Vec<String>,
+}
+
+impl ScannedPartition {
+    pub fn report(&self, outcome: PartitionOutcome) -> PartitionReport {
+        PartitionReport {
+            partition: self.partition.clone(),
+            data_files: self.files.len(),
+            data_bytes: self.files.iter().map(|f| f.size).sum(),
+            outcome,
+            anomaly: self.anomaly(),
+            files: Vec::new(),
+            rewrite: self.scan.clone(),
+        }
+    }
+
+    pub fn anomaly(&self) -> Option<String> {
+        (!self.unreadable.is_empty()).then(|| {
+            format!(
+                "{} unreadable file(s) could not be checked for matching rows and were left as they are: {}",
+                self.unreadable.len(),
+                self.unreadable.join("; ")
+            )
+        })
+    }
+}
+
 impl Planner {
     /// Plans a rewrite of `dataset`: one task per partition with a matching row (in a dry run:
     /// what would be done). An expression that does not fit the data fails here, before any
@@ -63,12 +102,15 @@ impl Planner {
         options: &PlanOptions,
     ) -> Result<DatasetPlan> {
         dataset.validate()?;
-        let changes = self.row_changes.clone().ok_or_else(|| {
-            Error::Other(format!(
-                "a {} needs the SQL engine, which this build does not link; run it with the `compactor` CLI",
-                spec.verb()
-            ))
-        })?;
+        let changes = match &spec.upsert {
+            Some(_) => None,
+            None => Some(self.row_changes.clone().ok_or_else(|| {
+                Error::Other(format!(
+                    "a {} needs the SQL engine, which this build does not link; run it with the `compactor` CLI",
+                    spec.verb()
+                ))
+            })?),
+        };
         let recovery = if options.recover {
             self.recover(&dataset.name, options).await?
         } else {
@@ -80,21 +122,33 @@ impl Planner {
             None => self.discover(dataset).await?,
         };
         partitions.sort();
+        let blocked: Vec<String> = partitions
+            .iter()
+            .filter(|p| {
+                recovery.blocks(&crate::model::task::partition_staging_dir(
+                    &self.settings.staging_prefix,
+                    &PartitionId::new(&dataset.name, p.as_str()),
+                ))
+            })
+            .cloned()
+            .collect();
+        let plan = |partitions| DatasetPlan {
+            dataset: dataset.name.clone(),
+            dry_run: options.dry_run,
+            recovery,
+            partitions,
+            resume_after: None,
+        };
+        let Some(changes) = changes else {
+            let reports = self
+                .plan_upsert(dataset, &template, &partitions, &blocked, spec, options)
+                .await?;
+            return Ok(plan(reports));
+        };
         let mut reports = Vec::with_capacity(partitions.len());
         for partition in partitions {
-            if recovery.blocks(&crate::model::task::partition_staging_dir(
-                &self.settings.staging_prefix,
-                &PartitionId::new(&dataset.name, &partition),
-            )) {
-                reports.push(PartitionReport {
-                    partition,
-                    data_files: 0,
-                    data_bytes: 0,
-                    outcome: PartitionOutcome::Skipped(SkipReason::Resuming),
-                    anomaly: None,
-                    files: Vec::new(),
-                    rewrite: None,
-                });
+            if blocked.contains(&partition) {
+                reports.push(resuming(partition));
                 continue;
             }
             let planned = self
@@ -124,13 +178,7 @@ impl Planner {
                 }
             }
         }
-        Ok(DatasetPlan {
-            dataset: dataset.name.clone(),
-            dry_run: options.dry_run,
-            recovery,
-            partitions: reports,
-            resume_after: None,
-        })
+        Ok(plan(reports))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -143,24 +191,45 @@ impl Planner {
         changes: &dyn RowChanges,
         options: &PlanOptions,
     ) -> Result<PartitionReport> {
+        let scanned = self
+            .scan_partition(dataset, template, partition, spec, changes)
+            .await?;
+        let Some(scan) = scanned.scan.as_ref().filter(|s| !s.files.is_empty()) else {
+            let reason = match scanned.pruned {
+                true => SkipReason::Pruned,
+                false => SkipReason::NoMatchingRows,
+            };
+            return Ok(scanned.report(PartitionOutcome::Skipped(reason)));
+        };
+        let task_spec = RewriteSpec {
+            groups: scan.groups.clone(),
+            ..spec.clone()
+        };
+        let outcome = self
+            .start_rewrite(dataset, partition, &scan.files, task_spec, options, &[])
+            .await?;
+        Ok(scanned.report(outcome))
+    }
+
+    /// Reads the footers of a partition's data files and finds the rows `spec` matches:
+    /// nothing is read when the partition's fields rule it out.
+    pub(super) async fn scan_partition(
+        &self,
+        dataset: &DatasetConfig,
+        template: &PartitionTemplate,
+        partition: &str,
+        spec: &RewriteSpec,
+        changes: &dyn RowChanges,
+    ) -> Result<ScannedPartition> {
         let values = partition_fields(template, partition)?;
         let files = self.rewrite_files(dataset, partition).await?;
-        let report =
-            |outcome, scan: Option<RewriteScan>, anomaly: Option<String>| PartitionReport {
-                partition: partition.to_string(),
-                data_files: files.len(),
-                data_bytes: files.iter().map(|f| f.size).sum(),
-                outcome,
-                anomaly,
-                files: Vec::new(),
-                rewrite: scan,
-            };
-        let Some(first) = files.first() else {
-            return Ok(report(
-                PartitionOutcome::Skipped(SkipReason::NoMatchingRows),
-                None,
-                None,
-            ));
+        let mut scanned = ScannedPartition {
+            partition: partition.to_string(),
+            files,
+            ..ScannedPartition::default()
+        };
+        let Some(first) = scanned.files.first() else {
+            return Ok(scanned);
         };
         // Partition pruning, from the template fields alone (no data file is read).
         let footer = read_footer(self.store.as_ref(), &first.key).await?;
@@ -175,31 +244,28 @@ impl Planner {
             .copied()
             .unwrap_or(true)
         {
-            return Ok(report(
-                PartitionOutcome::Skipped(SkipReason::Pruned),
-                None,
-                None,
-            ));
+            scanned.pruned = true;
+            return Ok(scanned);
         }
         let store = &self.store;
-        let scans: Vec<(ObjectMeta, Result<FileScan>)> = futures::stream::iter(files.clone())
-            .map(|meta| {
-                let values = &values;
-                async move {
-                    let scan = scan_file(Arc::clone(store), &meta, spec, changes, values).await;
-                    (meta, scan)
-                }
-            })
-            .buffered(SCANS)
-            .collect()
-            .await;
+        let scans: Vec<(ObjectMeta, Result<FileScan>)> =
+            futures::stream::iter(scanned.files.clone())
+                .map(|meta| {
+                    let values = &values;
+                    async move {
+                        let scan = scan_file(Arc::clone(store), &meta, spec, changes, values).await;
+                        (meta, scan)
+                    }
+                })
+                .buffered(SCANS)
+                .collect()
+                .await;
         let mut scan = RewriteScan::default();
-        let mut unreadable = Vec::new();
         for (meta, result) in scans {
             let found = match result {
                 Ok(found) => found,
                 Err(Error::CorruptInput { reason, .. }) => {
-                    unreadable.push(format!("{}: {reason}", meta.key));
+                    scanned.unreadable.push(format!("{}: {reason}", meta.key));
                     continue;
                 }
                 Err(Error::NotFound { .. }) => continue,
@@ -220,20 +286,22 @@ impl Planner {
             );
             scan.files.push(meta);
         }
-        let anomaly = (!unreadable.is_empty()).then(|| {
-            format!(
-                "{} unreadable file(s) could not be checked for matching rows and were left as they are: {}",
-                unreadable.len(),
-                unreadable.join("; ")
-            )
-        });
-        if scan.files.is_empty() {
-            return Ok(report(
-                PartitionOutcome::Skipped(SkipReason::NoMatchingRows),
-                Some(scan),
-                anomaly,
-            ));
-        }
+        scanned.schema = Some(schema);
+        scanned.scan = Some(scan);
+        Ok(scanned)
+    }
+
+    /// Starts the rewrite task of a partition over `inputs` (with `staged` files in its
+    /// directory).
+    pub(super) async fn start_rewrite(
+        &self,
+        dataset: &DatasetConfig,
+        partition: &str,
+        inputs: &[ObjectMeta],
+        task_spec: RewriteSpec,
+        options: &PlanOptions,
+        staged: &[(&str, bytes::Bytes)],
+    ) -> Result<PartitionOutcome> {
         let id = PartitionId::new(&dataset.name, partition);
         let memory_budget = self.settings.memory_budget;
         let no_layouts = HashMap::new();
@@ -246,13 +314,11 @@ impl Planner {
                 throughput,
             )
         };
-        let task_spec = RewriteSpec {
-            groups: scan.groups.clone(),
-            ..spec.clone()
-        };
-        let inputs = scan.files.clone();
-        let outcome = self
-            .start_round(&id, options, estimate, |generation| {
+        self.start_round_with(
+            &id,
+            options,
+            estimate,
+            |generation| {
                 vec![Task {
                     task_id: task_id(generation, 0),
                     partition: id.clone(),
@@ -260,15 +326,16 @@ impl Planner {
                     dataset: dataset.clone(),
                     staging_prefix: self.settings.staging_prefix.clone(),
                     memory_budget,
-                    inputs: inputs.clone(),
+                    inputs: inputs.to_vec(),
                     created_at_ms: options.now.timestamp_millis(),
                     kind: TaskKind::Rewrite(Box::new(task_spec.clone())),
                     nonce: crate::model::task::new_nonce(),
                     lease_owner: self.settings.owner.clone(),
                 }]
-            })
-            .await?;
-        Ok(report(outcome, Some(scan), anomaly))
+            },
+            staged,
+        )
+        .await
     }
 
     /// The data files a rewrite looks at: the partition's files, and its earlier outputs when
@@ -299,6 +366,19 @@ impl Planner {
     }
 }
 
+/// A partition left alone because an interrupted task of it is finished first.
+pub(super) fn resuming(partition: String) -> PartitionReport {
+    PartitionReport {
+        partition,
+        data_files: 0,
+        data_bytes: 0,
+        outcome: PartitionOutcome::Skipped(SkipReason::Resuming),
+        anomaly: None,
+        files: Vec::new(),
+        rewrite: None,
+    }
+}
+
 /// Checks a rewrite's expressions against the first data file of `dataset` (its schema and its
 /// partition's fields) before anything is opened for writing. False: the dataset has no data
 /// file.
@@ -309,7 +389,22 @@ pub async fn check_rewrite(
     spec: &RewriteSpec,
     changes: &dyn RowChanges,
 ) -> Result<bool> {
+    let Some((partition, schema)) = first_schema(store, dataset, staging_prefix).await? else {
+        return Ok(false);
+    };
     let template = dataset.template()?;
+    let columns = PartitionColumns::new(&partition_fields(&template, &partition)?, &schema);
+    let change = changes.plan(spec, &columns.extend_schema(&schema))?;
+    check_targets(change.as_ref(), &columns, &schema)?;
+    Ok(true)
+}
+
+/// The partition of the first data file of `dataset`, and the file's schema.
+pub async fn first_schema(
+    store: &dyn ObjectStore,
+    dataset: &DatasetConfig,
+    staging_prefix: &str,
+) -> Result<Option<(String, SchemaRef)>> {
     for partition in super::discover(store, dataset, staging_prefix).await? {
         let dir = crate::model::task::partition_source_dir(dataset, &partition);
         let listing = crate::ports::store::list_all(store, &dir, Some('/')).await?;
@@ -321,13 +416,9 @@ pub async fn check_rewrite(
             continue;
         };
         let footer = read_footer(store, &first.key).await?;
-        let schema = arrow_schema(&first.key, &footer)?;
-        let columns = PartitionColumns::new(&partition_fields(&template, &partition)?, &schema);
-        let change = changes.plan(spec, &columns.extend_schema(&schema))?;
-        check_targets(change.as_ref(), &columns, &schema)?;
-        return Ok(true);
+        return Ok(Some((partition, arrow_schema(&first.key, &footer)?)));
     }
-    Ok(false)
+    Ok(None)
 }
 
 /// A file's Arrow schema, as its footer gives it.
