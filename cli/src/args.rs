@@ -55,6 +55,10 @@ pub enum Command {
     /// Insert a source's rows whose key the data lacks and update those whose key it holds;
     /// each new row goes to the partition its partition fields name.
     Upsert(UpsertArgs),
+    /// Copy the dataset in DIR into a new partition layout (--template) under --to: estimated
+    /// first, compacted, validated by row count and content digest; the source is deleted only
+    /// with --delete-source, after the validation passed.
+    Repartition(RepartitionArgs),
     /// Put back the files a delete, update or upsert kept with --backup, and remove what
     /// replaced them.
     Restore(RestoreArgs),
@@ -108,6 +112,45 @@ pub struct UpsertArgs {
     pub backup: Option<String>,
     #[command(flatten)]
     pub common: CompactArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RepartitionArgs {
+    /// Directory holding the source data (the object-store root), or s3://bucket[/prefix].
+    /// Every Parquet file under --prefix is read; `key=value` directory levels are columns.
+    pub dir: PathBuf,
+    /// Where the repartitioned copy goes (under the same --prefix): a new or empty directory,
+    /// or s3://bucket[/prefix]. A rerun with the same arguments continues an interrupted run.
+    #[arg(long, value_name = "DIR")]
+    pub to: PathBuf,
+    /// Estimate the target partitions, their rows and sizes; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Delete the source files once the copy is validated (only those read, only if unchanged).
+    #[arg(long)]
+    pub delete_source: bool,
+    /// Merges running at once when compacting the copy [default: CPUs, at most 4].
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// The copy's state store: a file, or dynamodb://TABLE [default: TO/_compactor/state.redb].
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// The copy's dataset: --template is its new layout (required); --prefix, sizes and mode
+    /// apply to it as to `compact`.
+    #[command(flatten)]
+    pub dataset_flags: DatasetFlags,
+}
+
+impl RepartitionArgs {
+    pub fn config(&self) -> Result<Config> {
+        load_config(&None, &self.dataset_flags)
+    }
 }
 
 #[derive(Args, Debug, Clone)]

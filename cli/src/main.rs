@@ -6,6 +6,7 @@
 #![recursion_limit = "256"]
 
 mod args;
+mod repartition;
 mod report;
 mod rewrite;
 
@@ -83,6 +84,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Update(args) => rewrite::rewrite(args.rewrite, args.set).await,
         Command::Upsert(args) => rewrite::upsert(args).await,
         Command::Restore(args) => rewrite::restore(args).await,
+        Command::Repartition(args) => repartition::repartition(args).await,
     }
 }
 
@@ -168,17 +170,11 @@ async fn execute(
 ) -> Result<RunSummary> {
     let progress = Arc::new(report::Bar::new(args.quiet || args.json || dry_run));
     let options = RunOptions {
-        dry_run,
-        now: chrono::Utc::now(),
         datasets: (!args.dataset.is_empty()).then(|| args.dataset.clone()),
         partitions: (!args.partition.is_empty()).then(|| args.partition.clone()),
-        workers: args.workers.unwrap_or_else(default_workers),
-        scratch: std::env::temp_dir(),
-        owner: local_owner_id(),
         rewrite,
-        // Always: a compaction finishes a rewrite a crash interrupted.
-        row_changes: Some(Arc::new(compaction_sql::SqlRowChanges)),
         upsert_rows,
+        ..run_options(args.workers, dry_run)
     };
     let hot = match options.rewrite {
         Some(_) => None,
@@ -205,6 +201,24 @@ async fn open_hot_source(config: &Config) -> Option<Arc<dyn HotSource>> {
         None
     };
     Some(Arc::new(PostgresSource::from_env(sdk.as_ref())))
+}
+
+/// How the CLI runs the pipeline: every dataset and partition, `workers` merges at once.
+fn run_options(workers: Option<usize>, dry_run: bool) -> RunOptions {
+    RunOptions {
+        dry_run,
+        now: chrono::Utc::now(),
+        datasets: None,
+        partitions: None,
+        workers: workers.unwrap_or_else(default_workers),
+        scratch: std::env::temp_dir(),
+        owner: local_owner_id(),
+        rewrite: None,
+        // Always: a compaction finishes a rewrite a crash interrupted.
+        row_changes: Some(Arc::new(compaction_sql::SqlRowChanges)),
+        upsert_rows: None,
+        force: false,
+    }
 }
 
 fn default_workers() -> usize {

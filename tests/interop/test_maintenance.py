@@ -503,3 +503,67 @@ def test_an_upsert_killed_at_any_point_with_writers_meanwhile_converges_on_rerun
         assert dupes == 0, f"{point} ({kind}): {dupes} duplicated ids"
         assert not staging_leftovers(work), f"{point}: staging not cleaned"
         shutil.rmtree(work)
+
+
+# ---- repartition ----
+
+NEW_LAYOUT = ["--template", "dt={date}/venue={venue}"]
+
+
+def repartition(src: Path, dst: Path, *extra, check=True, env=None):
+    return cmd("repartition", str(src), "--to", str(dst), "--prefix", "events/", *NEW_LAYOUT, "--quiet", *extra, check=check, env=env)
+
+
+def test_repartition_keeps_the_multiset_under_the_new_layout(lake, tmp_path):
+    con = duckdb.connect()
+    relation(con, lake, "before")
+    before = tree(lake)
+    dst = tmp_path / "dst"
+    dry = json.loads(repartition(lake, dst, "--dry-run", "--json").stdout)
+    assert not dst.exists() and tree(lake) == before
+    expected = dict(con.execute("SELECT 'dt=' || dt || '/venue=' || venue, count(*) FROM before GROUP BY 1").fetchall())
+    assert {t["partition"]: t["rows"] for t in dry["targets"]} == expected, dry
+    out = json.loads(repartition(lake, dst, "--json").stdout)
+    assert out["validated"] and out["source_digest"] == out["target_digest"], out
+    assert out["source_rows"] == sum(expected.values())
+    relation(con, dst, "after")
+    assert_same(con, "after", "before", "repartition")
+    # The new layout, compacted: one file per partition, the partition fields only in paths.
+    parts = sorted(p.relative_to(dst / "events").as_posix() for p in (dst / "events").glob("*/*") if p.is_dir())
+    assert parts == sorted(expected), parts
+    for part in parts:
+        files = [f for f in (dst / "events" / part).glob("*.parquet")]
+        assert len(files) == 1, (part, files)
+        assert "venue" not in pq.read_schema(files[0]).names
+    assert tree(lake) == before, "the source changed without --delete-source"
+    # Again with --delete-source: the validated copy is kept, the source goes.
+    gone = json.loads(repartition(lake, dst, "--delete-source", "--json").stdout)
+    assert gone["source_files_deleted"] == len(VENUES) * len(DAYS) * FILES_PER_PARTITION, gone
+    assert not list((lake / "events").rglob("*.parquet"))
+    relation(con, dst, "after2")
+    assert_same(con, "after2", "before", "repartition after --delete-source")
+
+
+def test_repartition_refuses_a_destination_holding_data(lake, tmp_path):
+    dst = tmp_path / "dst"
+    write_file(dst / "events" / "dt=2024-01-01" / "venue=A" / "x.parquet", 0, 10, 1)
+    before = tree(lake)
+    out = repartition(lake, dst, check=False)
+    assert out.returncode == 1 and "empty destination" in out.stderr, out
+    assert tree(lake) == before
+
+
+@pytest.mark.parametrize("point", ["mid-repartition@2", "after-repartition-write", "after-merge", "after-decision", "after-delete", "before-source-delete@3"])
+def test_a_repartition_killed_at_any_point_converges_without_loss(lake, tmp_path, point):
+    con = duckdb.connect()
+    relation(con, lake, "before")
+    dst = tmp_path / "dst"
+    killed = repartition(lake, dst, "--delete-source", check=False, env={"COMPACTOR_CRASH_AT": point})
+    assert killed.returncode != 0, f"{point}: not killed ({killed.stdout})"
+    out = repartition(lake, dst, "--delete-source", "--json")
+    summary = json.loads(out.stdout)
+    assert summary["validated"], summary
+    relation(con, dst, "after")
+    assert_same(con, "after", "before", f"repartition killed at {point}")
+    assert not list((lake / "events").rglob("*.parquet")), f"{point}: source left behind"
+    assert not staging_leftovers(dst), f"{point}: staging not cleaned"

@@ -106,6 +106,7 @@ pub fn run_options(dry_run: bool) -> RunOptions {
         rewrite: None,
         row_changes: None,
         upsert_rows: None,
+        force: false,
     }
 }
 

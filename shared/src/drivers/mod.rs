@@ -5,5 +5,6 @@
 pub mod events;
 pub mod lambda;
 pub mod pipeline;
+pub mod repartition;
 pub mod report_page;
 pub mod sample;

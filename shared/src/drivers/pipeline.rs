@@ -41,6 +41,9 @@ pub struct RunOptions {
     pub rewrite: Option<crate::model::rewrite::RewriteSpec>,
     /// Plans the expressions of rewrites (needed for `rewrite`, and to finish interrupted ones).
     pub row_changes: Option<Arc<dyn crate::ports::rows::RowChanges>>,
+    /// Compact every partition now, whatever its coldness and file count (a repartition's
+    /// target; a rewrite always is).
+    pub force: bool,
     /// The source rows of an upsert (`rewrite` with an upsert spec), as read.
     pub upsert_rows: Option<Arc<Vec<arrow::array::RecordBatch>>>,
 }
@@ -299,7 +302,7 @@ pub async fn run_local(
     let plan_options = PlanOptions {
         only: options.partitions.clone(),
         // A rewrite is asked for: coldness and back-off do not hold it up.
-        force: options.rewrite.is_some(),
+        force: options.force || options.rewrite.is_some(),
         ..PlanOptions::sweep(options.now, options.dry_run)
     };
     let wanted = |name: &str| {

@@ -366,3 +366,33 @@ impl AsyncFileWriter for SinkWriter {
         .boxed()
     }
 }
+
+/// `batch` as one Parquet file in memory (`what`, for errors), with `props` (default: the
+/// parquet crate's).
+pub fn encode(
+    batch: &arrow::array::RecordBatch,
+    props: Option<parquet::file::properties::WriterProperties>,
+    what: &str,
+) -> Result<Bytes> {
+    let mut buf = Vec::new();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), props)
+        .map_err(|e| Error::parquet(what, e))?;
+    writer
+        .write(batch)
+        .and_then(|_| writer.close().map(|_| ()))
+        .map_err(|e| Error::parquet(what, e))?;
+    Ok(Bytes::from(buf))
+}
+
+/// The rows of a Parquet file held in memory (`key`, for errors), as one batch.
+pub fn decode(key: &str, data: Bytes) -> Result<arrow::array::RecordBatch> {
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(data)
+        .map_err(|e| Error::parquet(key, e))?;
+    let schema = Arc::clone(builder.schema());
+    let batches = builder
+        .build()
+        .map_err(|e| Error::parquet(key, e))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::parquet(key, e))?;
+    arrow::compute::concat_batches(&schema, &batches).map_err(|e| Error::parquet(key, e))
+}

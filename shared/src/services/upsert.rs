@@ -17,10 +17,9 @@ use arrow::datatypes::SchemaRef;
 use arrow::row::{RowConverter, SortField};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use bytes::Bytes;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::ArrowWriter;
 
 use crate::error::{Error, Result};
+use crate::format::io::decode;
 use crate::model::partition::PartitionTemplate;
 use crate::model::rewrite::{RewriteSpec, UpsertSpec};
 use crate::ports::rows::{RowChange, RowChanges};
@@ -228,34 +227,9 @@ impl UpsertSource {
     }
 }
 
-/// A batch as the Parquet file an upsert task's directory holds.
-pub fn encode(batch: &RecordBatch) -> Result<Bytes> {
-    let mut buf = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), None)
-        .map_err(|e| Error::parquet("the upsert's staged rows", e))?;
-    writer
-        .write(batch)
-        .and_then(|_| writer.close().map(|_| ()))
-        .map_err(|e| Error::parquet("the upsert's staged rows", e))?;
-    Ok(Bytes::from(buf))
-}
-
-/// The rows of a Parquet file an upsert task's directory holds (`key`, for errors).
-pub fn decode(key: &str, data: Bytes) -> Result<RecordBatch> {
-    let builder =
-        ParquetRecordBatchReaderBuilder::try_new(data).map_err(|e| Error::parquet(key, e))?;
-    let schema = Arc::clone(builder.schema());
-    let batches = builder
-        .build()
-        .map_err(|e| Error::parquet(key, e))?
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::parquet(key, e))?;
-    concat_batches(&schema, &batches).map_err(|e| Error::parquet(key, e))
-}
-
 /// The names a row may give a partition field by: the template's field names and the
 /// `key=` names of its levels.
-fn template_fields(template: &PartitionTemplate) -> Vec<String> {
+pub fn template_fields(template: &PartitionTemplate) -> Vec<String> {
     template
         .field_names()
         .into_iter()
@@ -263,9 +237,30 @@ fn template_fields(template: &PartitionTemplate) -> Vec<String> {
         .collect()
 }
 
+/// The columns of `schema` a row's partition is taken from (see [`route`]): per template
+/// field, the column named like it, else the one named like its `key=` level.
+pub fn routing_columns(
+    schema: &arrow::datatypes::Schema,
+    template: &PartitionTemplate,
+) -> Vec<String> {
+    template
+        .field_names()
+        .into_iter()
+        .filter_map(|(field, key)| {
+            std::iter::once(field)
+                .chain(key)
+                .find(|n| schema.field_with_name(n).is_ok())
+        })
+        .collect()
+}
+
 /// Each row's partition, from its partition fields (a column named like the field or like
 /// its `key=` level, as text); rows are numbered from `first` in errors.
-fn route(batch: &RecordBatch, template: &PartitionTemplate, first: usize) -> Result<Vec<String>> {
+pub fn route(
+    batch: &RecordBatch,
+    template: &PartitionTemplate,
+    first: usize,
+) -> Result<Vec<String>> {
     let options = FormatOptions::default();
     let fields = template_fields(template);
     let mut formatters: HashMap<&str, ArrayFormatter<'_>> = HashMap::new();

@@ -28,6 +28,14 @@ pub const SORT_STEP_POINTS: &[&str] = &["after-run-step", "after-merge-step"];
 /// (`mid-rewrite@N`), and after the replaced files were kept under the backup prefix.
 pub const REWRITE_POINTS: &[&str] = &["mid-rewrite", "after-backup"];
 
+/// Points of a repartition: after each source file's pieces are written
+/// (`mid-repartition@N`), once the write is recorded, and before each source file is deleted.
+pub const REPARTITION_POINTS: &[&str] = &[
+    "mid-repartition",
+    "after-repartition-write",
+    "before-source-delete",
+];
+
 /// The further points of a hot range's commit: "after-delete" (the cold copy is live, Postgres
 /// untouched), inside a verified delete between recording its transaction id and committing
 /// it, and after a delete committed but before it is recorded as done.

@@ -18,6 +18,7 @@ use super::inputs::{copied_row_group, BATCH_ROWS};
 use super::{task_manifest, Merger};
 use crate::error::{Error, Result};
 use crate::format::copy::{copyable, output_descriptor, same_parquet_schema};
+use crate::format::io::decode;
 use crate::format::io::StoreReader;
 use crate::format::writer::{writer_properties, RollingWriter};
 use crate::model::dataset::RowGroupCopy;
@@ -31,7 +32,7 @@ use crate::model::task::Task;
 use crate::ports::rows::RowChanges;
 use crate::ports::store::current_versions;
 use crate::services::planner::rewrite::{arrow_schema, check_targets};
-use crate::services::upsert::{decode, KeyedChanges};
+use crate::services::upsert::KeyedChanges;
 use crate::support::faults::crash_point;
 
 impl Merger {

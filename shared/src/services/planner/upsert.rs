@@ -14,12 +14,13 @@ use arrow::datatypes::SchemaRef;
 use super::rewrite::{first_schema, resuming, ScannedPartition};
 use super::{PartitionOutcome, PartitionReport, PlanOptions, Planner};
 use crate::error::{Error, Result};
+use crate::format::io::encode;
 use crate::model::dataset::DatasetConfig;
 use crate::model::partition::PartitionTemplate;
 use crate::model::plan::SkipReason;
 use crate::model::rewrite::{RewriteScan, RewriteSpec, UpsertSpec, UPSERT_INSERTS, UPSERT_UPDATES};
 use crate::ports::store::ObjectStore;
-use crate::services::upsert::{encode, KeyedChanges, UpsertSource};
+use crate::services::upsert::{KeyedChanges, UpsertSource};
 
 impl Planner {
     /// Plans an upsert of `dataset` over `partitions` (sorted); `blocked`: partitions whose
@@ -132,10 +133,16 @@ impl Planner {
             }
             let mut staged = Vec::new();
             if !updates.is_empty() {
-                staged.push((UPSERT_UPDATES, encode(&source.select(&updates)?)?));
+                staged.push((
+                    UPSERT_UPDATES,
+                    encode(&source.select(&updates)?, None, "the upsert's rows")?,
+                ));
             }
             if !inserted.is_empty() {
-                staged.push((UPSERT_INSERTS, encode(&source.select(&inserted)?)?));
+                staged.push((
+                    UPSERT_INSERTS,
+                    encode(&source.select(&inserted)?, None, "the upsert's rows")?,
+                ));
             }
             let task_spec = RewriteSpec {
                 groups: scan
