@@ -129,6 +129,11 @@ pub struct RepartitionArgs {
     /// Delete the source files once the copy is validated (only those read, only if unchanged).
     #[arg(long)]
     pub delete_source: bool,
+    /// A SQL select list applied to every row before it is routed, e.g. "*, price * 100 AS
+    /// cents" or "id, ts, upper(venue) AS venue" (the partition fields may be computed here).
+    /// The validation then compares the selected rows with the copy.
+    #[arg(long, value_name = "SELECT_LIST")]
+    pub select: Option<String>,
     /// Merges running at once when compacting the copy [default: CPUs, at most 4].
     #[arg(long)]
     pub workers: Option<usize>,

@@ -48,6 +48,8 @@ pub async fn repartition(args: RepartitionArgs) -> Result<ExitCode> {
         target: target.clone(),
         dry_run: args.dry_run,
         delete_source: args.delete_source,
+        select: args.select.clone(),
+        row_changes: compaction_sql::row_changes(),
     };
     let progress = Arc::new(report::Bar::new(args.quiet || args.json || args.dry_run));
     let result = run(

@@ -14,7 +14,7 @@ use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow59::datatypes::{DataType as DataType59, SchemaRef as SchemaRef59};
 use compaction::model::rewrite::RewriteSpec;
-use compaction::ports::rows::{RowChange, RowChanges};
+use compaction::ports::rows::{RowChange, RowChanges, RowSelection};
 use datafusion_common::config::ConfigOptions;
 use datafusion_common::stats::Precision;
 use datafusion_common::tree_node::TreeNode;
@@ -190,13 +190,25 @@ fn array_from_59(array: arrow59::array::ArrayRef) -> Result<ArrayRef, String> {
     Ok(Arc::clone(back.column(0)))
 }
 
-impl Planned {
-    fn new(what: &'static str, sql: &str, schema: &SchemaRef) -> Result<Self, SqlError> {
-        let plan_err = |message: String| SqlError::Plan {
+/// Fails unless the parser is at the end of the text: one expression (or select list), and
+/// nothing after it.
+fn nothing_after(parser: &mut Parser, what: &'static str, sql: &str) -> Result<(), SqlError> {
+    let rest = parser.peek_token();
+    if rest.token != Token::EOF {
+        return Err(SqlError::Parse {
             what,
             sql: sql.to_string(),
-            message,
-        };
+            message: format!(
+                "unexpected {} after the expression; give one expression",
+                rest.token
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl Planned {
+    fn new(what: &'static str, sql: &str, schema: &SchemaRef) -> Result<Self, SqlError> {
         let dialect = GenericDialect {};
         let mut parser = Parser::new(&dialect)
             .try_with_sql(sql)
@@ -211,17 +223,22 @@ impl Planned {
             message: e.to_string(),
         })?;
         // One expression and nothing after it: `x = 1; DROP TABLE t` stops here.
-        let rest = parser.peek_token();
-        if rest.token != Token::EOF {
-            return Err(SqlError::Parse {
-                what,
-                sql: sql.to_string(),
-                message: format!(
-                    "unexpected {} after the expression; give one expression",
-                    rest.token
-                ),
-            });
-        }
+        nothing_after(&mut parser, what, sql)?;
+        Self::from_ast(what, sql, ast, schema)
+    }
+
+    /// Plans a parsed expression (`sql`, its text, for messages) against `schema`.
+    fn from_ast(
+        what: &'static str,
+        sql: &str,
+        ast: datafusion_sql::sqlparser::ast::Expr,
+        schema: &SchemaRef,
+    ) -> Result<Self, SqlError> {
+        let plan_err = |message: String| SqlError::Plan {
+            what,
+            sql: sql.to_string(),
+            message,
+        };
         let full = to_schema59(schema).map_err(plan_err)?;
         let df_schema =
             DFSchema::try_from(Arc::clone(&full)).map_err(|e| plan_err(e.to_string()))?;
@@ -541,9 +558,155 @@ struct SqlChange {
     set: Vec<Assignment>,
 }
 
-/// Plans rewrites with DataFusion: the [`RowChanges`] of the `compactor` CLI.
+/// A SQL select list (`*, price * 100 AS cents`, `id, upper(note) AS note`): each item a
+/// column kept as it is (`*` keeps every column) or an expression, named by its alias (an
+/// expression that is not a column needs one).
+pub struct Selection {
+    items: Vec<(String, Option<Planned>)>,
+}
+
+impl Selection {
+    pub fn parse(sql: &str, schema: &SchemaRef) -> Result<Self, SqlError> {
+        use datafusion_sql::sqlparser::ast::{Expr as Ast, SelectItem};
+        let what = "select list";
+        let parse_err = |message: String| SqlError::Parse {
+            what,
+            sql: sql.to_string(),
+            message,
+        };
+        let plan_err = |message: String| SqlError::Plan {
+            what,
+            sql: sql.to_string(),
+            message,
+        };
+        let dialect = GenericDialect {};
+        let mut parser = Parser::new(&dialect)
+            .try_with_sql(sql)
+            .map_err(|e| parse_err(e.to_string()))?;
+        let list = parser
+            .parse_projection()
+            .map_err(|e| parse_err(e.to_string()))?;
+        nothing_after(&mut parser, what, sql)?;
+        let mut items: Vec<(String, Option<Planned>)> = Vec::new();
+        for item in list {
+            match item {
+                SelectItem::Wildcard(options) => {
+                    let extra = options.to_string();
+                    if !extra.trim().is_empty() {
+                        return Err(plan_err(format!(
+                            "`*{extra}`: only a plain `*` is understood; list the columns instead"
+                        )));
+                    }
+                    for f in schema.fields() {
+                        items.push((f.name().clone(), None));
+                    }
+                }
+                SelectItem::UnnamedExpr(Ast::Identifier(ident)) => {
+                    let name = ident.value.clone();
+                    schema
+                        .index_of(&name)
+                        .map_err(|_| plan_err(format!("no column {name:?}")))?;
+                    items.push((name, None));
+                }
+                SelectItem::ExprWithAlias { expr, alias } => {
+                    let text = expr.to_string();
+                    let planned = Planned::from_ast(what, &text, expr, schema)?;
+                    items.push((alias.value.clone(), Some(planned)));
+                }
+                other => {
+                    return Err(plan_err(format!(
+                        "{other}: name an expression with AS (e.g. `price * 100 AS cents`)"
+                    )))
+                }
+            }
+        }
+        for (i, (name, _)) in items.iter().enumerate() {
+            if items[..i].iter().any(|(n, _)| n == name) {
+                return Err(plan_err(format!(
+                    "column {name:?} is selected twice (`*` selects every column: list the columns instead)"
+                )));
+            }
+        }
+        if items.is_empty() {
+            return Err(plan_err("selects no column".into()));
+        }
+        Ok(Self { items })
+    }
+
+    /// The columns the list reads.
+    pub fn read_columns(&self, schema: &SchemaRef) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for (name, planned) in &self.items {
+            let read = match planned {
+                Some(p) => p.input.fields().iter().map(|f| f.name().clone()).collect(),
+                None => vec![name.clone()],
+            };
+            for n in read {
+                if !names.contains(&n) && schema.field_with_name(&n).is_ok() {
+                    names.push(n);
+                }
+            }
+        }
+        names
+    }
+
+    /// The selected columns of every row of `batch`.
+    pub fn project(&self, batch: &RecordBatch) -> Result<RecordBatch, SqlError> {
+        let mut fields = Vec::with_capacity(self.items.len());
+        let mut columns = Vec::with_capacity(self.items.len());
+        for (name, planned) in &self.items {
+            let column = match planned {
+                Some(p) => p.evaluate(batch)?,
+                None => Arc::clone(batch.column_by_name(name).ok_or_else(|| SqlError::Eval {
+                    sql: name.clone(),
+                    message: "no such column in this batch".into(),
+                })?),
+            };
+            let nullable = planned.is_some()
+                || batch
+                    .schema()
+                    .field_with_name(name)
+                    .map_or(true, |f| f.is_nullable());
+            fields.push(arrow::datatypes::Field::new(
+                name,
+                column.data_type().clone(),
+                nullable,
+            ));
+            columns.push(column);
+        }
+        RecordBatch::try_new(Arc::new(arrow::datatypes::Schema::new(fields)), columns).map_err(
+            |e| SqlError::Eval {
+                sql: "select list".into(),
+                message: e.to_string(),
+            },
+        )
+    }
+}
+
+struct SqlSelection {
+    selection: Selection,
+    reads: Vec<String>,
+}
+
+impl RowSelection for SqlSelection {
+    fn read_columns(&self) -> Vec<String> {
+        self.reads.clone()
+    }
+
+    fn project(&self, batch: &RecordBatch) -> compaction::Result<RecordBatch> {
+        self.selection.project(batch).map_err(expression_error)
+    }
+}
+
+/// Plans rewrites with DataFusion: the [`RowChanges`] of the `compactor` CLI and of the
+/// planner and merger functions built with their `sql` feature.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SqlRowChanges;
+
+/// [`SqlRowChanges`], as the port the library's services take.
+pub fn row_changes() -> Option<std::sync::Arc<dyn RowChanges>> {
+    Some(std::sync::Arc::new(SqlRowChanges))
+}
 
 fn expression_error(e: SqlError) -> compaction::Error {
     compaction::Error::Expression(e.to_string())
@@ -571,6 +734,16 @@ impl RowChanges for SqlRowChanges {
             }
         }
         Ok(Arc::new(SqlChange { predicate, set }))
+    }
+
+    fn plan_select(
+        &self,
+        select: &str,
+        schema: &SchemaRef,
+    ) -> compaction::Result<Arc<dyn RowSelection>> {
+        let selection = Selection::parse(select, schema).map_err(expression_error)?;
+        let reads = selection.read_columns(schema);
+        Ok(Arc::new(SqlSelection { selection, reads }))
     }
 }
 
@@ -642,6 +815,49 @@ mod tests {
             ],
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_select_list_keeps_columns_and_computes_named_expressions() {
+        let b = batch();
+        let sel = Selection::parse(
+            "*, best_ask - best_bid AS spread, upper(venue) AS v",
+            &b.schema(),
+        )
+        .unwrap();
+        let out = sel.project(&b).unwrap();
+        let names: Vec<_> = out
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(
+            names,
+            ["id", "venue", "best_bid", "best_ask", "qty", "spread", "v"]
+        );
+        let spread = out
+            .column(5)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
+        assert_eq!(spread.values().to_vec(), vec![0.5, 0.0, 0.25, 1.0]);
+        let only = Selection::parse("id, qty", &b.schema()).unwrap();
+        assert_eq!(only.read_columns(&b.schema()), vec!["id", "qty"]);
+        assert_eq!(only.project(&b).unwrap().num_columns(), 2);
+        for bad in [
+            "id, id",
+            "nope",
+            "id + 1",
+            "*, id AS x FROM t",
+            "id; DROP TABLE t",
+            "* EXCLUDE (id)",
+        ] {
+            assert!(
+                Selection::parse(bad, &b.schema()).is_err(),
+                "{bad} was accepted"
+            );
+        }
     }
 
     #[test]

@@ -567,3 +567,23 @@ def test_a_repartition_killed_at_any_point_converges_without_loss(lake, tmp_path
     assert_same(con, "after", "before", f"repartition killed at {point}")
     assert not list((lake / "events").rglob("*.parquet")), f"{point}: source left behind"
     assert not staging_leftovers(dst), f"{point}: staging not cleaned"
+
+
+def test_repartition_with_a_select_list_computes_the_new_partition_field(lake, tmp_path):
+    con = duckdb.connect()
+    relation(con, lake, "before")
+    dst = tmp_path / "dst"
+    select = "id, ts, price * 2 AS price, qty, note, flag, venue, dt, CASE WHEN id % 2 = 0 THEN 'even' ELSE 'odd' END AS parity"
+    out = cmd("repartition", str(lake), "--to", str(dst), "--prefix", "events/", "--template", "parity={parity}/dt={date}",
+              "--select", select, "--quiet", "--json")
+    assert json.loads(out.stdout)["validated"]
+    files = sorted(str(p) for p in (dst / "events").rglob("*.parquet"))
+    con.execute(f"CREATE TABLE after AS SELECT id, ts, price, qty, note, flag, venue, CAST(dt AS VARCHAR) AS dt, parity "
+                f"FROM read_parquet({files!r}, hive_partitioning = true)")
+    con.execute("CREATE TABLE expected AS SELECT id, ts, price * 2 AS price, qty, note, flag, venue, dt, "
+                "CASE WHEN id % 2 = 0 THEN 'even' ELSE 'odd' END AS parity FROM before")
+    assert_same(con, "after", "expected", "repartition --select")
+    bad = cmd("repartition", str(lake), "--to", str(tmp_path / "dst2"), "--prefix", "events/", "--template", "dt={date}",
+              "--select", "id, nope", "--quiet", check=False)
+    assert bad.returncode == 1 and "nope" in bad.stderr, bad
+    assert not list((tmp_path / "dst2").rglob("*.parquet"))

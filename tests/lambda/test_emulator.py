@@ -496,6 +496,85 @@ def test_eventbridge_and_scheduled_events_succeed(aws, world, emulator):
     assert bucket_snapshot(s3) == objects_before
 
 
+def wait_for_success(s3, emulator, task_dir):
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            s3.head_object(Bucket=BUCKET, Key=f"{task_dir}_SUCCESS")
+            return
+        except s3.exceptions.ClientError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {task_dir}_SUCCESS 120 s after the planner returned.\n"
+                            f"--- tail of the watch log:\n{emulator.log_tail()}")
+            time.sleep(1)
+
+
+def partition_rows(s3):
+    rows = []
+    for key in bucket_snapshot(s3):
+        if key.startswith(PARTITION_DIR) and key.endswith(".parquet"):
+            body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+            rows.extend(pq.read_table(io.BytesIO(body)).to_pylist())
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def run_command(s3, emulator, tmp_path, name, event):
+    """Sends a maintenance command to the planner; the merger runs through the emulator; the
+    committer gets the task directory. Returns the planner's response."""
+    response = emulator.ok("planner", write_event(tmp_path, f"{name}.json", event))
+    tasks = planned_tasks(response)
+    assert len(tasks) == 1, response
+    task_dir = f"{STAGING}/{DATASET}/{PARTITION}/{tasks[0]['task_id']}/"
+    wait_for_success(s3, emulator, task_dir)
+    committed = emulator.ok("committer", write_event(tmp_path, f"{name}-commit.json", {"task_dir": task_dir}))
+    assert committed["results"][0].get("committed") is True, committed
+    return response
+
+
+def test_delete_and_upsert_commands_run_through_the_functions(aws, world, emulator, tmp_path):
+    _, s3, _ = aws
+    rows = list(world["rows"])  # after the compaction above, the same rows
+    assert partition_rows(s3) == rows
+    # The sample delete event's shape, as a dry run: the plan says what would go; nothing does.
+    event = json.loads((EVENTS / "planner-delete.json").read_text())
+    event.update({"where": "id % 10 = 0", "dry_run": True})
+    del event["backup"]
+    before = snapshot(aws, world)
+    dry = emulator.ok("planner", write_event(tmp_path, "delete-dry.json", event))
+    assert dry["operation"] == "delete", dry
+    [part] = [p for p in dry["plans"][0]["partitions"] if p["partition"] == PARTITION]
+    assert part["rewrite"]["rows_matched"] == len([r for r in rows if r["id"] % 10 == 0]), dry
+    assert snapshot(aws, world) == before, "a dry-run delete changed the bucket or the state"
+    # For real, with a backup: the planner's SQL engine and the merger's both run.
+    event.update({"dry_run": False, "backup": "_backups/del"})
+    run_command(s3, emulator, tmp_path, "delete", event)
+    rows = [r for r in rows if r["id"] % 10 != 0]
+    assert partition_rows(s3) == rows
+    assert any(k.startswith("_backups/del/_backup/") for k in bucket_snapshot(s3))
+    # An upsert from a Parquet object in the bucket: two ids updated, one deleted id back, one new.
+    fixes = pa.table({
+        "id": pa.array([1, 2, 10, 99_999], pa.int64()),
+        "user": pa.array(["fixed-1", "fixed-2", "back-10", "new"], pa.string()),
+        "ts": pa.array([1714568400_000_000] * 4, pa.timestamp("us", tz="UTC")),
+        "dt": pa.array(["2024-05-01"] * 4, pa.string()),
+        "hour": pa.array(["13"] * 4, pa.string()),
+    })
+    buf = io.BytesIO()
+    pq.write_table(fixes, buf)
+    s3.put_object(Bucket=BUCKET, Key="fixes/clicks.parquet", Body=buf.getvalue())
+    event = json.loads((EVENTS / "planner-upsert.json").read_text())
+    event.update({"from": "fixes/clicks.parquet", "key": ["id"], "update_cols": ["user"]})
+    response = run_command(s3, emulator, tmp_path, "upsert", event)
+    [part] = [p for p in response["plans"][0]["partitions"] if p["partition"] == PARTITION]
+    assert part["rewrite"]["rows_matched"] == 2 and part["rewrite"]["rows_to_insert"] == 2, response
+    by_id = {r["id"]: r for r in rows}
+    by_id[1]["user"], by_id[2]["user"] = "fixed-1", "fixed-2"
+    for f in fixes.to_pylist():
+        if f["id"] not in by_id:
+            by_id[f["id"]] = {"id": f["id"], "user": f["user"], "ts": f["ts"]}
+    assert partition_rows(s3) == sorted(by_id.values(), key=lambda r: r["id"])
+
+
 BAD_EVENTS = [
     ("planner", "empty", {}),
     ("planner", "unknown-command", {"command": "explode"}),
@@ -503,6 +582,9 @@ BAD_EVENTS = [
     ("planner", "foreign-bucket",
      s3_put_event("another-bucket", "raw/clicks/dt%3D2024-05-01/hour%3D13/part-00000.parquet")),
     ("planner", "unknown-dataset", {"command": "sweep", "dataset": "nope"}),
+    ("planner", "hostile-delete", {"command": "delete", "dataset": DATASET, "where": "id > 0; DROP TABLE x"}),
+    ("planner", "delete-unknown-column", {"command": "delete", "dataset": DATASET, "where": "nope = 1"}),
+    ("planner", "upsert-escaping-key", {"command": "upsert", "dataset": DATASET, "from": "../x.parquet", "key": ["id"]}),
     ("committer", "empty", {}),
     ("committer", "not-a-marker",
      s3_put_event(BUCKET, "raw/clicks/dt%3D2024-05-01/hour%3D13/part-00000.parquet")),

@@ -12,7 +12,15 @@ fn main() -> Result<(), Error> {
 
 async fn run() -> Result<(), Error> {
     init_logging();
-    let merger: &'static MergerFunction = Box::leak(Box::new(MergerFunction::from_env().await?));
+    #[cfg(feature = "sql")]
+    let row_changes = compaction_sql::row_changes();
+    #[cfg(not(feature = "sql"))]
+    let row_changes = None;
+    let merger: &'static MergerFunction = Box::leak(Box::new(
+        MergerFunction::from_env()
+            .await?
+            .with_row_changes(row_changes),
+    ));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let deadline = deadline_from_epoch_ms(event.context.deadline);
         merger

@@ -62,6 +62,42 @@ pub enum PlannerCommand {
         #[serde(default)]
         force: bool,
     },
+    /// Delete the rows of a file dataset matching a SQL predicate (`"where"`), as
+    /// `compactor delete`: every partition planned before any task is sent.
+    Delete {
+        dataset: String,
+        #[serde(rename = "where")]
+        predicate: String,
+        #[serde(default)]
+        backup: Option<String>,
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// Set columns (`"set": ["col = expression", ...]`) of the rows matching `"where"`, as
+    /// `compactor update`.
+    Update {
+        dataset: String,
+        #[serde(rename = "where")]
+        predicate: String,
+        set: Vec<String>,
+        #[serde(default)]
+        backup: Option<String>,
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// Upsert the rows of the Parquet file(s) at `"from"` (a key, or a prefix, in the data's
+    /// bucket) by `"key"`, as `compactor upsert`.
+    Upsert {
+        dataset: String,
+        from: String,
+        key: Vec<String>,
+        #[serde(default)]
+        update_cols: Vec<String>,
+        #[serde(default)]
+        backup: Option<String>,
+        #[serde(default)]
+        dry_run: bool,
+    },
 }
 
 /// `{"report": {"since": "14d", "dataset": ["events"]}}`: both optional (default: the
@@ -89,7 +125,7 @@ pub enum PlannerEvent {
 const ACCEPTED_PLANNER: &str =
     "expected an S3 notification ({\"Records\": [...]}), an EventBridge \
     event from S3 (\"detail-type\": \"Object Created\") or the scheduler (\"Scheduled Event\"), or \
-    a command ({\"command\": \"plan\" | \"sweep\" | \"backfill\", ...}) or a report \
+    a command ({\"command\": \"plan\" | \"sweep\" | \"backfill\" | \"delete\" | \"update\" | \"upsert\", ...}) or a report \
     ({\"report\": {...}}; see events/)";
 
 /// The `detail` of an EventBridge "Object Created" event from S3.
@@ -210,9 +246,27 @@ pub fn parse_planner_event(value: &Value) -> Result<PlannerEvent> {
     if value.get("command").is_some() {
         let command: PlannerCommand = serde_json::from_value(value.clone())
             .map_err(|e| bad(format!("command: {e}; see events/planner-*.json")))?;
+        check_command(&command)?;
         return Ok(PlannerEvent::Command(command));
     }
     Err(bad(format!("unknown event shape; {ACCEPTED_PLANNER}")))
+}
+
+/// The keys a maintenance command names must be plain keys (no `..`, no leading `/`).
+fn check_command(command: &PlannerCommand) -> Result<()> {
+    let (backup, from) = match command {
+        PlannerCommand::Delete { backup, .. } | PlannerCommand::Update { backup, .. } => {
+            (backup, None)
+        }
+        PlannerCommand::Upsert { backup, from, .. } => (backup, Some(from)),
+        _ => return Ok(()),
+    };
+    for (what, key) in [("backup", backup.as_ref()), ("from", from)] {
+        if let Some(key) = key {
+            validate_key(key).map_err(|e| bad(format!("{what} {key:?}: {e}")))?;
+        }
+    }
+    Ok(())
 }
 
 /// Where a created key belongs, from the planner's point of view.

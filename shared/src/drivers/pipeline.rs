@@ -370,32 +370,11 @@ pub async fn run_local(
             }
         }
     }
-    // Dropping the planner closes the queue; workers finish what is queued and stop.
-    drop(planner);
     if let Some(queue) = queue {
         let tasks = std::mem::take(&mut *collected.tasks.lock().await);
         if planning_error.is_some() {
-            for task in tasks {
-                let reason = "the rewrite stopped while planning; nothing of it was written";
-                let abandoned = match services.committer.abandon(&task.task_dir(), reason).await {
-                    Ok(_) => {
-                        services
-                            .state
-                            .finish_round(
-                                &task.partition,
-                                task.generation,
-                                PartitionStatus::Active,
-                                Some(reason.into()),
-                                now_ms(),
-                            )
-                            .await
-                    }
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = abandoned {
-                    tracing::error!(task = %task.task_id, error = %e, "could not abandon a planned task; the next run abandons it");
-                }
-            }
+            let reason = "the rewrite stopped while planning; nothing of it was written";
+            planner.abandon_held(tasks, reason).await;
         } else {
             for task in tasks {
                 if queue.send(task).await.is_err() {
@@ -404,6 +383,9 @@ pub async fn run_local(
             }
         }
     }
+    // Dropping the planner (and the queue) closes the channel; workers finish what is queued
+    // and stop.
+    drop(planner);
     for handle in handles {
         if let Err(e) = handle.await {
             tracing::error!(error = %e, "a worker panicked");

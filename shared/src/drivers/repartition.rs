@@ -41,6 +41,7 @@ use crate::model::object::{join_key, ObjectMeta};
 use crate::model::partition::PartitionTemplate;
 use crate::model::plan::is_data_file;
 use crate::model::task::partition_source_dir;
+use crate::ports::rows::{RowChanges, RowSelection};
 use crate::ports::state::StateStore;
 use crate::ports::store::{list_all, DeleteRequest, ObjectStore, PutMode};
 use crate::services::upsert::{route, routing_columns};
@@ -66,6 +67,10 @@ pub struct RepartitionOptions {
     pub target: DatasetConfig,
     pub dry_run: bool,
     pub delete_source: bool,
+    /// A SQL select list applied to every source row before it is routed (`*, price * 100 AS
+    /// cents`), planned by `row_changes`.
+    pub select: Option<String>,
+    pub row_changes: Option<Arc<dyn RowChanges>>,
 }
 
 /// How far a repartition got (the record's phase).
@@ -83,6 +88,8 @@ struct Record {
     source: String,
     source_prefix: String,
     template: String,
+    #[serde(default)]
+    select: Option<String>,
     phase: Phase,
     files: Vec<ObjectMeta>,
     #[serde(default)]
@@ -151,10 +158,14 @@ pub async fn repartition(
             if r.source != options.source_label
                 || r.source_prefix != options.source_prefix
                 || r.template != template.as_str()
+                || r.select != options.select
             {
                 return Err(Error::Other(format!(
-                    "the destination holds another repartition ({} {} into {}); pick an empty destination",
-                    r.source, r.source_prefix, r.template
+                    "the destination holds another repartition ({} {} into {}{}); rerun that one with the same arguments, or pick an empty destination",
+                    r.source,
+                    r.source_prefix,
+                    r.template,
+                    r.select.as_ref().map(|s| format!(", --select {s:?}")).unwrap_or_default()
                 )));
             }
             report.resumed_from = Some(r.phase);
@@ -177,6 +188,7 @@ pub async fn repartition(
                 source: options.source_label.clone(),
                 source_prefix: options.source_prefix.clone(),
                 template: template.as_str().to_string(),
+                select: options.select.clone(),
                 phase: Phase::Writing,
                 files: listed.clone(),
                 source_digest: None,
@@ -198,8 +210,7 @@ pub async fn repartition(
         .map(|f| format!("{}: arrived after the repartition started", f.key))
         .collect();
     if options.dry_run || record.phase == Phase::Writing {
-        let (rows, targets) =
-            estimate(&source, &record.files, &options.source_prefix, &template).await?;
+        let (rows, targets) = estimate(&source, &record.files, options, &template).await?;
         report.source_rows = rows;
         report.targets = targets;
     }
@@ -403,11 +414,12 @@ async fn read_file(
     Ok(rows)
 }
 
-/// Rows per target partition, from the partition-field columns alone.
+/// Rows per target partition, from the partition-field columns alone (with a select list:
+/// from the selected rows).
 async fn estimate(
     store: &Arc<dyn ObjectStore>,
     files: &[ObjectMeta],
-    prefix: &str,
+    options: &RepartitionOptions,
     template: &PartitionTemplate,
 ) -> Result<(u64, Vec<TargetEstimate>)> {
     let wanted: Vec<String> = template
@@ -415,12 +427,16 @@ async fn estimate(
         .into_iter()
         .flat_map(|(f, k)| std::iter::once(f).chain(k))
         .collect();
+    let mut selector = Selector::new(options)?;
     let mut targets: BTreeMap<String, (u64, f64)> = BTreeMap::new();
     let mut total = 0;
     for meta in files {
         let mut routed: BTreeMap<String, u64> = BTreeMap::new();
         let mut first = total as usize;
-        let rows = read_file(store, meta, Some(prefix), Some(&wanted), |batch| {
+        let columns = selector.is_none().then_some(wanted.as_slice());
+        let prefix = Some(options.source_prefix.as_str());
+        let rows = read_file(store, meta, prefix, columns, |batch| {
+            let batch = selector.apply(batch).map_err(|e| in_file(meta, e))?;
             for p in route(&batch, template, first).map_err(|e| in_file(meta, e))? {
                 *routed.entry(p).or_default() += 1;
             }
@@ -449,8 +465,58 @@ async fn estimate(
     ))
 }
 
+/// A repartition's select list, planned for each schema the source's files have.
+struct Selector {
+    select: Option<(String, Arc<dyn RowChanges>)>,
+    planned: Option<(arrow::datatypes::SchemaRef, Arc<dyn RowSelection>)>,
+}
+
+impl Selector {
+    fn new(options: &RepartitionOptions) -> Result<Self> {
+        let select = match &options.select {
+            None => None,
+            Some(s) => Some((
+                s.clone(),
+                options.row_changes.clone().ok_or_else(|| {
+                    Error::Expression(
+                        "--select needs the SQL engine, which this build does not link".into(),
+                    )
+                })?,
+            )),
+        };
+        Ok(Self {
+            select,
+            planned: None,
+        })
+    }
+
+    fn is_none(&self) -> bool {
+        self.select.is_none()
+    }
+
+    /// `batch`'s selected rows (all of it, without a select list).
+    fn apply(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
+        let Some((select, changes)) = &self.select else {
+            return Ok(batch);
+        };
+        let schema = batch.schema();
+        let selection = match &self.planned {
+            Some((s, planned)) if *s == schema => Arc::clone(planned),
+            _ => {
+                let planned = changes.plan_select(select, &schema)?;
+                self.planned = Some((Arc::clone(&schema), Arc::clone(&planned)));
+                planned
+            }
+        };
+        selection.project(&batch)
+    }
+}
+
 fn in_file(meta: &ObjectMeta, e: Error) -> Error {
-    Error::Other(format!("{}: {e}", meta.key))
+    match e {
+        Error::Expression(m) => Error::Expression(format!("{}: {m}", meta.key)),
+        e => Error::Other(format!("{}: {e}", meta.key)),
+    }
 }
 
 /// Writes each source file's rows into pieces under their target partitions; returns the
@@ -463,11 +529,13 @@ async fn write_pieces(
     template: &PartitionTemplate,
 ) -> Result<(usize, RowDigest)> {
     let props = writer_properties(&options.target, None)?;
+    let mut selector = Selector::new(options)?;
     let mut digest = RowDigest::default();
     let mut pieces = 0;
     for (index, meta) in files.iter().enumerate() {
         let mut parts: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
         read_file(source, meta, Some(&options.source_prefix), None, |batch| {
+            let batch = selector.apply(batch).map_err(|e| in_file(meta, e))?;
             let routes = route(&batch, template, 0).map_err(|e| in_file(meta, e))?;
             let kept = without(&batch, &routing_columns(&batch.schema(), template))?;
             digest.add(&digest_rows(&kept, &routes)?);

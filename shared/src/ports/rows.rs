@@ -35,9 +35,25 @@ pub trait RowChange: Send + Sync {
     fn apply(&self, batch: &RecordBatch, mask: &BooleanArray) -> Result<RecordBatch>;
 }
 
+/// A select list planned against one schema (`compactor repartition --select`).
+pub trait RowSelection: Send + Sync {
+    /// The columns the list reads.
+    fn read_columns(&self) -> Vec<String>;
+
+    /// The selected columns of every row of `batch`.
+    fn project(&self, batch: &RecordBatch) -> Result<RecordBatch>;
+}
+
 /// Plans a rewrite's expressions against a schema.
 pub trait RowChanges: Send + Sync + std::fmt::Debug {
     /// Fails, before anything is read, when an expression does not fit `schema` (unknown
     /// column, type error, anything but one expression).
     fn plan(&self, spec: &RewriteSpec, schema: &SchemaRef) -> Result<Arc<dyn RowChange>>;
+
+    /// Plans a SQL select list against `schema` (e.g. `*, price * 100 AS cents`).
+    fn plan_select(&self, select: &str, _schema: &SchemaRef) -> Result<Arc<dyn RowSelection>> {
+        Err(crate::error::Error::Expression(format!(
+            "the select list {select:?} needs the SQL engine, which this build does not link"
+        )))
+    }
 }

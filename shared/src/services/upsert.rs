@@ -201,6 +201,39 @@ impl UpsertSource {
             .collect()
     }
 
+    /// Reads the Parquet object at `key`, or every `.parquet` object under the prefix `key`,
+    /// from `store` (an upsert planned by the planner function).
+    pub async fn read_store(
+        store: &dyn crate::ports::store::ObjectStore,
+        key: &str,
+    ) -> Result<SourceRows> {
+        let mut keys = Vec::new();
+        if store.head(key).await?.is_some() {
+            keys.push(key.to_string());
+        } else {
+            let prefix = crate::model::object::dir_prefix(key);
+            let listing = crate::ports::store::list_all(store, &prefix, None).await?;
+            keys.extend(
+                listing
+                    .objects
+                    .into_iter()
+                    .map(|o| o.key)
+                    .filter(|k| crate::model::plan::is_data_file(k, ".parquet")),
+            );
+        }
+        if keys.is_empty() {
+            return Err(Error::Expression(format!(
+                "{key} holds no .parquet object to upsert from"
+            )));
+        }
+        let mut rows = Vec::with_capacity(keys.len());
+        for k in keys {
+            let (data, _) = store.get(&k).await?;
+            rows.push(decode(&k, data)?);
+        }
+        Ok(rows)
+    }
+
     /// The source rows `rows` selects (their positions), in that order.
     pub fn select(&self, rows: &[u32]) -> Result<RecordBatch> {
         let indices = UInt32Array::from(rows.to_vec());

@@ -14,6 +14,7 @@ use crate::model::dataset::Mode;
 use crate::model::passes::finished_step_of;
 use crate::model::task::{Task, TaskKind};
 use crate::ports::dispatch::{Dispatcher, LambdaDispatcher};
+use crate::ports::rows::RowChanges;
 use crate::ports::store::{list_all, read_json, PutMode};
 use crate::services::merger::{MergeOutcome, Merger, TimeLimit};
 use crate::support::env::env_var;
@@ -29,6 +30,9 @@ pub struct MergerFunction {
     throughput: u64,
     /// Where a sort in passes that ran out of time sends its task to continue: this function.
     continue_with: Option<Arc<dyn Dispatcher>>,
+    /// Plans the SQL of delete and update tasks (`None`: a build without the SQL engine, which
+    /// refuses them; upserts need none).
+    row_changes: Option<Arc<dyn RowChanges>>,
 }
 
 /// The merge budget of a function with `memory_mb` of memory: 90% of it (the budget bounds the
@@ -52,7 +56,14 @@ impl MergerFunction {
             memory_budget,
             throughput: throughput.max(1),
             continue_with: None,
+            row_changes: None,
         }
+    }
+
+    /// Lets the function run delete and update tasks.
+    pub fn with_row_changes(mut self, changes: Option<Arc<dyn RowChanges>>) -> Self {
+        self.row_changes = changes;
+        self
     }
 
     /// Lets a sort in passes continue in a new invocation when this one's time is used up.
@@ -85,6 +96,7 @@ impl MergerFunction {
             throughput: merge_throughput()?,
             deployment,
             continue_with,
+            row_changes: None,
         })
     }
 
@@ -125,6 +137,7 @@ impl MergerFunction {
             Arc::new(NoProgress),
         )
         .with_hot_source(self.deployment.hot.clone())
+        .with_row_changes(self.row_changes.clone())
         .with_time_limit(Some(TimeLimit {
             deadline,
             throughput: self.throughput,

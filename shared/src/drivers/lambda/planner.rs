@@ -15,13 +15,16 @@ use crate::error::{Error, Result};
 use crate::model::config::{AnyDataset, Config};
 use crate::model::partition::{coldness, Coldness};
 use crate::model::report::LakeReport;
+use crate::model::rewrite::{RewriteSpec, UpsertSpec};
 use crate::model::state::{Counters, PartitionId};
-use crate::ports::dispatch::{Dispatcher, LambdaDispatcher};
+use crate::ports::dispatch::{CollectingDispatcher, Dispatcher, LambdaDispatcher};
+use crate::ports::rows::RowChanges;
 use crate::ports::store::PutMode;
 use crate::services::planner::{
     DatasetPlan, PartitionOutcome, PlanOptions, Planner, PlannerSettings,
 };
 use crate::services::report::{since as since_window, Footers, ReportOptions, Reporter};
+use crate::services::upsert::{SourceRows, UpsertSource};
 use crate::support::env::env_var;
 use crate::support::units::ByteSize;
 
@@ -31,6 +34,9 @@ use super::{Deployment, SAFETY_MARGIN};
 pub struct PlannerFunction {
     deployment: Deployment,
     dispatcher: Arc<dyn Dispatcher>,
+    /// Plans the SQL of delete and update commands (`None`: a build without the SQL engine,
+    /// which refuses them).
+    row_changes: Option<Arc<dyn RowChanges>>,
 }
 
 impl PlannerFunction {
@@ -61,15 +67,27 @@ impl PlannerFunction {
         Self {
             deployment,
             dispatcher,
+            row_changes: None,
         }
     }
 
+    /// Lets the function plan delete and update commands.
+    pub fn with_row_changes(mut self, changes: Option<Arc<dyn RowChanges>>) -> Self {
+        self.row_changes = changes;
+        self
+    }
+
     fn planner(&self, request_id: &str) -> Planner {
+        self.planner_to(request_id, Arc::clone(&self.dispatcher))
+    }
+
+    /// A planner sending its tasks to `dispatcher`.
+    fn planner_to(&self, request_id: &str, dispatcher: Arc<dyn Dispatcher>) -> Planner {
         let config = &self.deployment.config;
         Planner::new(
             Arc::clone(&self.deployment.store),
             Arc::clone(&self.deployment.state),
-            Arc::clone(&self.dispatcher),
+            dispatcher,
             PlannerSettings {
                 owner: format!("lambda:{request_id}"),
                 lease_ttl_ms: config.lease_ttl.0.as_millis() as i64,
@@ -79,6 +97,7 @@ impl PlannerFunction {
             },
         )
         .with_hot_source(self.deployment.hot.clone())
+        .with_row_changes(self.row_changes.clone())
     }
 
     pub async fn handle(
@@ -108,7 +127,8 @@ impl PlannerFunction {
             }
             PlannerEvent::Report(request) => self.write_report(&request).await,
             PlannerEvent::Command(command) => {
-                self.command(&planner, command, stop_at, &mut metrics).await
+                self.command(&planner, request_id, command, stop_at, &mut metrics)
+                    .await
             }
         };
         let flushed = self.dispatcher.flush().await;
@@ -190,6 +210,7 @@ impl PlannerFunction {
     async fn command(
         &self,
         planner: &Planner,
+        request_id: &str,
         command: PlannerCommand,
         stop_at: Instant,
         metrics: &mut Metrics,
@@ -237,6 +258,58 @@ impl PlannerFunction {
                 record_plans(&plans, metrics);
                 Ok(json!({"plans": plans_json(&plans)}))
             }
+            PlannerCommand::Delete {
+                dataset,
+                predicate,
+                backup,
+                dry_run,
+            } => {
+                let spec = RewriteSpec {
+                    predicate,
+                    backup,
+                    ..RewriteSpec::default()
+                };
+                self.rewrite(request_id, &dataset, spec, None, dry_run, metrics)
+                    .await
+            }
+            PlannerCommand::Update {
+                dataset,
+                predicate,
+                set,
+                backup,
+                dry_run,
+            } => {
+                let spec = RewriteSpec {
+                    predicate,
+                    set,
+                    backup,
+                    ..RewriteSpec::default()
+                };
+                self.rewrite(request_id, &dataset, spec, None, dry_run, metrics)
+                    .await
+            }
+            PlannerCommand::Upsert {
+                dataset,
+                from,
+                key,
+                update_cols,
+                backup,
+                dry_run,
+            } => {
+                let rows = UpsertSource::read_store(self.deployment.store.as_ref(), &from).await?;
+                let spec = RewriteSpec {
+                    backup,
+                    upsert: Some(UpsertSpec {
+                        source: from,
+                        key,
+                        update_cols,
+                        ..UpsertSpec::default()
+                    }),
+                    ..RewriteSpec::default()
+                };
+                self.rewrite(request_id, &dataset, spec, Some(rows), dry_run, metrics)
+                    .await
+            }
             PlannerCommand::Backfill {
                 dataset,
                 date,
@@ -263,6 +336,57 @@ impl PlannerFunction {
                 Ok(json!({"plans": plans_json(&plans)}))
             }
         }
+    }
+
+    /// A delete, update or upsert of a file dataset: every partition is planned (and the
+    /// expressions evaluated on its data) before any task is sent to a merger; if planning
+    /// fails, the tasks planned so far are abandoned and nothing is written.
+    async fn rewrite(
+        &self,
+        request_id: &str,
+        dataset: &str,
+        spec: RewriteSpec,
+        rows: Option<SourceRows>,
+        dry_run: bool,
+        metrics: &mut Metrics,
+    ) -> Result<Value> {
+        let AnyDataset::Files(ds) = self.any_dataset(dataset)? else {
+            return Err(Error::BadEvent(format!(
+                "{dataset:?} is a hot dataset: a {} is for file datasets",
+                spec.verb()
+            )));
+        };
+        let held = Arc::new(CollectingDispatcher::default());
+        let holding = self
+            .planner_to(request_id, held.clone())
+            .with_upsert_rows(rows.map(Arc::new));
+        let options = PlanOptions {
+            force: true,
+            ..PlanOptions::sweep(chrono::Utc::now(), dry_run)
+        };
+        let planned = holding.plan_rewrite(ds, &spec, &options).await;
+        let tasks = std::mem::take(&mut *held.tasks.lock().await);
+        let plan = match planned {
+            Ok(plan) => plan,
+            Err(e) => {
+                let reason = format!(
+                    "the {} stopped while planning; nothing of it was written",
+                    spec.verb()
+                );
+                holding.abandon_held(tasks, &reason).await;
+                return Err(match e {
+                    Error::Expression(m) => Error::BadEvent(m),
+                    other => other,
+                });
+            }
+        };
+        let sent = tasks.len();
+        holding
+            .dispatch_held(tasks, self.dispatcher.as_ref())
+            .await?;
+        let plans = vec![plan];
+        record_plans(&plans, metrics);
+        Ok(json!({"operation": spec.verb(), "tasks": sent, "plans": plans_json(&plans)}))
     }
 
     /// A dataset named by an event: unknown names are the event's fault.
@@ -529,6 +653,15 @@ fn plans_json(plans: &[DatasetPlan]) -> Value {
                         "bytes": p.data_bytes,
                         "outcome": outcome_json(&p.outcome),
                         "anomaly": p.anomaly,
+                        "rewrite": p.rewrite.as_ref().map(|s| json!({
+                            "files_scanned": s.files_scanned,
+                            "files_with_match": s.files.len(),
+                            "row_groups": s.row_groups,
+                            "row_groups_scanned": s.row_groups_scanned,
+                            "row_groups_with_match": s.row_groups_matched,
+                            "rows_matched": s.rows_matched,
+                            "rows_to_insert": s.rows_inserted,
+                        })),
                     })).collect::<Vec<_>>(),
                 })
             })

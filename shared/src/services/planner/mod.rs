@@ -233,6 +233,54 @@ impl Planner {
     }
 
     /// Lets the planner plan rewrites (delete, update) with these expressions.
+    /// Sends tasks planned through a collecting dispatcher (a rewrite's, held until every
+    /// partition was planned) on to `dispatcher`; a task that cannot be sent fails its round
+    /// (as in [`Planner::start_round`]) and the error is returned after the others were sent.
+    pub async fn dispatch_held(&self, tasks: Vec<Task>, dispatcher: &dyn Dispatcher) -> Result<()> {
+        let mut first_error = None;
+        for task in tasks {
+            let (id, generation) = (task.partition.clone(), task.generation);
+            if let Err(e) = dispatcher.dispatch(task).await {
+                self.state
+                    .finish_round(
+                        &id,
+                        generation,
+                        PartitionStatus::Failed,
+                        Some(e.to_string()),
+                        crate::support::clock::now_ms(),
+                    )
+                    .await?;
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Abandons tasks planned but never sent (a rewrite whose planning failed): their staging
+    /// is abandoned and their rounds closed, so nothing of them runs. A task that cannot be
+    /// abandoned now is left to the next run's recovery.
+    pub async fn abandon_held(&self, tasks: Vec<Task>, reason: &str) {
+        for task in tasks {
+            let abandoned = match self.committer.abandon(&task.task_dir(), reason).await {
+                Ok(_) => {
+                    self.state
+                        .finish_round(
+                            &task.partition,
+                            task.generation,
+                            PartitionStatus::Active,
+                            Some(reason.into()),
+                            crate::support::clock::now_ms(),
+                        )
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = abandoned {
+                tracing::error!(task = %task.task_id, error = %e, "could not abandon a planned task; the next run abandons it");
+            }
+        }
+    }
+
     /// The rows of an upsert's source (what a rewrite with an upsert spec upserts).
     pub fn with_upsert_rows(mut self, rows: Option<Arc<Vec<arrow::array::RecordBatch>>>) -> Self {
         self.upsert_rows = rows;
