@@ -134,6 +134,10 @@ pub struct RepartitionArgs {
     /// The validation then compares the selected rows with the copy.
     #[arg(long, value_name = "SELECT_LIST")]
     pub select: Option<String>,
+    /// With --delete-source: keep the source files under this prefix (relative to DIR, outside
+    /// --prefix) before any is deleted; `compactor restore DIR PREFIX` puts them back.
+    #[arg(long, value_name = "PREFIX", requires = "delete_source")]
+    pub backup: Option<String>,
     /// Merges running at once when compacting the copy [default: CPUs, at most 4].
     #[arg(long)]
     pub workers: Option<usize>,

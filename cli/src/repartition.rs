@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use compaction::drivers::repartition::{repartition as run, RepartitionOptions, RepartitionReport};
+use compaction::model::object::{dir_prefix, validate_key};
 use compaction::support::units::human_bytes;
 
 use crate::args::RepartitionArgs;
@@ -19,6 +20,14 @@ pub async fn repartition(args: RepartitionArgs) -> Result<ExitCode> {
     let [target] = config.datasets.as_slice() else {
         bail!("a repartition copies one dataset");
     };
+    if let Some(prefix) = &args.backup {
+        validate_key(prefix).with_context(|| format!("--backup {prefix:?}"))?;
+        if dir_prefix(prefix).starts_with(&target.source_dir()) {
+            bail!(
+                "--backup {prefix:?} is inside the dataset's --prefix; keep the backup outside it"
+            );
+        }
+    }
     let to = args.to.to_string_lossy().to_string();
     if !to.starts_with("s3://") {
         if args.to.exists() && same_place(&args.dir, &args.to) {
@@ -50,6 +59,7 @@ pub async fn repartition(args: RepartitionArgs) -> Result<ExitCode> {
         delete_source: args.delete_source,
         select: args.select.clone(),
         row_changes: compaction_sql::row_changes(),
+        backup: args.backup.clone(),
     };
     let progress = Arc::new(report::Bar::new(args.quiet || args.json || args.dry_run));
     let result = run(
@@ -142,7 +152,14 @@ fn print(r: &RepartitionReport, args: &RepartitionArgs) {
         println!("validated:  source {s}; copy {t}");
     }
     if args.delete_source {
-        println!("deleted:    {} source file(s)", r.source_files_deleted);
+        println!(
+            "deleted:    {} source file(s){}",
+            r.source_files_deleted,
+            args.backup
+                .as_ref()
+                .map(|b| format!("; kept under {b} (undo: compactor restore DIR {b})"))
+                .unwrap_or_default()
+        );
     } else {
         println!("source:     kept (run again with --delete-source to delete it)");
     }

@@ -587,3 +587,22 @@ def test_repartition_with_a_select_list_computes_the_new_partition_field(lake, t
               "--select", "id, nope", "--quiet", check=False)
     assert bad.returncode == 1 and "nope" in bad.stderr, bad
     assert not list((tmp_path / "dst2").rglob("*.parquet"))
+
+
+def test_repartition_backup_restores_the_deleted_source_and_a_late_file_survives(lake, tmp_path):
+    # The local store's own scratch folder (.compactor-tmp) is not data.
+    before = tree(lake, skip=("_compactor/", ".compactor-tmp/"))
+    dst = tmp_path / "dst"
+    killed = repartition(lake, dst, "--delete-source", "--backup", "bk/rp", check=False, env={"COMPACTOR_CRASH_AT": "after-repartition-write"})
+    assert killed.returncode != 0
+    # A writer adds a file to the source meanwhile: not read, so neither copied nor deleted.
+    write_file(lake / "events" / "venue=A" / "dt=2024-01-01" / "late.parquet", 500_000, 50, 77)
+    out = repartition(lake, dst, "--delete-source", "--backup", "bk/rp", "--json", check=False)
+    assert out.returncode == 3, out
+    summary = json.loads(out.stdout)
+    assert any("late.parquet" in k for k in summary["source_files_kept"]), summary
+    left = [p.relative_to(lake).as_posix() for p in (lake / "events").rglob("*.parquet")]
+    assert left == ["events/venue=A/dt=2024-01-01/late.parquet"], left
+    (lake / left[0]).unlink()
+    cmd("restore", str(lake), "bk/rp")
+    assert tree(lake, skip=("_compactor/", ".compactor-tmp/", "bk/")) == before

@@ -40,10 +40,11 @@ use crate::model::hot::digest::{row_hash, RowDigest};
 use crate::model::object::{join_key, ObjectMeta};
 use crate::model::partition::PartitionTemplate;
 use crate::model::plan::is_data_file;
-use crate::model::task::partition_source_dir;
+use crate::model::task::{partition_source_dir, PARTITION_MANIFEST};
 use crate::ports::rows::{RowChanges, RowSelection};
 use crate::ports::state::StateStore;
 use crate::ports::store::{list_all, DeleteRequest, ObjectStore, PutMode};
+use crate::services::backup::{keep_files, Kept};
 use crate::services::upsert::{route, routing_columns};
 use crate::support::faults::crash_point;
 use crate::support::progress::Progress;
@@ -71,6 +72,9 @@ pub struct RepartitionOptions {
     /// cents`), planned by `row_changes`.
     pub select: Option<String>,
     pub row_changes: Option<Arc<dyn RowChanges>>,
+    /// With `delete_source`: keep the source files under this prefix of the source's store
+    /// (with records `compactor restore` reads) before any is deleted.
+    pub backup: Option<String>,
 }
 
 /// How far a repartition got (the record's phase).
@@ -272,6 +276,9 @@ pub async fn repartition(
     report.source_rows = record.source_digest.map_or(report.source_rows, |d| d.rows);
     report.validated = true;
     if options.delete_source && record.phase == Phase::Validated {
+        if let Some(prefix) = &options.backup {
+            keep_sources(source.as_ref(), prefix, &record.files, options, &template).await?;
+        }
         for file in &record.files {
             crash_point("before-source-delete");
             // Only the version the repartition read (a conditional delete).
@@ -292,6 +299,39 @@ pub async fn repartition(
         put_record(target.as_ref(), &record).await?;
     }
     Ok(report)
+}
+
+/// Keeps the source files under `prefix` before they are deleted: one backup record per
+/// source directory, which `compactor restore` reads to put them back.
+async fn keep_sources(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    files: &[ObjectMeta],
+    options: &RepartitionOptions,
+    template: &PartitionTemplate,
+) -> Result<()> {
+    let mut by_dir: BTreeMap<String, Vec<ObjectMeta>> = BTreeMap::new();
+    for file in files {
+        let rel = file
+            .key
+            .strip_prefix(&options.source_prefix)
+            .unwrap_or(&file.key);
+        let dir = rel.rsplit_once('/').map_or("", |(d, _)| d).to_string();
+        by_dir.entry(dir).or_default().push(file.clone());
+    }
+    for (dir, files) in by_dir {
+        let kept = Kept {
+            dataset: &options.target.name,
+            partition: &dir,
+            id: "repartition",
+            what: format!("repartition into the layout {}", template.as_str()),
+            set: Vec::new(),
+            manifest_key: join_key(&[&options.source_prefix, &dir, PARTITION_MANIFEST]),
+            outputs: Vec::new(),
+        };
+        keep_files(store, prefix, &files, kept).await?;
+    }
+    Ok(())
 }
 
 async fn read_record(store: &dyn ObjectStore) -> Result<Record> {

@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::manifest::TaskManifest;
-use crate::model::object::dir_prefix;
+use crate::model::object::{dir_prefix, ObjectMeta};
 use crate::model::rewrite::{
     backup_key, backup_record_key, BackedUpFile, BackupRecord, RewriteSpec, BACKUP_RECORDS,
 };
@@ -32,53 +32,82 @@ pub async fn keep(
     spec: &RewriteSpec,
     manifest: &TaskManifest,
 ) -> Result<()> {
-    let mut files = Vec::with_capacity(manifest.inputs.len());
-    for input in &manifest.inputs {
-        let kept = backup_key(prefix, &input.key);
-        copy_once(store, &input.key, &kept, input.size).await?;
-        files.push(BackedUpFile {
-            key: input.key.clone(),
-            size: input.size,
-            backup_key: kept,
-        });
-    }
-    let manifest_key = format!(
-        "{}{PARTITION_MANIFEST}",
-        partition_output_dir(&task.dataset, &task.partition.partition)
-    );
-    let manifest_backup = match store.head(&manifest_key).await? {
-        Some(m) => {
-            let kept = backup_key(prefix, &format!("{manifest_key}.{}", task.task_id));
-            copy_once(store, &manifest_key, &kept, m.size).await?;
-            Some(kept)
-        }
-        None => None,
-    };
-    let record = BackupRecord {
-        dataset: task.partition.dataset.clone(),
-        partition: task.partition.partition.clone(),
-        task_id: task.task_id.clone(),
-        predicate: match spec.upsert {
+    let kept = Kept {
+        dataset: &task.partition.dataset,
+        partition: &task.partition.partition,
+        id: &task.task_id,
+        what: match spec.upsert {
             Some(_) => spec.describe(),
             None => spec.predicate.clone(),
         },
         set: spec.set.clone(),
-        files,
-        partition_manifest: manifest_key,
-        partition_manifest_backup: manifest_backup,
+        manifest_key: format!(
+            "{}{PARTITION_MANIFEST}",
+            partition_output_dir(&task.dataset, &task.partition.partition)
+        ),
         outputs: manifest
             .outputs
             .iter()
             .map(|o| o.final_key.clone())
             .collect(),
+    };
+    keep_files(store, prefix, &manifest.inputs, kept).await
+}
+
+/// What a backup record says besides its files.
+pub struct Kept<'a> {
+    pub dataset: &'a str,
+    pub partition: &'a str,
+    /// Names the record (a task id, or the operation).
+    pub id: &'a str,
+    /// The operation, for the record's reader.
+    pub what: String,
+    pub set: Vec<String>,
+    /// The partition manifest to keep with the files (absent: none to keep).
+    pub manifest_key: String,
+    /// What the operation puts in the files' place (a restore removes it).
+    pub outputs: Vec<String>,
+}
+
+/// Copies `files` (and the partition manifest) under `prefix` and writes their record; a
+/// rerun finds its earlier copies and record.
+pub async fn keep_files(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    inputs: &[ObjectMeta],
+    kept: Kept<'_>,
+) -> Result<()> {
+    let mut files = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let to = backup_key(prefix, &input.key);
+        copy_once(store, &input.key, &to, input.size).await?;
+        files.push(BackedUpFile {
+            key: input.key.clone(),
+            size: input.size,
+            backup_key: to,
+        });
+    }
+    let manifest_backup = match store.head(&kept.manifest_key).await? {
+        Some(m) => {
+            let to = backup_key(prefix, &format!("{}.{}", kept.manifest_key, kept.id));
+            copy_once(store, &kept.manifest_key, &to, m.size).await?;
+            Some(to)
+        }
+        None => None,
+    };
+    let record = BackupRecord {
+        dataset: kept.dataset.to_string(),
+        partition: kept.partition.to_string(),
+        task_id: kept.id.to_string(),
+        predicate: kept.what,
+        set: kept.set,
+        files,
+        partition_manifest: kept.manifest_key,
+        partition_manifest_backup: manifest_backup,
+        outputs: kept.outputs,
         created_at_ms: now_ms(),
     };
-    let key = backup_record_key(
-        prefix,
-        &task.partition.dataset,
-        &task.partition.partition,
-        &task.task_id,
-    );
+    let key = backup_record_key(prefix, kept.dataset, kept.partition, kept.id);
     put_json_once(store, &key, record).await?;
     Ok(())
 }
