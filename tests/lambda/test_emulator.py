@@ -398,6 +398,25 @@ def s3_put_event(bucket, key, size=1024):
     return event
 
 
+def wait_for_success(s3, emulator, task_dir):
+    """Waits for the merger's `_SUCCESS` in `task_dir`. The planner invokes the merger through
+    the emulator's Invoke API, which answers InvocationType=Event synchronously; poll in case
+    that ever changes."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            s3.head_object(Bucket=BUCKET, Key=f"{task_dir}_SUCCESS")
+            return
+        except s3.exceptions.ClientError:
+            if time.monotonic() > deadline:
+                staged = [k for k in bucket_snapshot(s3) if k.startswith(STAGING)]
+                pytest.fail(
+                    f"no {task_dir}_SUCCESS 120 s after the planner returned; staging holds "
+                    f"{staged}.\n--- tail of the watch log:\n{emulator.log_tail()}"
+                )
+            time.sleep(1)
+
+
 # --- tests, in the order they run ------------------------------------------------------------
 
 
@@ -427,21 +446,7 @@ def test_s3_put_plans_merges_and_commits_the_partition(aws, world, emulator):
     assert tasks[0]["task_id"] == "g000001-t0000", response
     assert tasks[0]["inputs"] == FILES, response
 
-    # The planner invoked the merger through the emulator's Invoke API; the emulator answers
-    # InvocationType=Event synchronously, but poll in case that ever changes.
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            s3.head_object(Bucket=BUCKET, Key=f"{TASK_DIR}_SUCCESS")
-            break
-        except s3.exceptions.ClientError:
-            if time.monotonic() > deadline:
-                staged = [k for k in bucket_snapshot(s3) if k.startswith(STAGING)]
-                pytest.fail(
-                    f"no {TASK_DIR}_SUCCESS 120 s after the planner returned; staging holds "
-                    f"{staged}.\n--- tail of the watch log:\n{emulator.log_tail()}"
-                )
-            time.sleep(1)
+    wait_for_success(s3, emulator, TASK_DIR)
     log = emulator.log_path.read_text(errors="replace")
     assert "merge task dispatched" in log, "the planner did not log its dispatch"
 
@@ -494,19 +499,6 @@ def test_eventbridge_and_scheduled_events_succeed(aws, world, emulator):
         assert (DATASET, PARTITION) in [(d, p) for d, p, _ in outcomes], (name, response)
         assert planned_tasks(response) == [], (name, response)
     assert bucket_snapshot(s3) == objects_before
-
-
-def wait_for_success(s3, emulator, task_dir):
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            s3.head_object(Bucket=BUCKET, Key=f"{task_dir}_SUCCESS")
-            return
-        except s3.exceptions.ClientError:
-            if time.monotonic() > deadline:
-                pytest.fail(f"no {task_dir}_SUCCESS 120 s after the planner returned.\n"
-                            f"--- tail of the watch log:\n{emulator.log_tail()}")
-            time.sleep(1)
 
 
 def partition_rows(s3):
