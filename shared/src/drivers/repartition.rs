@@ -225,8 +225,15 @@ pub async fn repartition(
     if record.phase == Phase::Writing {
         put_record(target.as_ref(), &record).await?;
         remove_pieces(target.as_ref(), &options.target.source_prefix).await?;
-        let (pieces, digest) =
-            write_pieces(&source, &target, &record.files, options, &template).await?;
+        let (pieces, digest) = write_pieces(
+            &source,
+            &target,
+            &record.files,
+            options,
+            &template,
+            progress.as_ref(),
+        )
+        .await?;
         report.pieces_written = pieces;
         record.source_digest = Some(digest);
         record.phase = Phase::Written;
@@ -567,7 +574,9 @@ async fn write_pieces(
     files: &[ObjectMeta],
     options: &RepartitionOptions,
     template: &PartitionTemplate,
+    progress: &dyn Progress,
 ) -> Result<(usize, RowDigest)> {
+    progress.planned(files.len(), files.iter().map(|f| f.size).sum());
     let props = writer_properties(&options.target, None)?;
     let mut selector = Selector::new(options)?;
     let mut digest = RowDigest::default();
@@ -613,6 +622,12 @@ async fn write_pieces(
             pieces += 1;
         }
         tracing::info!(file = %meta.key, done = index + 1, of = files.len(), "repartitioned");
+        progress.input_read(meta.size);
+        progress.task_done(&format!(
+            "written: {} of {} source files",
+            index + 1,
+            files.len()
+        ));
         crash_point("mid-repartition");
     }
     Ok((pieces, digest))
