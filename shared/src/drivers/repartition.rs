@@ -45,7 +45,7 @@ use crate::ports::rows::{RowChanges, RowSelection};
 use crate::ports::state::StateStore;
 use crate::ports::store::{list_all, DeleteRequest, ObjectStore, PutMode};
 use crate::services::backup::{keep_files, Kept};
-use crate::services::upsert::{route, routing_columns};
+use crate::services::upsert::{route, routing_columns, template_fields};
 use crate::support::faults::crash_point;
 use crate::support::progress::Progress;
 
@@ -469,11 +469,7 @@ async fn estimate(
     options: &RepartitionOptions,
     template: &PartitionTemplate,
 ) -> Result<(u64, Vec<TargetEstimate>)> {
-    let wanted: Vec<String> = template
-        .field_names()
-        .into_iter()
-        .flat_map(|(f, k)| std::iter::once(f).chain(k))
-        .collect();
+    let wanted = template_fields(template);
     let mut selector = Selector::new(options)?;
     let mut targets: BTreeMap<String, (u64, f64)> = BTreeMap::new();
     let mut total = 0;

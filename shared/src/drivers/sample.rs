@@ -12,7 +12,6 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use futures::{stream, StreamExt, TryStreamExt};
-use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
@@ -143,16 +142,7 @@ pub fn encode_small_file(batch: &RecordBatch) -> Result<Bytes> {
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(1_000))
         .build();
-    let mut buf = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))
-        .map_err(|e| Error::parquet("sample file", e))?;
-    writer
-        .write(batch)
-        .map_err(|e| Error::parquet("sample file", e))?;
-    writer
-        .close()
-        .map_err(|e| Error::parquet("sample file", e))?;
-    Ok(Bytes::from(buf))
+    crate::format::io::encode(batch, Some(props), "sample file")
 }
 
 pub fn partition_path(hour: DateTime<Utc>) -> String {

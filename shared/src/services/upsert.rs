@@ -7,7 +7,7 @@
 //! the source row's values of the updated columns. Row groups whose key statistics hold no
 //! source key are ruled out like a predicate's.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, BooleanArray, RecordBatch, Scalar, UInt32Array};
@@ -305,7 +305,7 @@ pub fn route(
         }
     }
     let mut out = Vec::with_capacity(batch.num_rows());
-    let mut known: BTreeMap<String, ()> = BTreeMap::new();
+    let mut known: BTreeSet<String> = BTreeSet::new();
     for row in 0..batch.num_rows() {
         let value = |name: &str| -> Option<String> {
             let column = batch.column_by_name(name)?;
@@ -323,14 +323,14 @@ pub fn route(
                     fields.join(", ")
                 ))
             })?;
-        if !known.contains_key(&path) {
+        if !known.contains(&path) {
             template.parse_partition(&path).map_err(|e| {
                 Error::Expression(format!(
                     "row {} of the source names the partition {path:?}, which the dataset's template cannot hold: {e}",
                     first + row
                 ))
             })?;
-            known.insert(path.clone(), ());
+            known.insert(path.clone());
         }
         out.push(path);
     }
@@ -568,6 +568,7 @@ impl RowChange for KeyedChange {
             .enumerate()
             .map(|(i, p)| p.filter(|_| mask.is_valid(i) && mask.value(i)))
             .collect();
+        let chosen: BooleanArray = indices.iter().map(|p| Some(p.is_some())).collect();
         let mut columns = batch.columns().to_vec();
         for name in &self.changes.update_cols {
             let Ok(at) = batch.schema().index_of(name) else {
@@ -580,12 +581,6 @@ impl RowChange for KeyedChange {
             let taken = take(source.as_ref(), &indices, None)
                 .and_then(|t| arrow::compute::cast(&t, target.data_type()))
                 .map_err(|e| Error::parquet("the upsert's rows", e))?;
-            let chosen = BooleanArray::from(
-                indices
-                    .iter()
-                    .map(|p| Some(p.is_some()))
-                    .collect::<Vec<_>>(),
-            );
             columns[at] = arrow::compute::kernels::zip::zip(&chosen, &taken, target)
                 .map_err(|e| Error::parquet("the upsert's rows", e))?;
         }

@@ -44,16 +44,8 @@ impl Merger {
         attempt: u32,
     ) -> Result<TaskManifest> {
         let store = self.store.as_ref();
-        let changes: Arc<dyn RowChanges> = match &spec.upsert {
-            Some(upsert) => Arc::new(staged_updates(store, task, upsert).await?),
-            None => self.row_changes.clone().ok_or_else(|| {
-                Error::Other(format!(
-                    "task {} is a {} of rows, which needs the SQL engine this merger does not link; run it with the `compactor` CLI",
-                    task.task_id,
-                    spec.verb()
-                ))
-            })?,
-        };
+        // Planned at the first input: an upsert task without one only inserts.
+        let changes = tokio::sync::OnceCell::new();
         let values = partition_fields(&task.dataset.template()?, &task.partition.partition)?;
         let current = current_versions(store, &task.inputs).await?;
         let (unchanged, mut skipped_inputs) = check_versions(&task.inputs, &current);
@@ -61,6 +53,9 @@ impl Merger {
         let mut rewritten: Vec<(ObjectMeta, Vec<OutputFile>, RewriteRecord)> = Vec::new();
         let mut next_index = 0;
         for meta in unchanged {
+            let changes = changes
+                .get_or_try_init(|| self.row_changes_for(task, spec))
+                .await?;
             let result = self
                 .rewrite_file(
                     task,
@@ -151,6 +146,29 @@ impl Merger {
             crash_point("after-backup");
         }
         Ok(manifest)
+    }
+
+    /// What matches and changes the rows of a task's inputs: an upsert's staged source rows
+    /// by key, or the SQL of a delete or update.
+    async fn row_changes_for(
+        &self,
+        task: &Task,
+        spec: &RewriteSpec,
+    ) -> Result<Arc<dyn RowChanges>> {
+        match &spec.upsert {
+            Some(upsert) => {
+                let key = task.staging_key(UPSERT_UPDATES);
+                let rows = decode(&key, self.store.get(&key).await?.0)?;
+                Ok(Arc::new(KeyedChanges::new(rows, &upsert.key, &upsert.update_cols)?))
+            }
+            None => self.row_changes.clone().ok_or_else(|| {
+                Error::Other(format!(
+                    "task {} is a {} of rows, which needs the SQL engine this merger does not link; run it with the `compactor` CLI",
+                    task.task_id,
+                    spec.verb()
+                ))
+            }),
+        }
     }
 
     /// Writes the rows an upsert task inserts into outputs numbered from `first_index`.
@@ -311,31 +329,6 @@ impl Merger {
         }
         Ok((outputs, record))
     }
-}
-
-/// The source rows an upsert task matches by key, from its directory.
-async fn staged_updates(
-    store: &dyn crate::ports::store::ObjectStore,
-    task: &Task,
-    upsert: &UpsertSpec,
-) -> Result<KeyedChanges> {
-    let rows = match upsert.updates {
-        0 => None,
-        _ => {
-            let key = task.staging_key(UPSERT_UPDATES);
-            Some(decode(&key, store.get(&key).await?.0)?)
-        }
-    };
-    let rows = match rows {
-        Some(rows) => rows,
-        // No key of the partition's data is in the source: the task only inserts.
-        None => {
-            let key = task.staging_key(UPSERT_INSERTS);
-            let inserts = decode(&key, store.get(&key).await?.0)?;
-            arrow::array::RecordBatch::new_empty(inserts.schema())
-        }
-    };
-    KeyedChanges::new(rows, &upsert.key, &upsert.update_cols)
 }
 
 fn corrupt(meta: &ObjectMeta, e: parquet::errors::ParquetError) -> Error {

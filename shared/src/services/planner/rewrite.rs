@@ -80,6 +80,14 @@ impl ScannedPartition {
         }
     }
 
+    /// The report of a partition with nothing to change: pruned by its fields, or no match.
+    pub fn skipped(&self) -> PartitionReport {
+        self.report(PartitionOutcome::Skipped(match self.pruned {
+            true => SkipReason::Pruned,
+            false => SkipReason::NoMatchingRows,
+        }))
+    }
+
     pub fn anomaly(&self) -> Option<String> {
         (!self.unreadable.is_empty()).then(|| {
             format!(
@@ -195,11 +203,7 @@ impl Planner {
             .scan_partition(dataset, template, partition, spec, changes)
             .await?;
         let Some(scan) = scanned.scan.as_ref().filter(|s| !s.files.is_empty()) else {
-            let reason = match scanned.pruned {
-                true => SkipReason::Pruned,
-                false => SkipReason::NoMatchingRows,
-            };
-            return Ok(scanned.report(PartitionOutcome::Skipped(reason)));
+            return Ok(scanned.skipped());
         };
         let task_spec = RewriteSpec {
             groups: scan.groups.clone(),

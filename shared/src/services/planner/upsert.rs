@@ -17,7 +17,6 @@ use crate::error::{Error, Result};
 use crate::format::io::encode;
 use crate::model::dataset::DatasetConfig;
 use crate::model::partition::PartitionTemplate;
-use crate::model::plan::SkipReason;
 use crate::model::rewrite::{RewriteScan, RewriteSpec, UpsertSpec, UPSERT_INSERTS, UPSERT_UPDATES};
 use crate::ports::store::ObjectStore;
 use crate::services::upsert::{KeyedChanges, UpsertSource};
@@ -124,11 +123,7 @@ impl Planner {
                 .get_or_insert_with(RewriteScan::default)
                 .rows_inserted = inserted.len() as u64;
             if updates.is_empty() && inserted.is_empty() {
-                let reason = match scan.pruned {
-                    true => SkipReason::Pruned,
-                    false => SkipReason::NoMatchingRows,
-                };
-                reports.push(scan.report(PartitionOutcome::Skipped(reason)));
+                reports.push(scan.skipped());
                 continue;
             }
             let mut staged = Vec::new();
