@@ -218,6 +218,7 @@ fn run_options(workers: Option<usize>, dry_run: bool) -> RunOptions {
         row_changes: Some(Arc::new(compaction_sql::SqlRowChanges)),
         upsert_rows: None,
         force: false,
+        extra_inputs: None,
     }
 }
 

@@ -60,6 +60,10 @@ pub async fn repartition(args: RepartitionArgs) -> Result<ExitCode> {
         select: args.select.clone(),
         row_changes: compaction_sql::row_changes(),
         backup: args.backup.clone(),
+        staging_prefix: config.staging_prefix.clone(),
+        memory_budget: config.memory_budget.bytes(),
+        // Nothing runs elsewhere: a group without a record was interrupted; write it again.
+        resend_after_ms: 0,
     };
     let progress = Arc::new(report::Bar::new(args.quiet || args.json || args.dry_run));
     let result = run(

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -148,8 +149,9 @@ def tree(root: Path, skip=()):
 
 
 def staging_leftovers(lake: Path):
+    """Files left in staging (a finished repartition's record stays: it is its history)."""
     staging = lake / "_compactor" / "staging"
-    return [p for p in staging.rglob("*") if p.is_file()] if staging.exists() else []
+    return [p for p in staging.rglob("*") if p.is_file() and not re.fullmatch(r"repartition/[^/]+/record\.json", p.relative_to(staging).as_posix())] if staging.exists() else []
 
 
 def predicates(n: int, seed: int):
@@ -567,6 +569,64 @@ def test_a_repartition_killed_at_any_point_converges_without_loss(lake, tmp_path
     assert_same(con, "after", "before", f"repartition killed at {point}")
     assert not list((lake / "events").rglob("*.parquet")), f"{point}: source left behind"
     assert not staging_leftovers(dst), f"{point}: staging not cleaned"
+
+
+@pytest.mark.parametrize("point", ["mid-repartition@30", "after-repartition-write", "after-merge", "before-source-delete@3"])
+@pytest.mark.parametrize("change", ["overwrite", "remove"])
+def test_a_repartition_killed_while_a_source_file_changes_loses_and_duplicates_nothing(lake, tmp_path, point, change):
+    """A crash crossed with a writer overwriting or removing a source file before the rerun: the
+    file's listed version is copied entirely or not at all (then reported and left in place), a
+    changed file is never deleted, and every other row is in the destination exactly once."""
+    con = duckdb.connect()
+    dst = tmp_path / "dst"
+    # Four larger files (about 380 KB each) so that the 1 MiB write tasks are three or more.
+    for i, (venue, day) in enumerate([("A", DAYS[0]), ("B", DAYS[1]), ("C", DAYS[1]), ("C", DAYS[2])]):
+        write_file(lake / "events" / f"venue={venue}" / f"dt={day}" / "big.parquet", 2_000_000 + i * 12_000, 12_000, 500 + i)
+    files = sorted((lake / "events").rglob("*.parquet"))
+    # Killed mid-write: the last file, whose write task the crash interrupts (so the rerun finds
+    # it changed before copying it); otherwise any file.
+    victim = files[-1] if point.startswith("mid-") else random.Random(f"{SEED}-{point}-{change}").choice(files)
+    key = victim.relative_to(lake).as_posix()
+    relation(con, lake, "before")
+    con.execute(
+        f"CREATE TABLE victim AS SELECT id, ts, price, qty, note, flag, venue, CAST(dt AS VARCHAR) AS dt "
+        f"FROM read_parquet({[str(victim)]!r}, hive_partitioning = true)")
+    con.execute("CREATE TABLE others AS SELECT * FROM before EXCEPT ALL SELECT * FROM victim")
+    # Small write tasks (1 MiB of source files each), so a crash in the last leaves others done.
+    args = ("--delete-source", "--target-file-size", "1MiB", "--row-group-size", "1MiB",
+            "--small-file-threshold", "512KiB", "--max-task-bytes", "1MiB", "--json")
+    killed = repartition(lake, dst, *args, check=False, env={"COMPACTOR_CRASH_AT": point})
+    assert killed.returncode != 0, f"{point}: not killed ({killed.stdout})"
+    if change == "overwrite":
+        write_file(victim, 900_000, 40, 99)
+        new_bytes = victim.read_bytes()
+    else:
+        victim.unlink()
+    out = repartition(lake, dst, *args, check=False)
+    assert out.returncode in (0, 3), f"{point}/{change}: exit {out.returncode}: {out.stderr}"
+    summary = json.loads(out.stdout)
+    assert summary["validated"], summary
+    relation(con, dst, "after")
+    diff = lambda a, b: con.execute(
+        f"SELECT count(*) FROM ((SELECT * FROM {a} EXCEPT ALL SELECT * FROM {b}) "
+        f"UNION ALL (SELECT * FROM {b} EXCEPT ALL SELECT * FROM {a}))").fetchone()[0]
+    copied, skipped = diff("after", "before") == 0, diff("after", "others") == 0
+    assert copied or skipped, f"{point}/{change}: the destination is neither the source with nor without {key}"
+    kept = summary["source_files_kept"]
+    left = sorted(p.relative_to(lake).as_posix() for p in (lake / "events").rglob("*.parquet"))
+    if change == "overwrite":
+        assert left == [key] and victim.read_bytes() == new_bytes, f"{point}: the overwritten file was touched ({left})"
+    else:
+        assert left == [], left
+    if skipped or change == "overwrite":
+        assert out.returncode == 3 and any(k.startswith(key) for k in kept), (out.returncode, summary)
+    else:
+        assert out.returncode == 0, (out.returncode, summary)
+    if point.startswith("mid-"):
+        # The rerun continued: the groups written before the crash were not written again.
+        assert 0 < summary["write_tasks"] < summary["groups"], summary
+        assert skipped, f"{point}/{change}: {key} changed before it was copied, yet it was copied"
+    assert not staging_leftovers(dst), f"{point}/{change}: staging not cleaned"
 
 
 def test_repartition_with_a_select_list_computes_the_new_partition_field(lake, tmp_path):

@@ -12,6 +12,7 @@ cycle (plan -> merge -> commit), then the other events against the compacted par
 import io
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -37,6 +38,11 @@ PARTITION_DIR = f"{SOURCE_PREFIX}/{PARTITION}/"
 TASK_DIR = f"{STAGING}/{DATASET}/{PARTITION}/g000001-t0000/"
 FILES = 6
 ROWS_PER_FILE = 300
+# The destination of the repartition test: the landing files in another layout, small tasks so
+# that the write phase fans out to several merger invocations.
+REPARTITIONED = "clicks_hourly"
+REPARTITIONED_PREFIX = "curated/clicks"
+LANDING = "landing/clicks"
 CONFIG = f"""
 staging_prefix = "{STAGING}"
 [[dataset]]
@@ -44,6 +50,14 @@ name = "{DATASET}"
 source_prefix = "{SOURCE_PREFIX}"
 partition_template = "dt={{date}}/hour={{hour}}"
 grace = "1m"
+[[dataset]]
+name = "{REPARTITIONED}"
+source_prefix = "{REPARTITIONED_PREFIX}"
+partition_template = "hour={{hour}}/dt={{date}}"
+target_file_size = "1MiB"
+row_group_size = "1MiB"
+small_file_threshold = "512KiB"
+max_task_bytes = "1MiB"
 """
 # The first invocation of a function compiles it (if the build is not up to date).
 INVOKE_TIMEOUT = 900
@@ -567,6 +581,33 @@ def test_delete_and_upsert_commands_run_through_the_functions(aws, world, emulat
     assert partition_rows(s3) == sorted(by_id.values(), key=lambda r: r["id"])
 
 
+def landing_table(i):
+    """A landing file of 12,000 rows with random notes (about 550 KB: two of them exceed the
+    destination's max_task_bytes, so each is a write task of its own)."""
+    rng = random.Random(1605 + i)
+    ids = list(range(1_000_000 + i * 12_000, 1_000_000 + (i + 1) * 12_000))
+    return pa.table({
+        "id": pa.array(ids, pa.int64()),
+        "user": pa.array([f"user-{n % 11}" for n in ids], pa.string()),
+        "note": pa.array([f"{rng.getrandbits(128):032x}" for _ in ids], pa.string()),
+        "ts": pa.array([1714629600_000_000 + n for n in ids], pa.timestamp("us", tz="UTC")),
+    })
+
+
+def rows_under(s3, prefix):
+    """Every row of the Parquet objects under `prefix`, with its `key=value` levels as columns,
+    as a sorted list of tuples (a multiset of every value)."""
+    out = []
+    for key in bucket_snapshot(s3):
+        if key.startswith(prefix) and key.endswith(".parquet") and "/_" not in key[len(prefix):]:
+            levels = dict(l.split("=", 1) for l in key[len(prefix):].split("/")[:-1])
+            body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
+            for row in pq.read_table(io.BytesIO(body)).to_pylist():
+                row.update(levels)
+                out.append(tuple(sorted((k, str(v)) for k, v in row.items())))
+    return sorted(out)
+
+
 BAD_EVENTS = [
     ("planner", "empty", {}),
     ("planner", "unknown-command", {"command": "explode"}),
@@ -576,6 +617,10 @@ BAD_EVENTS = [
     ("planner", "unknown-dataset", {"command": "sweep", "dataset": "nope"}),
     ("planner", "hostile-delete", {"command": "delete", "dataset": DATASET, "where": "id > 0; DROP TABLE x"}),
     ("planner", "delete-unknown-column", {"command": "delete", "dataset": DATASET, "where": "nope = 1"}),
+    ("planner", "repartition-into-its-source",
+     {"command": "repartition", "dataset": REPARTITIONED, "from": "curated/"}),
+    ("planner", "repartition-unknown-column",
+     {"command": "repartition", "dataset": REPARTITIONED, "from": "raw/", "select": "id, nope"}),
     ("planner", "upsert-escaping-key", {"command": "upsert", "dataset": DATASET, "from": "../x.parquet", "key": ["id"]}),
     ("committer", "empty", {}),
     ("committer", "not-a-marker",
@@ -605,4 +650,62 @@ def test_committer_for_a_missing_task_dir_does_nothing(aws, world, emulator, tmp
     print(f"committer-manual.json after the commit: {json.dumps(response)}")
     [result] = response["results"]
     assert result.get("committed") is not True, response
+    assert snapshot(aws, world) == before
+
+
+def test_repartition_command_fans_out_to_mergers_and_validates(aws, world, emulator, tmp_path):
+    _, s3, _ = aws
+    # Four landing files in two partitions of the old layout (dt, then hour).
+    for i in range(4):
+        buf = io.BytesIO()
+        pq.write_table(landing_table(i), buf)
+        s3.put_object(Bucket=BUCKET, Key=f"{LANDING}/dt=2024-05-02/hour={7 + i % 2:02d}/part-{i}.parquet",
+                      Body=buf.getvalue())
+    source = rows_under(s3, f"{LANDING}/")
+    assert len(source) == 48_000
+    event = json.loads((EVENTS / "planner-repartition.json").read_text())
+    event.update({"dataset": REPARTITIONED, "from": f"{LANDING}/", "backup": "_backups/landing", "dry_run": True})
+    before = snapshot(aws, world)
+    dry = emulator.ok("planner", write_event(tmp_path, "repartition-dry.json", event))["repartition"]
+    assert {t["partition"]: t["rows"] for t in dry["targets"]} == {
+        "hour=07/dt=2024-05-02": 24_000, "hour=08/dt=2024-05-02": 24_000}, dry
+    assert snapshot(aws, world) == before, "a dry-run repartition changed the bucket or the state"
+    event["dry_run"] = False
+    path = write_event(tmp_path, "repartition.json", event)
+    # 1: the write tasks go to the merger function, one per group of source files.
+    first = emulator.ok("planner", path)["repartition"]
+    assert first["phase"] == "writing" and first["groups"] >= 2, first
+    assert first["write_tasks"] == first["groups"] and first["waiting"], first
+    record_dir = f"{STAGING}/repartition/{REPARTITIONED}/"
+    deadline = time.monotonic() + 120
+    while len([k for k in bucket_snapshot(s3) if k.startswith(f"{record_dir}groups/")]) < first["groups"]:
+        assert time.monotonic() < deadline, f"groups not written: {bucket_snapshot(s3).keys()}\n{emulator.log_tail()}"
+        time.sleep(1)
+    assert not any(k.startswith(f"{REPARTITIONED_PREFIX}/") for k in bucket_snapshot(s3)), \
+        "pieces reached the destination before every group was written"
+    # 2: every group written; the destination's partitions are compacted from the pieces.
+    second = emulator.ok("planner", path)
+    assert second["repartition"]["phase"] == "written", second
+    tasks = [(p, t["task_id"]) for _, p, o in partition_outcomes(second) for t in o.get("tasks", [])]
+    assert sorted({p for p, _ in tasks}) == ["hour=07/dt=2024-05-02", "hour=08/dt=2024-05-02"], second
+    for partition, task_id in tasks:
+        task_dir = f"{STAGING}/{REPARTITIONED}/{partition}/{task_id}/"
+        wait_for_success(s3, emulator, task_dir)
+        committed = emulator.ok("committer", write_event(tmp_path, "rp-commit.json", {"task_dir": task_dir}))
+        assert committed["results"][0].get("committed") is True, committed
+    # 3: validated against the source's digest; the source deleted, kept under the backup.
+    third = emulator.ok("planner", path)["repartition"]
+    assert third["phase"] == "source_deleted" and third["validated"], third
+    assert third["source_files_deleted"] == 4 and third["source_files_kept"] == [], third
+    assert third["source_digest"] == third["target_digest"], third
+    assert rows_under(s3, f"{REPARTITIONED_PREFIX}/") == source, "the destination's rows differ from the source's"
+    keys = bucket_snapshot(s3)
+    assert not any(k.startswith(f"{LANDING}/") for k in keys), "the source was not deleted"
+    assert len([k for k in keys if k.startswith("_backups/landing/") and k.endswith(".parquet")]) == 4
+    assert [k for k in keys if k.startswith(record_dir)] == [f"{record_dir}record.json"], \
+        "the repartition left staging behind"
+    # Once more: nothing left to do, nothing changes.
+    before = snapshot(aws, world)
+    again = emulator.ok("planner", path)["repartition"]
+    assert again["phase"] == "source_deleted" and again["write_tasks"] == 0, again
     assert snapshot(aws, world) == before

@@ -107,6 +107,7 @@ pub fn run_options(dry_run: bool) -> RunOptions {
         row_changes: None,
         upsert_rows: None,
         force: false,
+        extra_inputs: None,
     }
 }
 

@@ -98,6 +98,24 @@ pub enum PlannerCommand {
         #[serde(default)]
         dry_run: bool,
     },
+    /// Copy the data files under `"from"` (a prefix in the data's bucket) into the file
+    /// dataset `"dataset"` (its template and sizes), as `compactor repartition`. Each invocation
+    /// advances it as far as it can without waiting: write tasks sent to mergers, then the
+    /// destination's compaction, then validation and (with `delete_source`) the source's
+    /// deletion; the response's `phase` and `waiting` say where it stands. Invoke it again
+    /// until `phase` is `validated` (or `source_deleted`).
+    Repartition {
+        dataset: String,
+        from: String,
+        #[serde(default)]
+        select: Option<String>,
+        #[serde(default)]
+        delete_source: bool,
+        #[serde(default)]
+        backup: Option<String>,
+        #[serde(default)]
+        dry_run: bool,
+    },
 }
 
 /// `{"report": {"since": "14d", "dataset": ["events"]}}`: both optional (default: the
@@ -125,7 +143,7 @@ pub enum PlannerEvent {
 const ACCEPTED_PLANNER: &str =
     "expected an S3 notification ({\"Records\": [...]}), an EventBridge \
     event from S3 (\"detail-type\": \"Object Created\") or the scheduler (\"Scheduled Event\"), or \
-    a command ({\"command\": \"plan\" | \"sweep\" | \"backfill\" | \"delete\" | \"update\" | \"upsert\", ...}) or a report \
+    a command ({\"command\": \"plan\" | \"sweep\" | \"backfill\" | \"delete\" | \"update\" | \"upsert\" | \"repartition\", ...}) or a report \
     ({\"report\": {...}}; see events/)";
 
 /// The `detail` of an EventBridge "Object Created" event from S3.

@@ -46,6 +46,9 @@ pub struct RunOptions {
     pub force: bool,
     /// The source rows of an upsert (`rewrite` with an upsert spec), as read.
     pub upsert_rows: Option<Arc<Vec<arrow::array::RecordBatch>>>,
+    /// Files to merge into partitions besides their own (see [`PlanOptions::extra_inputs`]).
+    pub extra_inputs:
+        Option<Arc<std::collections::BTreeMap<String, Vec<crate::model::object::ObjectMeta>>>>,
 }
 
 #[derive(Clone, Debug)]
@@ -303,6 +306,7 @@ pub async fn run_local(
         only: options.partitions.clone(),
         // A rewrite is asked for: coldness and back-off do not hold it up.
         force: options.force || options.rewrite.is_some(),
+        extra_inputs: options.extra_inputs.clone(),
         ..PlanOptions::sweep(options.now, options.dry_run)
     };
     let wanted = |name: &str| {

@@ -13,6 +13,7 @@ pub mod object;
 pub mod partition;
 pub mod passes;
 pub mod plan;
+pub mod repartition;
 pub mod report;
 pub mod rewrite;
 pub mod schema;

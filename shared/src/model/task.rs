@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::dataset::DatasetConfig;
 use crate::model::hot::export::ExportSpec;
 use crate::model::object::{dir_prefix, join_key, ObjectMeta};
+use crate::model::repartition::RepartitionWrite;
 use crate::model::rewrite::RewriteSpec;
 use crate::model::state::PartitionId;
 
@@ -70,6 +71,10 @@ pub enum TaskKind {
     /// Delete or update the rows matching a predicate in the input files, each rewritten into
     /// its own output ([`crate::model::rewrite`]).
     Rewrite(Box<RewriteSpec>),
+    /// Split a group of a repartition's source files into pieces by target partition
+    /// ([`crate::model::repartition`]): recorded once, never committed (the pieces are the
+    /// inputs of the destination's compaction).
+    RepartitionWrite(Box<RepartitionWrite>),
 }
 
 /// A step of a sort in passes.
@@ -103,6 +108,7 @@ impl TaskKind {
             TaskKind::ExportRange(_) => "export_range",
             TaskKind::SortStep(_) => "sort_step",
             TaskKind::Rewrite(_) => "rewrite",
+            TaskKind::RepartitionWrite(_) => "repartition_write",
         }
     }
 
@@ -123,6 +129,9 @@ impl Serialize for TaskKind {
             TaskKind::ExportRange(spec) => map.serialize_entry("export", spec.as_ref())?,
             TaskKind::SortStep(step) => map.serialize_entry("sort_step", step.as_ref())?,
             TaskKind::Rewrite(spec) => map.serialize_entry("rewrite", spec.as_ref())?,
+            TaskKind::RepartitionWrite(w) => {
+                map.serialize_entry("repartition_write", w.as_ref())?
+            }
         }
         map.end()
     }
@@ -138,14 +147,24 @@ impl<'de> Deserialize<'de> for TaskKind {
             sort_step: Option<SortStep>,
             #[serde(default)]
             rewrite: Option<RewriteSpec>,
+            #[serde(default)]
+            repartition_write: Option<RepartitionWrite>,
         }
         let keys = Keys::deserialize(deserializer)?;
-        Ok(match (keys.export, keys.sort_step, keys.rewrite) {
-            (Some(spec), _, _) => TaskKind::ExportRange(Box::new(spec)),
-            (None, Some(step), _) => TaskKind::SortStep(Box::new(step)),
-            (None, None, Some(spec)) => TaskKind::Rewrite(Box::new(spec)),
-            (None, None, None) => TaskKind::MergeFiles,
-        })
+        Ok(
+            match (
+                keys.export,
+                keys.sort_step,
+                keys.rewrite,
+                keys.repartition_write,
+            ) {
+                (Some(spec), ..) => TaskKind::ExportRange(Box::new(spec)),
+                (None, Some(step), ..) => TaskKind::SortStep(Box::new(step)),
+                (None, None, Some(spec), _) => TaskKind::Rewrite(Box::new(spec)),
+                (None, None, None, Some(w)) => TaskKind::RepartitionWrite(Box::new(w)),
+                (None, None, None, None) => TaskKind::MergeFiles,
+            },
+        )
     }
 }
 

@@ -9,5 +9,6 @@ pub mod hot_delete;
 pub mod lease;
 pub mod merger;
 pub mod planner;
+pub mod repartition;
 pub mod report;
 pub mod upsert;

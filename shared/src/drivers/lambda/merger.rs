@@ -17,6 +17,7 @@ use crate::ports::dispatch::{Dispatcher, LambdaDispatcher};
 use crate::ports::rows::RowChanges;
 use crate::ports::store::{list_all, read_json, PutMode};
 use crate::services::merger::{MergeOutcome, Merger, TimeLimit};
+use crate::services::repartition::write_group;
 use crate::support::env::env_var;
 use crate::support::progress::NoProgress;
 
@@ -129,6 +130,35 @@ impl MergerFunction {
                 left.as_secs()
             )));
         }
+        if let TaskKind::RepartitionWrite(spec) = &task.kind {
+            // No lease and nothing to commit: the group is recorded once, its pieces are the
+            // destination compaction's inputs.
+            let store = &self.deployment.store;
+            let written = write_group(
+                store,
+                store,
+                &task.dataset,
+                spec,
+                &task.inputs,
+                self.row_changes.clone(),
+                &NoProgress,
+            )
+            .await?;
+            tracing::info!(
+                task = task.task_id,
+                group = written.group,
+                pieces = written.pieces.len(),
+                rows = written.digest.rows,
+                "repartition group written"
+            );
+            return Ok(json!({
+                "task_id": task.task_id,
+                "repartition_group": written.group,
+                "attempt": written.attempt,
+                "pieces": written.pieces.len(),
+                "rows": written.digest.rows,
+            }));
+        }
         std::fs::create_dir_all(&self.scratch)
             .map_err(|e| Error::io(self.scratch.display().to_string(), e))?;
         let merger = Merger::new(
@@ -150,6 +180,7 @@ impl MergerFunction {
             }
             TaskKind::MergeFiles | TaskKind::SortStep(_) => "Lower max_task_bytes",
             TaskKind::Rewrite(_) => "Narrow the predicate to fewer partitions",
+            TaskKind::RepartitionWrite(_) => "Lower the destination's max_task_bytes",
         };
         let continuation = task.clone();
         let partition = task.partition.clone();

@@ -1,7 +1,7 @@
 //! The planner function: S3 and EventBridge events, schedules and manual commands, planned and
 //! dispatched to merger functions (see `crate::drivers::events` for the event shapes).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,15 +13,22 @@ use crate::drivers::events::{
 use crate::drivers::lambda::metrics::{health_documents, Metrics};
 use crate::error::{Error, Result};
 use crate::model::config::{AnyDataset, Config};
+use crate::model::dataset::DatasetConfig;
+use crate::model::object::{dir_prefix, validate_key, ObjectMeta};
 use crate::model::partition::{coldness, Coldness};
+use crate::model::repartition::overlapping;
 use crate::model::report::LakeReport;
 use crate::model::rewrite::{RewriteSpec, UpsertSpec};
 use crate::model::state::{Counters, PartitionId};
+use crate::model::task::Task;
 use crate::ports::dispatch::{CollectingDispatcher, Dispatcher, LambdaDispatcher};
 use crate::ports::rows::RowChanges;
 use crate::ports::store::PutMode;
 use crate::services::planner::{
     DatasetPlan, PartitionOutcome, PlanOptions, Planner, PlannerSettings,
+};
+use crate::services::repartition::{
+    repartition as run_repartition, Compacted, RepartitionOptions, RepartitionRunner,
 };
 use crate::services::report::{since as since_window, Footers, ReportOptions, Reporter};
 use crate::services::upsert::{SourceRows, UpsertSource};
@@ -310,6 +317,24 @@ impl PlannerFunction {
                 self.rewrite(request_id, &dataset, spec, Some(rows), dry_run, metrics)
                     .await
             }
+            PlannerCommand::Repartition {
+                dataset,
+                from,
+                select,
+                delete_source,
+                backup,
+                dry_run,
+            } => {
+                let options = self.repartition_options(
+                    &dataset,
+                    &from,
+                    select,
+                    delete_source,
+                    backup,
+                    dry_run,
+                )?;
+                self.repartition(planner, options).await
+            }
             PlannerCommand::Backfill {
                 dataset,
                 date,
@@ -387,6 +412,99 @@ impl PlannerFunction {
         let plans = vec![plan];
         record_plans(&plans, metrics);
         Ok(json!({"operation": spec.verb(), "tasks": sent, "plans": plans_json(&plans)}))
+    }
+
+    /// A repartition's options from its command, checked: the destination a configured file
+    /// dataset, the source a prefix that does not overlap it, the backup outside both.
+    fn repartition_options(
+        &self,
+        dataset: &str,
+        from: &str,
+        select: Option<String>,
+        delete_source: bool,
+        backup: Option<String>,
+        dry_run: bool,
+    ) -> Result<RepartitionOptions> {
+        let AnyDataset::Files(ds) = self.any_dataset(dataset)? else {
+            return Err(Error::BadEvent(format!(
+                "{dataset:?} is a hot dataset: a repartition copies into a file dataset"
+            )));
+        };
+        validate_key(from).map_err(|e| Error::BadEvent(format!("\"from\": {e}")))?;
+        let source_prefix = dir_prefix(from);
+        let config = &self.deployment.config;
+        let own = dir_prefix(&config.staging_prefix);
+        for (what, prefix) in [
+            ("the destination", ds.source_dir()),
+            ("staging", own.clone()),
+        ] {
+            if overlapping(&source_prefix, &prefix) {
+                return Err(Error::BadEvent(format!(
+                    "\"from\": {source_prefix:?} overlaps {what} ({prefix:?}); a repartition copies into another prefix"
+                )));
+            }
+        }
+        if let Some(b) = &backup {
+            validate_key(b).map_err(|e| Error::BadEvent(format!("\"backup\": {e}")))?;
+            if !delete_source {
+                return Err(Error::BadEvent(
+                    "\"backup\" keeps the source files a repartition deletes: it needs \"delete_source\": true".into(),
+                ));
+            }
+            if [&source_prefix, &ds.source_dir(), &own]
+                .iter()
+                .any(|p| overlapping(&dir_prefix(b), p))
+            {
+                return Err(Error::BadEvent(format!(
+                    "\"backup\": {b:?} overlaps the source, the destination or staging; keep the backup apart"
+                )));
+            }
+        }
+        Ok(RepartitionOptions {
+            source_prefix,
+            source_label: format!("s3://{}", self.deployment.bucket),
+            target: ds.clone(),
+            staging_prefix: config.staging_prefix.clone(),
+            memory_budget: config.memory_budget.bytes(),
+            dry_run,
+            delete_source,
+            select,
+            row_changes: self.row_changes.clone(),
+            backup,
+            // A write task not done within a lease's time is taken for lost and sent again.
+            resend_after_ms: config.lease_ttl.0.as_millis() as i64,
+        })
+    }
+
+    /// Advances a repartition by one step: its write tasks and the destination's compaction
+    /// go to merger functions; the response says the phase reached and what it waits for.
+    async fn repartition(&self, planner: &Planner, options: RepartitionOptions) -> Result<Value> {
+        let AnyDataset::Files(ds) = self.any_dataset(&options.target.name)? else {
+            return Err(Error::BadEvent(
+                "a repartition copies into a file dataset".into(),
+            ));
+        };
+        let runner = FanOut {
+            planner,
+            dispatcher: self.dispatcher.as_ref(),
+            dataset: ds,
+            plans: std::sync::Mutex::new(Vec::new()),
+        };
+        let store = Arc::clone(&self.deployment.store);
+        let report = run_repartition(
+            Arc::clone(&store),
+            Some(store),
+            &options,
+            &runner,
+            crate::support::clock::now_ms(),
+        )
+        .await
+        .map_err(|e| match e {
+            Error::Expression(m) => Error::BadEvent(m),
+            other => other,
+        })?;
+        let plans = runner.plans.into_inner().unwrap_or_default();
+        Ok(json!({"operation": "repartition", "repartition": report, "plans": plans_json(&plans)}))
     }
 
     /// A dataset named by an event: unknown names are the event's fault.
@@ -633,6 +751,52 @@ fn record_plans(plans: &[DatasetPlan], metrics: &mut Metrics) {
                 }
             }
         }
+    }
+}
+
+/// A repartition's tasks sent to merger functions: its write tasks as they are, the
+/// destination's compaction planned (forced, its pieces as inputs) like any other.
+struct FanOut<'a> {
+    planner: &'a Planner,
+    dispatcher: &'a dyn Dispatcher,
+    dataset: &'a DatasetConfig,
+    plans: std::sync::Mutex<Vec<DatasetPlan>>,
+}
+
+#[async_trait::async_trait(?Send)]
+impl RepartitionRunner for FanOut<'_> {
+    async fn write(&self, tasks: Vec<Task>) -> Result<bool> {
+        for task in tasks {
+            self.dispatcher.dispatch(task).await?;
+        }
+        Ok(false)
+    }
+
+    async fn compact(&self, pieces: BTreeMap<String, Vec<ObjectMeta>>) -> Result<Compacted> {
+        let options = PlanOptions {
+            only: Some(pieces.keys().cloned().collect()),
+            force: true,
+            extra_inputs: Some(Arc::new(pieces)),
+            ..PlanOptions::sweep(chrono::Utc::now(), false)
+        };
+        let plan = self.planner.plan_dataset(self.dataset, &options).await?;
+        let mut compacted = Compacted::default();
+        for p in &plan.partitions {
+            match &p.outcome {
+                PartitionOutcome::Planned { .. } => compacted.partitions += 1,
+                // Its compaction is under way (sent by an earlier run).
+                PartitionOutcome::LeaseHeld { .. } => {}
+                other => {
+                    compacted
+                        .problems
+                        .push(format!("{}: {}", p.partition, outcome_json(other)))
+                }
+            }
+        }
+        if let Ok(mut plans) = self.plans.lock() {
+            plans.push(plan);
+        }
+        Ok(compacted)
     }
 }
 

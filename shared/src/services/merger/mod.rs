@@ -142,6 +142,12 @@ impl Merger {
                     step.name, task.task_id
                 )))
             }
+            TaskKind::RepartitionWrite(_) => {
+                return Err(Error::Other(format!(
+                    "task {} is a repartition's write task: services::repartition::write_group runs it (nothing of it is committed)",
+                    task.task_id
+                )))
+            }
         };
         if manifest.merge_ms == 0 {
             // A sort in passes adds up its steps' times instead.

@@ -9,7 +9,7 @@ mod recovery;
 pub mod rewrite;
 pub mod upsert;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -71,6 +71,9 @@ pub struct PlanOptions {
     pub deadline: Option<std::time::Instant>,
     /// Recover interrupted work in staging first (sweeps do; single-partition plans need not).
     pub recover: bool,
+    /// Files to merge into a partition besides its own, by partition (a repartition's pieces,
+    /// which live in staging).
+    pub extra_inputs: Option<Arc<BTreeMap<String, Vec<ObjectMeta>>>>,
 }
 
 impl PlanOptions {
@@ -85,6 +88,7 @@ impl PlanOptions {
             after: None,
             deadline: None,
             recover: true,
+            extra_inputs: None,
         }
     }
 }
@@ -448,7 +452,10 @@ impl Planner {
         options: &PlanOptions,
     ) -> Result<PartitionReport> {
         let values = template.parse_partition(partition)?;
-        let files = self.partition_files(dataset, partition).await?;
+        let mut files = self.partition_files(dataset, partition).await?;
+        if let Some(extra) = options.extra_inputs.as_ref().and_then(|e| e.get(partition)) {
+            files.extend(extra.iter().cloned());
+        }
         let (files_count, data_bytes) = (files.len(), files.iter().map(|f| f.size).sum());
         let mut notes = Vec::new();
         let report = |outcome, files: &mut Vec<FileNote>| PartitionReport {
