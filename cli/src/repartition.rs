@@ -84,7 +84,10 @@ pub async fn repartition(args: RepartitionArgs) -> Result<ExitCode> {
         print(&report, &args);
     }
     Ok(
-        if report.compaction_problems.is_empty() && report.source_files_kept.is_empty() {
+        if report.compaction_problems.is_empty()
+            && report.source_files_kept.is_empty()
+            && report.waiting.is_none()
+        {
             ExitCode::SUCCESS
         } else {
             ExitCode::from(EXIT_PARTIAL)
@@ -146,12 +149,18 @@ fn print(r: &RepartitionReport, args: &RepartitionArgs) {
         return;
     }
     println!(
-        "written:    {} piece(s); {} partition(s) compacted into {} file(s), {}",
-        r.pieces_written,
+        "written:    {} write task(s) run now, {} of {} group(s) of source files done; {} piece(s)",
+        r.write_tasks, r.groups_written, r.groups, r.pieces_written
+    );
+    println!(
+        "compacted:  {} partition(s) now; the copy holds {} file(s), {}",
         r.compacted_partitions,
         r.target_files,
         human_bytes(r.target_bytes)
     );
+    if let Some(w) = &r.waiting {
+        println!("not done:   {w}");
+    }
     if let (Some(s), Some(t)) = (r.source_digest, r.target_digest) {
         println!("validated:  source {s}; copy {t}");
     }
@@ -164,7 +173,7 @@ fn print(r: &RepartitionReport, args: &RepartitionArgs) {
                 .map(|b| format!("; kept under {b} (undo: compactor restore DIR {b})"))
                 .unwrap_or_default()
         );
-    } else {
+    } else if r.validated {
         println!("source:     kept (run again with --delete-source to delete it)");
     }
     for k in &r.source_files_kept {
