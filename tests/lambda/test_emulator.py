@@ -683,18 +683,22 @@ def test_repartition_command_fans_out_to_mergers_and_validates(aws, world, emula
         time.sleep(1)
     assert not any(k.startswith(f"{REPARTITIONED_PREFIX}/") for k in bucket_snapshot(s3)), \
         "pieces reached the destination before every group was written"
-    # 2: every group written; the destination's partitions are compacted from the pieces.
-    second = emulator.ok("planner", path)
-    assert second["repartition"]["phase"] == "written", second
-    tasks = [(p, t["task_id"]) for _, p, o in partition_outcomes(second) for t in o.get("tasks", [])]
-    assert sorted({p for p, _ in tasks}) == ["hour=07/dt=2024-05-02", "hour=08/dt=2024-05-02"], second
+    # 2: the schedule carries it on: every group is written, so the destination's partitions are
+    # planned with the pieces as inputs, merged by the merger, committed by the committer.
+    scheduled = EVENTS / "planner-scheduled.json"
+    second = emulator.ok("planner", scheduled)
+    [carried] = second["repartitions"]
+    assert carried["dataset"] == REPARTITIONED and carried["repartition"]["phase"] == "written", second
+    tasks = [(p, t["task_id"]) for _, p, o in partition_outcomes(carried) for t in o.get("tasks", [])]
+    assert sorted({p for p, _ in tasks}) == ["hour=07/dt=2024-05-02", "hour=08/dt=2024-05-02"], carried
     for partition, task_id in tasks:
         task_dir = f"{STAGING}/{REPARTITIONED}/{partition}/{task_id}/"
         wait_for_success(s3, emulator, task_dir)
         committed = emulator.ok("committer", write_event(tmp_path, "rp-commit.json", {"task_dir": task_dir}))
         assert committed["results"][0].get("committed") is True, committed
     # 3: validated against the source's digest; the source deleted, kept under the backup.
-    third = emulator.ok("planner", path)["repartition"]
+    [carried] = emulator.ok("planner", scheduled)["repartitions"]
+    third = carried["repartition"]
     assert third["phase"] == "source_deleted" and third["validated"], third
     assert third["source_files_deleted"] == 4 and third["source_files_kept"] == [], third
     assert third["source_digest"] == third["target_digest"], third
@@ -709,3 +713,4 @@ def test_repartition_command_fans_out_to_mergers_and_validates(aws, world, emula
     again = emulator.ok("planner", path)["repartition"]
     assert again["phase"] == "source_deleted" and again["write_tasks"] == 0, again
     assert snapshot(aws, world) == before
+    assert emulator.ok("planner", scheduled)["repartitions"] == [], "a finished repartition was carried on"

@@ -56,6 +56,11 @@ pub struct Record {
     /// not copied, never deleted.
     #[serde(default)]
     pub skipped: Vec<SkippedSource>,
+    /// What the last run asked for once validated (what a scheduled run carries on with).
+    #[serde(default)]
+    pub delete_source: bool,
+    #[serde(default)]
+    pub backup: Option<String>,
 }
 
 /// A source file a write task did not copy: changed or removed since it was listed.
@@ -66,6 +71,15 @@ pub struct SkippedSource {
 }
 
 impl Record {
+    /// Whether anything is left to do (a validated copy whose source is to stay is done).
+    pub fn unfinished(&self) -> bool {
+        match self.phase {
+            Phase::Writing | Phase::Written => true,
+            Phase::Validated => self.delete_source,
+            Phase::SourceDeleted => false,
+        }
+    }
+
     pub fn groups(&self) -> usize {
         self.group_starts.len()
     }
@@ -130,9 +144,14 @@ pub struct RepartitionWrite {
     pub select: Option<String>,
 }
 
+/// Where every repartition's directory is (`<staging>/repartition/`).
+pub fn repartitions_dir(staging_prefix: &str) -> String {
+    join_key(&[staging_prefix, "repartition"]) + "/"
+}
+
 /// The directory of `dataset`'s repartition in staging.
 pub fn repartition_dir(staging_prefix: &str, dataset: &str) -> String {
-    join_key(&[staging_prefix, "repartition", dataset]) + "/"
+    format!("{}{dataset}/", repartitions_dir(staging_prefix))
 }
 
 pub fn record_key(dir: &str) -> String {
@@ -211,6 +230,8 @@ mod tests {
             source_digest: None,
             target_digest: None,
             skipped: Vec::new(),
+            delete_source: false,
+            backup: None,
         };
         assert_eq!(record.groups(), 4);
         // Every file in exactly one group, in order.
@@ -220,6 +241,17 @@ mod tests {
         assert_eq!(all, files);
         assert_eq!(record.group(2), (3, &files[3..4]));
         assert!(group_starts(&[], 8).is_empty());
+        // What a schedule carries on: anything before validation; after it, only a deletion.
+        let at = |phase, delete_source| Record {
+            phase,
+            delete_source,
+            ..record.clone()
+        };
+        assert!(at(Phase::Writing, false).unfinished() && at(Phase::Written, false).unfinished());
+        assert!(
+            !at(Phase::Validated, false).unfinished() && at(Phase::Validated, true).unfinished()
+        );
+        assert!(!at(Phase::SourceDeleted, true).unfinished());
     }
 
     #[test]

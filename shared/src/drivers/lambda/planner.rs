@@ -129,8 +129,12 @@ impl PlannerFunction {
                 let swept = self
                     .sweep(&planner, None, false, false, stop_at, &mut metrics)
                     .await;
+                let carried = self.carry_repartitions(&planner).await;
                 self.emit_health().await;
-                swept
+                swept.map(|mut v| {
+                    v["repartitions"] = carried;
+                    v
+                })
             }
             PlannerEvent::Report(request) => self.write_report(&request).await,
             PlannerEvent::Command(command) => {
@@ -505,6 +509,44 @@ impl PlannerFunction {
         })?;
         let plans = runner.plans.into_inner().unwrap_or_default();
         Ok(json!({"operation": "repartition", "repartition": report, "plans": plans_json(&plans)}))
+    }
+
+    /// Advances every unfinished repartition one step, with what its last command asked for
+    /// (so that after its first invocation the schedule carries it to the end). A repartition
+    /// that cannot advance is reported, not an error of the sweep.
+    async fn carry_repartitions(&self, planner: &Planner) -> Value {
+        let config = &self.deployment.config;
+        let recorded = match crate::services::repartition::recorded(
+            self.deployment.store.as_ref(),
+            &config.staging_prefix,
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(e) => return json!([{"error": e.to_string()}]),
+        };
+        let mut out = Vec::new();
+        for (dataset, record) in recorded.into_iter().filter(|(_, r)| r.unfinished()) {
+            let advanced = match self.repartition_options(
+                &dataset,
+                &record.source_prefix,
+                record.select.clone(),
+                record.delete_source,
+                record.backup.clone(),
+                false,
+            ) {
+                Ok(options) => self.repartition(planner, options).await,
+                Err(e) => Err(e),
+            };
+            out.push(match advanced {
+                Ok(v) => json!({"dataset": dataset, "repartition": v["repartition"], "plans": v["plans"]}),
+                Err(e) => {
+                    tracing::error!(dataset, error = %e, "the scheduled run could not advance a repartition");
+                    json!({"dataset": dataset, "error": e.to_string()})
+                }
+            });
+        }
+        Value::Array(out)
     }
 
     /// A dataset named by an event: unknown names are the event's fault.

@@ -47,6 +47,22 @@ use crate::support::faults::crash_point;
 
 pub use rows::{source_files, write_group, TargetEstimate};
 
+/// Every repartition recorded in `store` under `staging_prefix`, by destination dataset.
+pub async fn recorded(
+    store: &dyn ObjectStore,
+    staging_prefix: &str,
+) -> Result<Vec<(String, Record)>> {
+    let mut out = Vec::new();
+    let root = crate::model::repartition::repartitions_dir(staging_prefix);
+    for dir in list_all(store, &root, Some('/')).await?.common_prefixes {
+        if let Some(record) = read_json::<Record>(store, &record_key(&dir)).await? {
+            let dataset = dir.trim_start_matches(root.as_str()).trim_end_matches('/');
+            out.push((dataset.to_string(), record));
+        }
+    }
+    Ok(out)
+}
+
 /// What to repartition, and where.
 #[derive(Clone, Debug)]
 pub struct RepartitionOptions {
@@ -156,6 +172,8 @@ pub async fn repartition(
         source_digest: None,
         target_digest: None,
         skipped: Vec::new(),
+        delete_source: options.delete_source,
+        backup: options.backup.clone(),
     };
     let found = match &target {
         Some(t) => read_record(t.as_ref(), &dir).await?,
@@ -178,6 +196,17 @@ pub async fn repartition(
             }
             report.resumed_from = Some(r.phase);
             saved.version = Some(version);
+            let mut r = r;
+            if !options.dry_run
+                && (r.delete_source, &r.backup) != (options.delete_source, &options.backup)
+            {
+                // The latest run says what happens once validated (a schedule carries it on).
+                r.delete_source = options.delete_source;
+                r.backup = options.backup.clone();
+                if let Some(t) = &target {
+                    saved.put(t.as_ref(), &r).await?;
+                }
+            }
             r
         }
         None => {
