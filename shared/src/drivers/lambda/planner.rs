@@ -44,6 +44,9 @@ pub struct PlannerFunction {
     /// Plans the SQL of delete and update commands (`None`: a build without the SQL engine,
     /// which refuses them).
     row_changes: Option<Arc<dyn RowChanges>>,
+    /// Where a command's `backup` may go (`COMPACTOR_BACKUP_PREFIX`: what the functions' IAM
+    /// grants cover); `None`: anywhere.
+    backup_prefix: Option<String>,
 }
 
 impl PlannerFunction {
@@ -67,7 +70,9 @@ impl PlannerFunction {
             })?;
             cap_task_size(&mut deployment.config, seconds, throughput);
         }
-        Ok(Self::new(deployment, Arc::new(dispatcher)))
+        let mut function = Self::new(deployment, Arc::new(dispatcher));
+        function.backup_prefix = env_var("COMPACTOR_BACKUP_PREFIX").map(|p| dir_prefix(&p));
+        Ok(function)
     }
 
     pub fn new(deployment: Deployment, dispatcher: Arc<dyn Dispatcher>) -> Self {
@@ -75,6 +80,7 @@ impl PlannerFunction {
             deployment,
             dispatcher,
             row_changes: None,
+            backup_prefix: None,
         }
     }
 
@@ -227,6 +233,7 @@ impl PlannerFunction {
         metrics: &mut Metrics,
     ) -> Result<Value> {
         let now = chrono::Utc::now();
+        self.check_backup(&command)?;
         match command {
             PlannerCommand::Sweep {
                 dataset,
@@ -547,6 +554,30 @@ impl PlannerFunction {
             });
         }
         Value::Array(out)
+    }
+
+    /// A command's `backup` is a valid key under `COMPACTOR_BACKUP_PREFIX` (when set): refused
+    /// before anything is written, rather than denied by IAM halfway.
+    fn check_backup(&self, command: &PlannerCommand) -> Result<()> {
+        let backup = match command {
+            PlannerCommand::Delete { backup, .. }
+            | PlannerCommand::Update { backup, .. }
+            | PlannerCommand::Upsert { backup, .. }
+            | PlannerCommand::Repartition { backup, .. } => backup,
+            _ => return Ok(()),
+        };
+        let Some(backup) = backup else {
+            return Ok(());
+        };
+        validate_key(backup).map_err(|e| Error::BadEvent(format!("\"backup\": {e}")))?;
+        match &self.backup_prefix {
+            Some(allowed) if !dir_prefix(backup).starts_with(allowed.as_str()) => {
+                Err(Error::BadEvent(format!(
+                    "\"backup\": {backup:?} is outside {allowed:?} (the stack's BackupPrefix, where the functions may write); name a prefix under it"
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// A dataset named by an event: unknown names are the event's fault.
