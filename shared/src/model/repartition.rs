@@ -166,6 +166,11 @@ pub fn groups_dir(dir: &str) -> String {
     format!("{dir}groups/")
 }
 
+/// Where the write tasks' specs are staged (as the staging prefix of their tasks).
+pub fn tasks_dir(dir: &str) -> String {
+    format!("{dir}tasks/")
+}
+
 pub fn pieces_dir(dir: &str) -> String {
     format!("{dir}pieces/")
 }

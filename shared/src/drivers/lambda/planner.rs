@@ -456,7 +456,7 @@ impl PlannerFunction {
             }
         }
         if let Some(b) = &backup {
-            validate_key(b).map_err(|e| Error::BadEvent(format!("\"backup\": {e}")))?;
+            // Its key was checked with every command's (check_backup).
             if !delete_source {
                 return Err(Error::BadEvent(
                     "\"backup\" keeps the source files a repartition deletes: it needs \"delete_source\": true".into(),
@@ -490,15 +490,10 @@ impl PlannerFunction {
     /// Advances a repartition by one step: its write tasks and the destination's compaction
     /// go to merger functions; the response says the phase reached and what it waits for.
     async fn repartition(&self, planner: &Planner, options: RepartitionOptions) -> Result<Value> {
-        let AnyDataset::Files(ds) = self.any_dataset(&options.target.name)? else {
-            return Err(Error::BadEvent(
-                "a repartition copies into a file dataset".into(),
-            ));
-        };
         let runner = FanOut {
             planner,
             dispatcher: self.dispatcher.as_ref(),
-            dataset: ds,
+            dataset: &options.target,
             plans: std::sync::Mutex::new(Vec::new()),
         };
         let store = Arc::clone(&self.deployment.store);

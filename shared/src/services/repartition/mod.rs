@@ -35,8 +35,8 @@ use crate::model::manifest::to_json;
 use crate::model::object::{join_key, ObjectMeta};
 use crate::model::partition::PartitionTemplate;
 use crate::model::repartition::{
-    group_starts, groups_dir, pieces_dir, record_key, repartition_dir, GroupWritten, Phase, Record,
-    RepartitionWrite,
+    group_starts, groups_dir, pieces_dir, record_key, repartition_dir, tasks_dir, GroupWritten,
+    Phase, Record, RepartitionWrite,
 };
 use crate::model::state::PartitionId;
 use crate::model::task::{new_nonce, task_id, Task, TaskKind, PARTITION_MANIFEST, TASK_SPEC};
@@ -260,6 +260,8 @@ pub async fn repartition(
     let store = target.as_ref();
     // An in-process step that leaves its phase unfinished stops the loop instead of repeating.
     let mut ran_here = BTreeSet::new();
+    // Every group's record, once all are written (they no longer change): read once a run.
+    let mut complete: Option<BTreeMap<usize, GroupWritten>> = None;
     loop {
         report.phase = Some(record.phase);
         match record.phase {
@@ -276,6 +278,7 @@ pub async fn repartition(
                     record.phase = Phase::Written;
                     saved.put(store, &record).await?;
                     crash_point("after-repartition-write");
+                    complete = Some(written);
                     continue;
                 }
                 if !ran_here.insert(Phase::Writing) {
@@ -342,7 +345,10 @@ pub async fn repartition(
                 }
             }
             Phase::Written => {
-                let written = read_groups(store, &dir).await?;
+                let written = match complete.take() {
+                    Some(groups) => groups,
+                    None => read_groups(store, &dir).await?,
+                };
                 report.groups_written = written.len();
                 let remaining = remaining_pieces(store, &dir, &written).await?;
                 if remaining.is_empty() {
@@ -372,6 +378,7 @@ pub async fn repartition(
                     return Ok(finish(report, &record));
                 }
                 let partitions = remaining.len();
+                complete = Some(written);
                 let compacted = runner.compact(remaining).await?;
                 report.compacted_partitions += compacted.partitions;
                 report.compaction_problems.extend(compacted.problems);
@@ -402,7 +409,7 @@ pub async fn repartition(
                 }
                 // Validated: the groups, their pieces left (unrecorded attempts) and the task
                 // specs are done with; the record stays.
-                for done in [pieces_dir(&dir), groups_dir(&dir), format!("{dir}tasks/")] {
+                for done in [pieces_dir(&dir), groups_dir(&dir), tasks_dir(&dir)] {
                     remove_all(store, &done).await?;
                 }
                 report.phase = Some(record.phase);
@@ -445,7 +452,7 @@ fn write_task(
         partition: PartitionId::new(&options.target.name, format!("{g:06}")),
         generation: 0,
         dataset: options.target.clone(),
-        staging_prefix: join_key(&[dir, "tasks"]),
+        staging_prefix: tasks_dir(dir),
         memory_budget: options.memory_budget,
         inputs: files.to_vec(),
         created_at_ms: now_ms,
